@@ -1,0 +1,121 @@
+"""Fit the embedding score calibration from music that is not in the catalog.
+
+    python -m benchmarks.calibrate [--model detector/weights/clearance-fp-v1.pt] [--negatives 600]
+
+Indexes the held-out ``catalog`` tracks of the full corpus, then checks excerpts (10–30 s,
+clean and transformed) of held-out ``unseen`` tracks (same games, same composers: the hard
+negatives) and of training-package tracks. The strongest evidence each negative produces
+against any unrelated catalog track is a sample of the null distribution; an exponential tail
+fitted to its top decile gives ``p_false(evidence)``. Written beside the model weights.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import corpus as C
+from detector.matcher import Calibration
+from detector.model import DEFAULT_WEIGHTS
+
+WEIGHTS = C.REPO / "detector" / "weights" / DEFAULT_WEIGHTS
+
+
+def negative_queries(tracks, n: int, rng: np.random.Generator):
+    """(name, clip samples, track) of ``n`` excerpts of non-catalog music, half transformed."""
+    pool = [t for t in tracks if t.role == "unseen"] + [t for t in tracks if t.split == "train"]
+    weights = np.array([3.0 if t.role == "unseen" else 1.0 for t in pool])
+    out = []
+    while len(out) < n:
+        t = pool[rng.choice(len(pool), p=weights / weights.sum())]
+        clip = C.load(t)
+        secs = float(rng.uniform(10, 30))
+        start = C.loud_start(clip, secs, rng)
+        if start is None:
+            continue
+        x = clip.excerpt(start, start + secs).samples
+        kind = rng.choice(["clean", "noise", "reverb", "pitch", "tempo", "mp3", "mix"])
+        if kind == "noise":
+            x = C.noise(x, 5, rng)
+        elif kind == "reverb":
+            x = C.reverb(x, 1.0, rng)
+        elif kind == "pitch":
+            x = C.pitch(x, float(rng.choice([-3, -2, 2, 3])))
+        elif kind == "tempo":
+            x = C.tempo(x, float(rng.choice([0.85, 1.15])))
+        elif kind == "mp3":
+            x = C.codec(x, "mp3", 64)
+        elif kind == "mix":
+            o = pool[rng.integers(len(pool))]
+            oc = C.load(o)
+            s2 = C.loud_start(oc, secs, rng)
+            if s2 is None:
+                continue
+            x = C.mix(x, oc.excerpt(s2, s2 + secs).samples, 0.0)
+        out.append((f"{t.track_id}@{start:.0f}:{kind}", x, t))
+    return out
+
+
+def null_evidence(catalog, queries, related_ids) -> np.ndarray:
+    """Strongest embedding evidence of each query against an unrelated catalog track."""
+    from detector.audio import Clip
+    from index.catalog import QUERY_HOP_S
+
+    ids = {t.id: t.external_id for t in catalog.store.list_tracks()}
+    best = []
+    for name, x, track in queries:
+        matches = catalog.embedding_matches(Clip(x, C.SR, name), max_p_false=1.0)
+        ev = [m.evidence for m in matches if ids.get(m.track) not in related_ids(track)]
+        best.append(max(ev, default=0.0))
+    return np.array(best)
+
+
+def fit(evidence: np.ndarray, model: str, tail_fraction: float = 0.1) -> Calibration:
+    start = float(np.quantile(evidence, 1 - tail_fraction))
+    excess = evidence[evidence > start] - start
+    scale = float(excess.mean()) if len(excess) else 1.0
+    return Calibration(model=model, tail_start=start, tail_p=tail_fraction, tail_scale=max(scale, 1e-3),
+                       negatives=len(evidence))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=WEIGHTS)
+    ap.add_argument("--negatives", type=int, default=600)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--home", type=Path, default=Path.home() / ".cache/clearance/bench-home")
+    args = ap.parse_args(argv)
+
+    folder = C.music_folder("full")
+    tracks = C.manifest(folder)
+    out = args.model.with_suffix(".calibration.json")
+    # any calibration will do while measuring: evidence does not depend on it
+    engine = C.bench_engine(args.home / args.model.stem, args.model, calibration=out if out.exists() else None)
+    if not out.exists():
+        engine.__dict__["calibration"] = Calibration(model="uncalibrated", tail_start=1.0, tail_p=1.0, tail_scale=1.0)
+    t0 = time.time()
+    catalog = C.heldout_catalog(engine, folder, tracks)
+    print(f"catalog: {len(catalog.store.list_tracks())} held-out tracks, {catalog.vectors.size} vectors "
+          f"({time.time() - t0:.0f} s)")
+    rng = np.random.default_rng(args.seed)
+    queries = negative_queries(tracks, args.negatives, rng)
+
+    def related_ids(track):
+        return set(track.related) | {track.track_id} | {t.track_id for t in tracks
+                                                         if track.stem_group and t.stem_group == track.stem_group}
+
+    ev = null_evidence(catalog, queries, related_ids)
+    cal = fit(ev, engine.embedder.version)
+    cal.save(out)
+    qs = np.quantile(ev, [0.5, 0.9, 0.99, 1.0])
+    print(f"null evidence over {len(ev)} negatives: median {qs[0]:.2f}, p90 {qs[1]:.2f}, p99 {qs[2]:.2f}, max {qs[3]:.2f}")
+    for p in (1e-2, 1e-3, 1e-4, 1e-6):
+        e = cal.tail_start + cal.tail_scale * np.log(cal.tail_p / p)
+        print(f"  p_false {p:g} at evidence {e:.2f}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

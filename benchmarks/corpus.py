@@ -1,0 +1,211 @@
+"""Shared by the benchmarks: the corpus manifest, decoded audio, and the transforms a
+generator applies to a copied recording (real DSP on the waveform, not the training
+approximations)."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+from detector.audio import Clip, decode, encode
+
+SR = 8000
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Track:
+    track_id: str
+    path: Path
+    split: str
+    role: str
+    package: str
+    stem_group: str
+    stem: str
+    related: frozenset[str]
+
+
+def music_folder(which: str = "full") -> Path:
+    """Fetch (idempotently) and return the corpus folder."""
+    script = REPO.parent / "shared" / "data" / "get-music"
+    out = subprocess.run([str(script), "--set", which, "--quiet"], check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def manifest(folder: Path) -> list[Track]:
+    with open(folder / "manifest.csv", newline="") as f:
+        return [Track(r["track_id"], folder / r["path"], r["split"], r["bench_role"], r["deb_package"],
+                      r["stem_group"], r["stem"], frozenset(r["related"].split()))
+                for r in csv.DictReader(f)]
+
+
+def load(track: Track, cache: Path = Path.home() / ".cache/clearance/bench-audio") -> Clip:
+    """A track decoded at 8 kHz, cached as float16."""
+    cache.mkdir(parents=True, exist_ok=True)
+    npy = cache / f"{track.track_id}-{SR}.npy"
+    if not npy.exists():
+        tmp = npy.with_suffix(".tmp.npy")
+        np.save(tmp, decode(track.path, SR).samples.astype(np.float16))
+        os.replace(tmp, npy)
+    return Clip(np.load(npy).astype(np.float32), SR, track.track_id)
+
+
+def loud_start(clip: Clip, seconds: float, rng: np.random.Generator, min_dbfs: float = -35.0) -> float | None:
+    """A random start time whose excerpt of ``seconds`` is mostly sound, or None."""
+    if clip.duration < seconds + 1:
+        return None
+    for _ in range(30):
+        t = float(rng.uniform(0, clip.duration - seconds))
+        x = clip.excerpt(t, t + seconds).samples
+        frames = x[: len(x) // SR * SR].reshape(-1, SR)
+        if np.mean(10 * np.log10((frames ** 2).mean(1) + 1e-12) > min_dbfs) > 0.8:
+            return t
+    return None
+
+
+# --- transforms: (n,) float32 at 8 kHz → (m,) float32 -------------------------------------
+
+def _t(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, np.float32))
+
+
+def codec(x: np.ndarray, name: str, kbps: int) -> np.ndarray:
+    """Encode with FFmpeg (via PyAV) at ``kbps`` and decode again."""
+    return decode(encode(Clip(x, SR, name), name, kbps), SR, name=f"{name}{kbps}").samples
+
+
+def pitch(x: np.ndarray, semitones: float) -> np.ndarray:
+    return AF.pitch_shift(_t(x)[None], SR, semitones, n_fft=1024, hop_length=256)[0].numpy()
+
+
+def tempo(x: np.ndarray, ratio: float) -> np.ndarray:
+    """Plays ``ratio`` times as fast, same pitch (phase vocoder)."""
+    n_fft, hop = 1024, 256
+    spec = torch.stft(_t(x), n_fft, hop, window=torch.hann_window(n_fft), return_complex=True)
+    adv = torch.linspace(0, math.pi * hop, n_fft // 2 + 1)[:, None]
+    st = AF.phase_vocoder(spec, ratio, adv)
+    return torch.istft(st, n_fft, hop, window=torch.hann_window(n_fft), length=int(len(x) / ratio)).numpy()
+
+
+def speed(x: np.ndarray, ratio: float) -> np.ndarray:
+    """Tape-style: ``ratio`` times as fast and higher in pitch."""
+    return AF.resample(_t(x), int(SR * ratio), SR).numpy()
+
+
+def noise(x: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    n = rng.standard_normal(len(x)).astype(np.float32)
+    n = np.cumsum(n) * 0.02 if rng.random() < 0.5 else n          # brown or white
+    n -= n.mean()
+    return AF.add_noise(_t(x)[None], _t(n)[None], torch.tensor([snr_db]))[0].numpy()
+
+
+def reverb(x: np.ndarray, rt60: float, rng: np.random.Generator) -> np.ndarray:
+    """Convolution with a room response: early reflections plus a decaying diffuse tail."""
+    t = np.arange(int(rt60 * SR)) / SR
+    rir = rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)
+    for d in rng.uniform(0.005, 0.05, 6):
+        rir[int(d * SR)] += rng.uniform(0.3, 0.8)
+    rir[0] = 1.0
+    rir /= np.abs(rir).max()
+    y = AF.fftconvolve(_t(x), _t(rir))[: len(x)].numpy()
+    return y / (np.abs(y).max() + 1e-9) * np.abs(x).max()
+
+
+def lowpass(x: np.ndarray, hz: float) -> np.ndarray:
+    return AF.lowpass_biquad(_t(x), SR, hz).numpy()
+
+
+def highpass(x: np.ndarray, hz: float) -> np.ndarray:
+    return AF.highpass_biquad(_t(x), SR, hz).numpy()
+
+
+def eq(x: np.ndarray) -> np.ndarray:
+    y = AF.equalizer_biquad(_t(x), SR, 250.0, 10.0, 0.7)
+    return AF.equalizer_biquad(y, SR, 2000.0, -10.0, 0.7).numpy()
+
+
+def mix(x: np.ndarray, other: np.ndarray, snr_db: float) -> np.ndarray:
+    """``x`` under ``other``: x is ``snr_db`` dB louder than other (negative = quieter)."""
+    other = np.resize(other, len(x))
+    return AF.add_noise(_t(x)[None], _t(other)[None], torch.tensor([snr_db]))[0].numpy()
+
+
+def heldout_catalog(engine, folder: Path, tracks: list[Track]):
+    """The engine's catalog holding every held-out ``catalog`` track as protected (built once
+    per engine home; indexing is idempotent)."""
+    from detector.policy import Rights
+
+    paths = [t.path for t in tracks if t.split == "heldout" and t.role == "catalog"]
+    summary = engine.catalog.index_paths(paths, Rights.protected, manifest=folder / "manifest.csv")
+    if summary.failed:
+        raise SystemExit(f"indexing failed: {summary.failed}")
+    return engine.catalog
+
+
+def bench_engine(home: Path, model: Path | None = None, calibration: Path | None = None):
+    from service.engine import Engine
+    from service.settings import Settings
+
+    overrides = {"home": home}
+    if model:
+        overrides["model"] = model
+    if calibration:
+        overrides["calibration"] = calibration
+    return Engine(Settings(**overrides))
+
+
+def other_music(pool: list[Track], seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """A loud excerpt of a random track from ``pool`` (new material to mix or splice with)."""
+    while True:
+        clip = load(pool[rng.integers(len(pool))])
+        s = loud_start(clip, seconds, rng)
+        if s is not None:
+            return clip.excerpt(s, s + seconds).samples
+
+
+# name → f(x, rng, pool): every transform the robustness and decision benchmarks apply
+TRANSFORMS = {
+    "clean": lambda x, rng, pool: x,
+    "mp3-32k": lambda x, rng, pool: codec(x, "mp3", 32),
+    "opus-16k": lambda x, rng, pool: codec(x, "opus", 16),
+    "vorbis-48k": lambda x, rng, pool: codec(x, "vorbis", 48),
+    "lowpass-2k": lambda x, rng, pool: lowpass(x, 2000),
+    "highpass-400": lambda x, rng, pool: highpass(x, 400),
+    "eq±10dB": lambda x, rng, pool: eq(x),
+    "noise-10dB": lambda x, rng, pool: noise(x, 10, rng),
+    "noise-5dB": lambda x, rng, pool: noise(x, 5, rng),
+    "noise-0dB": lambda x, rng, pool: noise(x, 0, rng),
+    "reverb-0.5s": lambda x, rng, pool: reverb(x, 0.5, rng),
+    "reverb-1.0s": lambda x, rng, pool: reverb(x, 1.0, rng),
+    "reverb-1.5s": lambda x, rng, pool: reverb(x, 1.5, rng),
+    **{f"pitch{k:+d}st": (lambda k: lambda x, rng, pool: pitch(x, k))(k) for k in (-7, -5, -3, -2, -1, 1, 2, 3, 5, 7)},
+    **{f"tempo-{r}x": (lambda r: lambda x, rng, pool: tempo(x, r))(r) for r in (0.7, 0.8, 0.9, 1.1, 1.25, 1.4)},
+    **{f"speed-{r}x": (lambda r: lambda x, rng, pool: speed(x, r))(r) for r in (0.9, 1.1)},
+    "mix-0dB": lambda x, rng, pool: mix(x, other_music(pool, len(x) / SR, rng), 0.0),
+    "mix-5dB": lambda x, rng, pool: mix(x, other_music(pool, len(x) / SR, rng), -5.0),
+}
+
+# what the transform does to time: output seconds → reference seconds
+TEMPO_OF = {**{f"tempo-{r}x": r for r in (0.7, 0.8, 0.9, 1.1, 1.25, 1.4)}, "speed-0.9x": 0.9, "speed-1.1x": 1.1}
+
+
+def family(transform: str) -> str:
+    for prefix, fam in (("mp3", "codec"), ("opus", "codec"), ("vorbis", "codec"), ("lowpass", "band/eq"),
+                        ("highpass", "band/eq"), ("eq", "band/eq"), ("noise", "noise"), ("reverb", "reverb")):
+        if transform.startswith(prefix):
+            return fam
+    return transform
+
+
+def splice(copy: np.ndarray, pool: list[Track], rng: np.random.Generator, before: float, after: float) -> np.ndarray:
+    """``copy`` with ``before`` and ``after`` seconds of new material around it."""
+    a, b = other_music(pool, before, rng) if before else np.zeros(0, np.float32), \
+        other_music(pool, after, rng) if after else np.zeros(0, np.float32)
+    return np.concatenate([a, copy, b]).astype(np.float32)

@@ -1,0 +1,190 @@
+"""How well the fingerprint survives what generators do to a recording (held-out tracks only).
+
+    python -m benchmarks.robustness [--per-transform 25] [--negatives 300] [--model PATH]
+
+Indexes every held-out ``catalog`` track of the full corpus, then prints:
+  1. segment-level top-1 hit rate of 1/2/3/5/10 s queries under noise (0–10 dB) + reverb;
+  2. track-level identification per transform for 10 s and 30 s copies, at the zero-false-match
+     threshold (the strongest evidence any of the negatives produced against an unrelated
+     track), embedding layer and Chromaprint layer side by side;
+  3. embedding throughput.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import corpus as C
+from benchmarks.calibrate import WEIGHTS, negative_queries
+from detector import chromaprint
+from detector.audio import Clip, decode
+from detector.matcher import from_chromaprint
+from index.catalog import QUERY_HOP_S, REF_HOP_S
+
+
+def evidence(catalog, x: np.ndarray, name: str):
+    """(best embedding match, best Chromaprint match) of a query, each (external_id, strength)."""
+    clip = Clip(x.astype(np.float32), C.SR, name)
+    ids = catalog_ids(catalog)
+    emb = [(ids.get(m.track), m.evidence, m) for m in catalog.embedding_matches(clip, max_p_false=1.0)]
+    chroma = [(ids.get(m.track), -math.log10(max(m.p_false, 1e-300)), from_chromaprint(m))
+              for m in catalog.chroma.search(chromaprint.fingerprint(clip))]
+    return emb, chroma
+
+
+_IDS = {}
+
+
+def catalog_ids(catalog) -> dict[int, str]:
+    if not _IDS:
+        _IDS.update({t.id: t.external_id for t in catalog.store.list_tracks()})
+    return _IDS
+
+
+def best_unrelated(found, related: set[str]) -> float:
+    return max((s for eid, s, _ in found if eid not in related), default=0.0)
+
+
+def identified(found, truth: set[str], threshold: float) -> bool:
+    if not found:
+        return False
+    eid, strength, _ = max(found, key=lambda f: f[1])
+    return eid in truth and strength > threshold
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=WEIGHTS)
+    ap.add_argument("--per-transform", type=int, default=25, help="queries per transform and duration")
+    ap.add_argument("--negatives", type=int, default=300)
+    ap.add_argument("--segments", type=int, default=200, help="queries per length in the segment test")
+    ap.add_argument("--durations", type=float, nargs="+", default=[10.0, 30.0])
+    ap.add_argument("--only", nargs="*", help="transforms to run (default: all)")
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--home", type=Path, default=Path.home() / ".cache/clearance/bench-home")
+    args = ap.parse_args(argv)
+
+    folder = C.music_folder("full")
+    tracks = C.manifest(folder)
+    by_id = {t.track_id: t for t in tracks}
+    engine = C.bench_engine(args.home / args.model.stem, args.model)
+    catalog = C.heldout_catalog(engine, folder, tracks)
+    cat_tracks = [t for t in tracks if t.split == "heldout" and t.role == "catalog" and t.stem != "song"]
+    songs = [t for t in tracks if t.split == "heldout" and t.stem == "song"]
+    new_material = [t for t in tracks if t.role == "unseen" or t.split == "train"]
+    rng = np.random.default_rng(args.seed)
+
+    def related(t) -> set[str]:
+        return {t.track_id, *t.related} | {o.track_id for o in tracks if t.stem_group and o.stem_group == t.stem_group}
+
+    print(f"model {engine.embedder.version}; catalog: {len(catalog.store.list_tracks())} held-out tracks, "
+          f"{catalog.vectors.size} vectors")
+
+    # --- negatives: the zero-false-match thresholds ---------------------------------------
+    t0 = time.time()
+    negs = negative_queries(tracks, args.negatives, np.random.default_rng(args.seed + 1))
+    neg_emb, neg_chroma = [], []
+    for name, x, t in negs:
+        emb, chroma = evidence(catalog, x, name)
+        neg_emb.append(best_unrelated(emb, related(t)))
+        neg_chroma.append(best_unrelated(chroma, related(t)))
+    thr_emb, thr_chroma = max(neg_emb), max(neg_chroma)
+    print(f"{len(negs)} negatives ({time.time() - t0:.0f} s): zero-false-match thresholds: embedding evidence > "
+          f"{thr_emb:.2f}, Chromaprint -log10 p > {thr_chroma:.2f}\n")
+
+    # --- 1. segment-level top-1 under noise + reverb ----------------------------------------
+    print("Segment-level top-1 hit rate, noise 0–10 dB SNR + reverb RT60 0.3–1.0 s (no threshold):")
+    print(f"{'query':>8} {'top-1':>7}")
+    for secs in (1, 2, 3, 5, 10):
+        hits = 0
+        for _ in range(args.segments):
+            t = cat_tracks[rng.integers(len(cat_tracks))]
+            clip = C.load(t)
+            start = C.loud_start(clip, secs + 2, rng)
+            while start is None:
+                t = cat_tracks[rng.integers(len(cat_tracks))]
+                clip = C.load(t)
+                start = C.loud_start(clip, secs + 2, rng)
+            x = C.reverb(clip.excerpt(start, start + secs + 1).samples, float(rng.uniform(0.3, 1.0)), rng)
+            x = C.noise(x[: int(secs * C.SR)], float(rng.uniform(0, 10)), rng)
+            emb, _ = evidence(catalog, x, "seg")
+            if emb:
+                eid, _, m = max(emb, key=lambda f: f[1])
+                hits += eid == t.track_id and abs(m.ref_start - m.query_start - start) <= 1.0
+            elif secs == 1:
+                hits += segment_top1(catalog, x, t.track_id, start)
+        print(f"{secs:>6} s {100 * hits / args.segments:6.1f}%")
+
+    # --- 2. identification per transform -----------------------------------------------------
+    names = args.only or [*C.TRANSFORMS, "guitar-over-backing", "splice-in-new"]
+    print(f"\nTrack-level identification at zero false matches ({args.per_transform} queries per cell):")
+    print(f"{'transform':<22}" + "".join(f"{f'emb {d:g}s':>10}{f'chroma {d:g}s':>12}" for d in args.durations))
+    for name in names:
+        row = f"{name:<22}"
+        for secs in args.durations:
+            ok_e = ok_c = 0
+            for _ in range(args.per_transform):
+                x, truth = make_query(name, secs, cat_tracks, songs, by_id, new_material, rng)
+                emb, chroma = evidence(catalog, x, name)
+                ok_e += identified(emb, related(truth), thr_emb)
+                ok_c += identified(chroma, related(truth), thr_chroma)
+            row += f"{100 * ok_e / args.per_transform:9.0f}%{100 * ok_c / args.per_transform:11.0f}%"
+        print(row, flush=True)
+
+    # --- 3. throughput -------------------------------------------------------------------------
+    t = by_id[cat_tracks[0].track_id]
+    t0 = time.perf_counter()
+    clip = decode(t.path, C.SR)
+    t1 = time.perf_counter()
+    engine.embedder.embed(clip, hop_s=REF_HOP_S)
+    t2 = time.perf_counter()
+    print(f"\nEmbedding throughput ({clip.duration:.0f} s track, hop {REF_HOP_S} s): "
+          f"{clip.duration / (t2 - t1):.0f}x real time (decode excluded), "
+          f"{clip.duration / (t2 - t0):.0f}x (decode included)")
+
+
+def segment_top1(catalog, x, track_id, start) -> bool:
+    """A query of a single window: its nearest reference window names the track and time."""
+    emb = catalog.embedder.embed(Clip(x, C.SR, "seg"), hop_s=QUERY_HOP_S)
+    sims, ids = catalog.vectors.search(emb.vectors[:1], 1)
+    if ids.size == 0 or ids[0, 0] < 0:
+        return False
+    from index.vectors import split_ids
+
+    key, window = split_ids(ids[0])
+    return catalog_ids(catalog).get(int(key[0])) == track_id and abs(window[0] * REF_HOP_S - start) <= 1.0
+
+
+def make_query(name, secs, cat_tracks, songs, by_id, new_material, rng):
+    """(samples, true track) of one transformed copy."""
+    if name == "guitar-over-backing":
+        song = songs[rng.integers(len(songs))]
+        guitar = next(t for t in by_id.values() if t.stem_group == song.stem_group and t.stem == "guitar")
+        a, b = C.load(song), C.load(guitar)
+        start = C.loud_start(a, secs, rng) or 0.0
+        x = a.excerpt(start, start + secs).samples
+        g = b.excerpt(start, start + secs).samples
+        n = min(len(x), len(g))
+        return x[:n] + g[:n], song
+    while True:
+        t = cat_tracks[rng.integers(len(cat_tracks))]
+        clip = C.load(t)
+        start = C.loud_start(clip, secs * 1.5, rng)
+        if start is not None:
+            break
+    if name == "splice-in-new":
+        copy = clip.excerpt(start, start + float(rng.uniform(3, secs))).samples
+        room = max(secs - len(copy) / C.SR, 0.0)
+        before = float(rng.uniform(0, room))
+        return C.splice(copy, new_material, rng, before, room - before), t
+    span = secs * C.TEMPO_OF.get(name, 1.0)
+    x = clip.excerpt(start, start + span).samples
+    return C.TRANSFORMS[name](x, rng, new_material)[: int(secs * C.SR)], t
+
+
+if __name__ == "__main__":
+    main()

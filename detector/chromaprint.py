@@ -1,0 +1,115 @@
+"""The Chromaprint layer: exact and near-exact copies, found by a classic fingerprint.
+
+Chromaprint (via pyacoustid) turns audio into one 32-bit sub-fingerprint every ~0.124 s.
+A copy that is not pitch-shifted or tempo-changed reproduces most sub-fingerprints bit for bit,
+so candidates come from exact sub-fingerprint hits voted by time offset, and are confirmed by
+the bit error rate over the aligned stretch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import acoustid
+import chromaprint
+import numpy as np
+
+from detector.audio import Clip
+
+ITEM_S = 4096 / 3 / 11025     # seconds per sub-fingerprint (chromaprint's default algorithm)
+MAX_BIT_ERRORS = 10           # of 32: a sub-fingerprint "agrees" below this
+MIN_MATCH_S = 4.0             # shortest aligned stretch reported
+
+
+def fingerprint(clip: Clip) -> np.ndarray:
+    """(n,) uint32 raw sub-fingerprints of the whole clip."""
+    pcm = (np.clip(clip.samples, -1, 1) * 32767).astype("<i2").tobytes()
+    encoded = acoustid.fingerprint(clip.sample_rate, 1, iter([pcm]), maxlength=int(clip.duration) + 10)
+    values, _ = chromaprint.decode_fingerprint(encoded)
+    return np.asarray(values, dtype=np.int64).astype(np.uint32)
+
+
+@dataclass(frozen=True)
+class ChromaMatch:
+    """An aligned stretch: item positions (query, reference), length in items, bit error rate."""
+
+    track: int
+    query_item: int
+    ref_item: int
+    items: int
+    bit_error_rate: float
+
+    @property
+    def p_false(self) -> float:
+        """Chance that unrelated audio agrees this well: a binomial tail, bits being fair coins.
+        Sub-fingerprints overlap (each spans ~3 items), so only a third are counted as independent."""
+        n = 32 * max(self.items // 3, 1)
+        k = self.bit_error_rate * n
+        # Chernoff bound on P[Binomial(n, 1/2) <= k]
+        if k >= n / 2:
+            return 1.0
+        q = k / n
+        kl = q * math.log(q / 0.5 + 1e-300) + (1 - q) * math.log((1 - q) / 0.5)
+        return math.exp(-n * kl)
+
+
+class ChromaIndex:
+    """In-memory inverted index of the catalog's sub-fingerprints."""
+
+    def __init__(self, prints: dict[int, np.ndarray]):
+        self.prints = prints
+        values, tracks, positions = [], [], []
+        for track, fp in prints.items():
+            values.append(fp)
+            tracks.append(np.full(len(fp), track, np.int64))
+            positions.append(np.arange(len(fp)))
+        v = np.concatenate(values) if values else np.zeros(0, np.uint32)
+        order = np.argsort(v, kind="stable")
+        self.values = v[order]
+        self.tracks = np.concatenate(tracks)[order] if tracks else np.zeros(0, np.int64)
+        self.positions = np.concatenate(positions)[order] if positions else np.zeros(0, np.int64)
+
+    def search(self, query: np.ndarray, max_matches: int = 5) -> list[ChromaMatch]:
+        """Aligned stretches of catalog tracks that agree with ``query``, best first."""
+        if len(query) == 0 or len(self.values) == 0:
+            return []
+        lo = np.searchsorted(self.values, query, "left")
+        hi = np.searchsorted(self.values, query, "right")
+        counts = hi - lo
+        keep = (counts > 0) & (counts < 200)      # very common values (silence) carry no evidence
+        qpos = np.repeat(np.arange(len(query))[keep], counts[keep])
+        idx = np.concatenate([np.arange(a, b) for a, b in zip(lo[keep], hi[keep])]) if keep.any() else np.zeros(0, int)
+        if len(idx) == 0:
+            return []
+        tracks, offsets = self.tracks[idx], self.positions[idx] - qpos
+        pairs, votes = np.unique(np.stack([tracks, offsets], 1), axis=0, return_counts=True)
+        found: list[ChromaMatch] = []
+        for j in np.argsort(-votes)[: 4 * max_matches]:
+            if votes[j] < 3:
+                break
+            track, offset = int(pairs[j, 0]), int(pairs[j, 1])
+            m = self._verify(query, track, offset)
+            if m and not any(f.track == m.track and abs((f.ref_item - f.query_item) - offset) < 8 for f in found):
+                found.append(m)
+        found.sort(key=lambda m: m.p_false)
+        return found[:max_matches]
+
+    def _verify(self, query: np.ndarray, track: int, offset: int) -> ChromaMatch | None:
+        ref = self.prints[track]
+        q0, q1 = max(0, -offset), min(len(query), len(ref) - offset)
+        if q1 - q0 < MIN_MATCH_S / ITEM_S:
+            return None
+        x = np.bitwise_xor(query[q0:q1], ref[q0 + offset:q1 + offset])
+        errors = np.unpackbits(x.view(np.uint8).reshape(-1, 4), axis=1).sum(1)
+        good = np.convolve(errors < MAX_BIT_ERRORS, np.ones(9) / 9, "same") > 0.5
+        if not good.any():
+            return None
+        # the longest run of agreeing items
+        edges = np.diff(np.concatenate([[0], good.astype(int), [0]]))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        k = np.argmax(ends - starts)
+        a, b = starts[k], ends[k]
+        if (b - a) * ITEM_S < MIN_MATCH_S:
+            return None
+        ber = errors[a:b].sum() / (32 * (b - a))
+        return ChromaMatch(track, q0 + a, q0 + a + offset, int(b - a), float(ber))

@@ -1,0 +1,27 @@
+"""The one error root of Clearance. Edges (CLI, HTTP) translate these; nothing else does."""
+
+
+class ClearanceError(Exception):
+    """Base of every error Clearance raises on purpose."""
+
+
+class AudioError(ClearanceError):
+    """Audio that cannot be used: unreadable, empty, too long or too large.
+
+    ``source`` names the input (a path or an upload name); ``reason`` says what is wrong in
+    words a person can act on. ``too_large`` marks inputs refused by a size or duration cap.
+    """
+
+    def __init__(self, source: str, reason: str, *, too_large: bool = False):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+        self.too_large = too_large
+
+
+class ModelError(ClearanceError):
+    """A model checkpoint that is missing, unreadable or from an unknown version."""
+
+
+class PolicyError(ClearanceError):
+    """A policy file that is missing, malformed or inconsistent."""

@@ -1,0 +1,91 @@
+"""Stage 2, ``Clip`` → log-frequency spectrogram, one band per semitone.
+
+With one band per semitone a pitch shift of k semitones is a translation by k bands, which a
+convolutional encoder with pooling over frequency absorbs; a tempo change is a scaling of the
+time axis. Both are what generators do to a recording.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+SILENCE_DBFS = -50.0
+
+
+@dataclass(frozen=True)
+class FrontEnd:
+    """Front-end settings; stored in every model checkpoint so vectors are always comparable."""
+
+    sample_rate: int = 8000
+    n_fft: int = 1024
+    hop_length: int = 160          # samples: 20 ms frames, 50 per second
+    f_min: float = 98.0            # Hz, G2
+    n_bands: int = 64              # semitones: 98 Hz … 3.7 kHz
+    window_s: float = 1.0          # seconds of audio per fingerprint
+
+    @property
+    def frames_per_window(self) -> int:
+        return round(self.window_s * self.sample_rate / self.hop_length)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def semitone_filterbank(fe: FrontEnd) -> torch.Tensor:
+    """(n_fft // 2 + 1, n_bands) float32: triangular filters one semitone apart.
+
+    Low bands are narrower than an FFT bin; their triangles are widened to 1.5 bins so every
+    band sees energy (neighbouring low bands then overlap, which keeps the shift structure).
+    """
+    freqs = np.linspace(0, fe.sample_rate / 2, fe.n_fft // 2 + 1)
+    bin_hz = freqs[1]
+    centres = fe.f_min * 2.0 ** (np.arange(fe.n_bands) / 12.0)
+    half = np.maximum(centres * (2 ** (1 / 12) - 1), 1.5 * bin_hz)
+    fb = np.clip(1.0 - np.abs(freqs[:, None] - centres[None, :]) / half[None, :], 0.0, None)
+    fb /= fb.sum(axis=0, keepdims=True)
+    return torch.from_numpy(fb.astype(np.float32))
+
+
+class Spectrogram(torch.nn.Module):
+    """Waveform (batch, samples) → power in semitone bands (batch, n_bands, frames)."""
+
+    def __init__(self, fe: FrontEnd):
+        super().__init__()
+        self.fe = fe
+        self.register_buffer("window", torch.hann_window(fe.n_fft), persistent=False)
+        self.register_buffer("fb", semitone_filterbank(fe), persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(wave, self.fe.n_fft, self.fe.hop_length, window=self.window, center=True,
+                          return_complex=True)
+        power = spec.real ** 2 + spec.imag ** 2
+        return torch.einsum("bft,fn->bnt", power, self.fb)
+
+
+def normalise(power: torch.Tensor) -> torch.Tensor:
+    """Band power (batch, n_bands, frames) of one window each → log scale, zero mean, unit
+    variance per window, so that gain and overall loudness carry no information."""
+    logp = torch.log10(power + 1e-8)
+    top = logp.amax(dim=(1, 2), keepdim=True)
+    logp = torch.maximum(logp, top - 8.0)  # 80 dB of dynamic range
+    mean = logp.mean(dim=(1, 2), keepdim=True)
+    std = logp.std(dim=(1, 2), keepdim=True)
+    return (logp - mean) / (std + 1e-3)
+
+
+def window_starts(duration: float, window_s: float, hop_s: float) -> np.ndarray:
+    """Start times (seconds) of the windows covering ``duration``; one window at least."""
+    n = max(1, int(math.floor((duration - window_s) / hop_s)) + 1)
+    return np.arange(n) * hop_s
+
+
+def window_loudness(samples: np.ndarray, sample_rate: int, starts: np.ndarray, window_s: float) -> np.ndarray:
+    """RMS level in dBFS of each window (starts in seconds)."""
+    sq = np.concatenate([[0.0], np.cumsum(samples.astype(np.float64) ** 2)])
+    a = np.minimum((starts * sample_rate).astype(int), len(samples))
+    b = np.minimum(a + int(window_s * sample_rate), len(samples))
+    energy = (sq[b] - sq[a]) / np.maximum(b - a, 1)
+    return 10 * np.log10(energy + 1e-12)

@@ -1,0 +1,204 @@
+"""Stage 4, nearest-neighbour hits → ``Match``es with time spans, tempo and a calibrated score.
+
+Every voiced query window brings its k nearest reference windows. Per candidate track the hits
+must agree on a straight time mapping ``ref = offset + tempo_ratio * query`` (tempo 0.5–2.0),
+found by a Hough vote over (tempo, offset) and refined by weighted least squares. A track can
+match several times (the same recording quoted twice); several tracks can match (a collage).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from detector.chromaprint import ITEM_S, ChromaMatch
+
+TEMPO_GRID = np.exp(np.linspace(math.log(0.5), math.log(2.0), 121))   # ~1.2 % apart
+OFFSET_BIN_S = 0.5
+INLIER_S = 0.6
+
+
+@dataclass(frozen=True)
+class Hits:
+    """k nearest reference windows of each query window, flattened to (n,) arrays.
+
+    ``query_t``/``ref_t``: window start times in seconds; ``track``: catalog track key;
+    ``sim``: cosine similarity.
+    """
+
+    query_t: np.ndarray
+    track: np.ndarray
+    ref_t: np.ndarray
+    sim: np.ndarray
+
+
+@dataclass(frozen=True)
+class Match:
+    """One stretch of the output that copies one stretch of one catalog track.
+
+    Times in seconds; ``tempo_ratio`` is reference seconds per output second; ``evidence`` is
+    the method's raw strength, ``p_false`` the chance that music not in the catalog produces
+    evidence this strong, and ``score`` = 1 − ``p_false``.
+    """
+
+    track: int
+    query_start: float
+    query_end: float
+    ref_start: float
+    ref_end: float
+    tempo_ratio: float
+    evidence: float
+    p_false: float
+    method: str
+    windows: int = 0
+
+    @property
+    def score(self) -> float:
+        return 1.0 - self.p_false
+
+    @property
+    def duration(self) -> float:
+        return self.query_end - self.query_start
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Maps embedding evidence to a false-match probability: an exponential tail fitted to the
+    evidence of music that is not in the catalog (``benchmarks/calibrate.py`` writes it).
+
+    ``p_false(e) = tail_p * exp(-(e - tail_start) / tail_scale)`` above ``tail_start``.
+    """
+
+    model: str
+    tail_start: float
+    tail_p: float
+    tail_scale: float
+    negatives: int = 0
+
+    def p_false(self, evidence: float) -> float:
+        if evidence <= self.tail_start:
+            return 1.0 if evidence <= 0 else min(1.0, self.tail_p * (self.tail_start / max(evidence, 1e-9)))
+        return min(1.0, self.tail_p * math.exp(-(evidence - self.tail_start) / self.tail_scale))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibration":
+        return cls(**json.loads(Path(path).read_text()))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.__dict__, indent=2) + "\n")
+
+
+class Matcher:
+    """Aligns hits into matches. ``sim_floor``: similarity that counts as no evidence at all."""
+
+    def __init__(self, calibration: Calibration, window_s: float = 1.0, sim_floor: float = 0.5,
+                 max_matches: int = 8, min_windows: int = 3):
+        self.cal = calibration
+        self.window_s = window_s
+        self.sim_floor = sim_floor
+        self.max_matches = max_matches
+        self.min_windows = min_windows
+
+    def match(self, hits: Hits, query_hop_s: float, max_p_false: float = 0.5) -> list[Match]:
+        """Embedding matches with ``p_false`` ≤ ``max_p_false``, strongest first."""
+        keep = hits.sim > self.sim_floor
+        h = Hits(hits.query_t[keep], hits.track[keep], hits.ref_t[keep], hits.sim[keep])
+        found: list[Match] = []
+        for track in np.unique(h.track):
+            sel = h.track == track
+            q, r, s = h.query_t[sel], h.ref_t[sel], h.sim[sel]
+            for _ in range(3):                      # the same recording quoted up to 3 times
+                m, inliers = self._align(int(track), q, r, s, query_hop_s)
+                if m is None:
+                    break
+                found.append(m)
+                q, r, s = q[~inliers], r[~inliers], s[~inliers]
+        found = [m for m in found if m.p_false <= max_p_false]
+        found.sort(key=lambda m: (m.p_false, -m.evidence))
+        return found[: self.max_matches]
+
+    def _align(self, track, q, r, s, hop):
+        if len(np.unique(q)) < self.min_windows:
+            return None, None
+        w = s - self.sim_floor
+        offsets = r[None, :] - TEMPO_GRID[:, None] * q[None, :]               # (tempi, hits)
+        lo = offsets.min()
+        bins = np.floor((offsets - lo) / OFFSET_BIN_S).astype(np.int64)
+        nb = int(bins.max()) + 3
+        keys = (np.arange(len(TEMPO_GRID))[:, None] * nb + bins + 1).ravel()
+        votes = np.bincount(keys, weights=np.broadcast_to(w, offsets.shape).ravel(),
+                            minlength=len(TEMPO_GRID) * nb).reshape(len(TEMPO_GRID), nb)
+        votes = votes[:, :-2] + votes[:, 1:-1] + votes[:, 2:]                  # neighbouring bins
+        ti, bi = np.unravel_index(np.argmax(votes), votes.shape)
+        tempo = TEMPO_GRID[ti]
+        offset = lo + (bi + 0.5) * OFFSET_BIN_S
+        for _ in range(2):
+            inl = np.abs(r - (offset + tempo * q)) <= INLIER_S
+            tempo, offset = self._refine(q[inl], r[inl], w[inl], tempo, offset)
+        inl = np.abs(r - (offset + tempo * q)) <= INLIER_S
+        # one vote per query window: its best inlier
+        qs, best = _best_per_window(q[inl], s[inl])
+        if len(qs) < self.min_windows:
+            return None, None
+        evidence = float(np.sum(best - self.sim_floor) * (0.5 / hop))   # in units of 0.5 s windows
+        q0, q1 = float(qs.min()), float(qs.max() + self.window_s)
+        m = Match(track=track, query_start=q0, query_end=q1, ref_start=offset + tempo * q0,
+                  ref_end=offset + tempo * q1, tempo_ratio=float(tempo), evidence=evidence,
+                  p_false=self.cal.p_false(evidence), method="embedding", windows=len(qs))
+        return m, inl
+
+    @staticmethod
+    def _refine(q, r, w, tempo, offset):
+        if len(q) < 2:
+            return tempo, offset
+        if len(q) < 4 or np.ptp(q) < 3.0:
+            return tempo, float(np.average(r - tempo * q, weights=w))
+        A = np.stack([q, np.ones_like(q)], 1) * np.sqrt(w)[:, None]
+        t, o = np.linalg.lstsq(A, r * np.sqrt(w), rcond=None)[0]
+        if 0.5 <= t <= 2.0:
+            return float(t), float(o)
+        return tempo, offset
+
+
+def _best_per_window(q: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if len(q) == 0:
+        return q, s
+    order = np.lexsort((-s, q))
+    q, s = q[order], s[order]
+    first = np.concatenate([[True], q[1:] != q[:-1]])
+    return q[first], s[first]
+
+
+def from_chromaprint(m: ChromaMatch) -> Match:
+    """A Chromaprint stretch as a ``Match`` (Chromaprint only finds tempo 1.0 copies)."""
+    q0, r0, d = m.query_item * ITEM_S, m.ref_item * ITEM_S, m.items * ITEM_S
+    return Match(track=m.track, query_start=q0, query_end=q0 + d, ref_start=r0, ref_end=r0 + d,
+                 tempo_ratio=1.0, evidence=1.0 - m.bit_error_rate, p_false=m.p_false, method="chromaprint",
+                 windows=m.items)
+
+
+def merge(matches: list[Match]) -> list[Match]:
+    """One match per copied stretch: where both layers found the same alignment, keep the
+    stronger one's mapping over the union of both spans and name both methods."""
+    out: list[Match] = []
+    for m in sorted(matches, key=lambda m: (m.p_false, -m.duration)):
+        for i, o in enumerate(out):
+            overlap = min(o.query_end, m.query_end) - max(o.query_start, m.query_start)
+            if o.track == m.track and overlap > 0 and abs(_offset(o) - _offset(m)) < 2.0:
+                if m.method not in o.method.split("+"):
+                    q0, q1 = min(o.query_start, m.query_start), max(o.query_end, m.query_end)
+                    out[i] = replace(o, method="+".join(sorted({*o.method.split("+"), m.method})),
+                                     query_start=q0, query_end=q1, ref_start=_offset(o) + o.tempo_ratio * q0,
+                                     ref_end=_offset(o) + o.tempo_ratio * q1)
+                break
+        else:
+            out.append(m)
+    return out
+
+
+def _offset(m: Match) -> float:
+    """Reference time aligned with output time 0."""
+    return m.ref_start - m.tempo_ratio * m.query_start

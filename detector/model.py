@@ -1,0 +1,118 @@
+"""Stage 3, ``Clip`` → ``Embeddings``: one L2-normalised vector per 1 s window.
+
+The encoder is a small CNN over the semitone spectrogram. Max-pooling over the whole frequency
+axis makes it insensitive to pitch shifts; contrastive training (``detector/train.py``) teaches
+it to ignore noise, reverb, codecs, tempo changes and new material mixed on top.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from detector.audio import Clip
+from detector.errors import ModelError
+from detector.features import SILENCE_DBFS, FrontEnd, Spectrogram, normalise, window_loudness, window_starts
+
+CHECKPOINT_FORMAT = 1
+DEFAULT_WEIGHTS = "clearance-fp-v1.pt"
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Fingerprints of one clip.
+
+    ``starts``: (n,) float64 window start times in seconds; ``vectors``: (n, dim) float32,
+    L2-normalised; ``voiced``: (n,) bool, False for silent windows, which are never evidence.
+    """
+
+    starts: np.ndarray
+    vectors: np.ndarray
+    voiced: np.ndarray
+    window_s: float
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class Encoder(nn.Module):
+    """(batch, n_bands, frames) normalised log power → (batch, dim) L2-normalised."""
+
+    def __init__(self, n_bands: int = 64, frames: int = 50, width: int = 32, dim: int = 128):
+        super().__init__()
+        self.conv = nn.Sequential(
+            _block(1, width // 2), nn.MaxPool2d(2),
+            _block(width // 2, width), nn.MaxPool2d(2),
+            _block(width, width * 2), nn.MaxPool2d(2),
+            _block(width * 2, width * 4),
+        )
+        t = frames // 8
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(width * 4 * t, 256), nn.ReLU(inplace=True), nn.Linear(256, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x.unsqueeze(1))          # (b, c, bands/8, frames/8)
+        h = h.amax(dim=2)                      # pitch shift = translation along bands
+        return nn.functional.normalize(self.head(h), dim=1)
+
+
+def build(arch: dict, fe: FrontEnd) -> Encoder:
+    return Encoder(n_bands=fe.n_bands, frames=fe.frames_per_window, **arch)
+
+
+class Embedder:
+    """A loaded checkpoint: front end + encoder + version, ready to fingerprint clips."""
+
+    def __init__(self, encoder: Encoder, fe: FrontEnd, version: str, threads: int | None = None):
+        self.encoder = encoder.eval()
+        self.fe = fe
+        self.version = version
+        self.dim = encoder.head[-1].out_features
+        self.spectrogram = Spectrogram(fe)
+        if threads:
+            torch.set_num_threads(threads)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "Embedder":
+        """Load a checkpoint; by default the weights shipped in this package."""
+        try:
+            if path is None:
+                with resources.as_file(resources.files("detector") / "weights" / DEFAULT_WEIGHTS) as p:
+                    ckpt = torch.load(p, map_location="cpu", weights_only=True)
+            else:
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as exc:
+            raise ModelError(f"cannot load model weights {path or DEFAULT_WEIGHTS}: {exc}") from None
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ModelError(f"model checkpoint format {ckpt.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        fe = FrontEnd(**ckpt["front_end"])
+        enc = build(ckpt["arch"], fe)
+        enc.load_state_dict(ckpt["state_dict"])
+        return cls(enc, fe, ckpt["version"])
+
+    @torch.inference_mode()
+    def embed(self, clip: Clip, hop_s: float = 0.5, batch: int = 512) -> Embeddings:
+        """Fingerprint every window of ``clip`` (window ``fe.window_s``, hop ``hop_s`` seconds)."""
+        if clip.sample_rate != self.fe.sample_rate:
+            raise ModelError(f"clip at {clip.sample_rate} Hz, model expects {self.fe.sample_rate} Hz")
+        fe = self.fe
+        starts = window_starts(clip.duration, fe.window_s, hop_s)
+        voiced = window_loudness(clip.samples, fe.sample_rate, starts, fe.window_s) > SILENCE_DBFS
+        wave = torch.from_numpy(clip.samples)
+        need = int(round((starts[-1] + fe.window_s) * fe.sample_rate)) + 1
+        if len(wave) < need:
+            wave = nn.functional.pad(wave, (0, need - len(wave)))
+        power = self.spectrogram(wave[None])[0]                       # (bands, frames)
+        nf = fe.frames_per_window
+        first = np.round(starts * fe.sample_rate / fe.hop_length).astype(int)
+        idx = torch.from_numpy(first[:, None] + np.arange(nf)[None, :])
+        idx = idx.clamp(max=power.shape[1] - 1)
+        windows = power[:, idx].permute(1, 0, 2)                      # (n, bands, nf)
+        out = np.empty((len(starts), self.dim), np.float32)
+        for i in range(0, len(starts), batch):
+            out[i:i + batch] = self.encoder(normalise(windows[i:i + batch])).numpy()
+        return Embeddings(starts, out, voiced, fe.window_s)

@@ -1,0 +1,127 @@
+"""Stage 5, matches + rights → ``Decision``: a pure function of its inputs and the policy.
+
+Rights are looked up by the caller at decision time, so a rights change applies to the next
+check without re-indexing.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from detector.errors import PolicyError
+from detector.matcher import Match
+
+DEFAULT_POLICY = Path(__file__).with_name("policies") / "default.toml"
+
+
+class Rights(str, Enum):
+    protected = "protected"
+    licensed = "licensed"
+
+
+class Verdict(str, Enum):
+    block = "block"
+    review = "review"
+    allow = "allow"
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    """What the catalog says about a reference track when the decision is made."""
+
+    external_id: str
+    title: str
+    owner: str
+    rights: Rights
+
+
+@dataclass(frozen=True)
+class Policy:
+    version: str
+    block_score: float
+    block_seconds: float
+    block_fraction: float
+    review_score: float
+    review_seconds: float
+    attribution_score: float
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_POLICY) -> "Policy":
+        try:
+            data = tomllib.loads(Path(path).read_text())
+            p = cls(version=str(data["version"]),
+                    block_score=float(data["block"]["min_score"]),
+                    block_seconds=float(data["block"]["min_seconds"]),
+                    block_fraction=float(data["block"]["min_fraction"]),
+                    review_score=float(data["review"]["min_score"]),
+                    review_seconds=float(data["review"]["min_seconds"]),
+                    attribution_score=float(data["attribution"]["min_score"]))
+        except OSError as exc:
+            raise PolicyError(f"cannot read policy file {path}: {exc.strerror}") from None
+        except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise PolicyError(f"policy file {path} is malformed: {exc!r}") from None
+        if not (0 <= p.review_score <= p.block_score <= 1):
+            raise PolicyError(f"policy file {path}: need 0 <= review.min_score <= block.min_score <= 1")
+        return p
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict, the reasons a reviewer reads, and the matches that count (best first)."""
+
+    verdict: Verdict
+    reasons: tuple[str, ...]
+    matches: tuple[tuple[Match, TrackInfo], ...]
+
+
+def decide(matches: list[Match], tracks: dict[int, TrackInfo], duration: float, policy: Policy) -> Decision:
+    """Apply ``policy`` to ``matches`` of an output lasting ``duration`` seconds.
+
+    ``tracks`` maps each match's track key to its current catalog entry; matches of tracks no
+    longer in the catalog (taken down meanwhile) are ignored.
+    """
+    blocking, reviewing, attributed = [], [], []
+    for m in matches:
+        info = tracks.get(m.track)
+        if info is None:
+            continue
+        long_enough = m.duration >= policy.block_seconds or m.duration >= policy.block_fraction * duration
+        if info.rights is Rights.licensed:
+            if m.score >= policy.attribution_score:
+                attributed.append((m, info))
+        elif m.score >= policy.block_score and long_enough:
+            blocking.append((m, info))
+        elif m.score >= policy.review_score and m.duration >= min(policy.review_seconds, duration):
+            reviewing.append((m, info))
+    reasons = []
+    for m, info in blocking:
+        reasons.append(f"protected recording '{info.external_id}' matched for {m.duration:.1f} s "
+                       f"(output {m.query_start:.1f}–{m.query_end:.1f} s = reference {m.ref_start:.1f}–{m.ref_end:.1f} s, "
+                       f"score {_fmt(m.score)}, {m.method})")
+    for m, info in reviewing:
+        why = "score below the block threshold" if m.score < policy.block_score else "too short to block on its own"
+        reasons.append(f"possible copy of protected recording '{info.external_id}' for {m.duration:.1f} s "
+                       f"(score {_fmt(m.score)}, {why}): needs a person")
+    for m, info in attributed:
+        reasons.append(f"licensed recording '{info.external_id}' ({info.owner or 'owner not recorded'}) used for "
+                       f"{m.duration:.1f} s: attribute it")
+    if blocking:
+        verdict = Verdict.block
+    elif reviewing:
+        verdict = Verdict.review
+    else:
+        verdict = Verdict.allow
+        if not attributed:
+            reasons.append("no catalog recording matched")
+    kept = sorted(blocking + reviewing + attributed, key=lambda mi: (mi[0].p_false, -mi[0].duration))
+    return Decision(verdict, tuple(reasons), tuple(kept))
+
+
+def _fmt(score: float) -> str:
+    """0.97 → '0.97'; 0.99999 → '0.99999': enough digits to show how far from 1."""
+    for digits in range(2, 7):
+        if round(score, digits) < 1.0 or digits == 6:
+            return f"{score:.{digits}f}"
+    return f"{score:.6f}"

@@ -1,0 +1,186 @@
+"""The ``clearance`` command line. Errors become one line on stderr naming the input and why."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from detector.errors import AudioError, ClearanceError
+from detector.policy import Rights
+from service.auth import Role, create_key
+from service.engine import Engine
+from service.settings import Settings
+
+RIGHTS = click.Choice([r.value for r in Rights])
+
+
+def fail(message: str, code: int = 1):
+    click.echo(f"clearance: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(path_type=Path), help="catalog folder [env CLEARANCE_HOME; default ./.clearance]")
+@click.option("--db", help="database URL [env CLEARANCE_DB; default SQLite inside home]")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None, db: str | None) -> None:
+    """Clearance: find near-copies of catalog recordings in generated music."""
+    overrides = {k: v for k, v in {"home": home, "db": db}.items() if v is not None}
+    ctx.obj = Engine(Settings(**overrides))
+
+
+@main.command("index")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--rights", type=RIGHTS, required=True, help="protected (block copies) or licensed (attribute them)")
+@click.option("--owner", default="", help="rights holder recorded for every track")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV with path and track_id (or external_id), optional title and owner")
+@click.pass_obj
+def index_cmd(engine: Engine, paths, rights, owner, manifest) -> None:
+    """Fingerprint audio files and folders (recursively) into the catalog."""
+    from tqdm import tqdm
+
+    try:
+        with tqdm(unit="track", file=sys.stderr, dynamic_ncols=True, disable=None) as bar:
+            def progress(path: str, outcome: str, seconds: float) -> None:
+                bar.update(1)
+                bar.set_postfix_str(f"{outcome}: {Path(path).name}", refresh=False)
+
+            summary = engine.catalog.index_paths(list(paths), Rights(rights), owner=owner, manifest=manifest,
+                                                 progress=progress)
+    except ClearanceError as exc:
+        fail(str(exc))
+    click.echo(f"indexed {len(summary.indexed)} tracks ({summary.audio_s / 3600:.2f} h of audio), "
+               f"skipped {len(summary.skipped)} already present, failed {len(summary.failed)}")
+    for path, reason in summary.failed:
+        click.echo(f"failed: {path}: {reason}", err=True)
+    if summary.failed:
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per input per line (JSON Lines)")
+@click.pass_obj
+def check(engine: Engine, files, as_json: bool) -> None:
+    """Check generated outputs against the catalog and print a decision for each."""
+    unreadable = 0
+    for f in files:
+        try:
+            result = engine.check(f, name=str(f))
+        except AudioError as exc:
+            unreadable += 1
+            click.echo(f"clearance: {exc.source}: {exc.reason}", err=True)
+            continue
+        except ClearanceError as exc:
+            fail(str(exc))
+        if as_json:
+            click.echo(json.dumps(result))
+        else:
+            click.echo(f"{result['input']}: {result['decision'].upper()}  ({result['duration_s']:.1f} s, "
+                       f"{result['elapsed_ms']} ms, id {result['id']})")
+            for reason in result["reasons"]:
+                click.echo(f"    {reason}")
+    if unreadable:
+        sys.exit(2)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per track per line")
+@click.pass_obj
+def tracks(engine: Engine, as_json: bool) -> None:
+    """List the catalog."""
+    for t in engine.store.list_tracks():
+        if as_json:
+            click.echo(json.dumps(t.to_dict()))
+        else:
+            click.echo(f"{t.external_id}\t{t.rights.value}\t{t.owner}\t{t.duration_s:.1f} s\t{t.title}")
+
+
+@main.command()
+@click.argument("external_ids", nargs=-1, required=True)
+@click.pass_obj
+def remove(engine: Engine, external_ids) -> None:
+    """Take tracks down: remove them and their fingerprints from the catalog."""
+    try:
+        gone = engine.catalog.remove(list(external_ids))
+    except ClearanceError as exc:
+        fail(str(exc))
+    click.echo(f"removed {len(gone)} tracks")
+
+
+@main.command()
+@click.argument("external_ids", nargs=-1, required=True)
+@click.option("--rights", type=RIGHTS, required=True)
+@click.pass_obj
+def rights(engine: Engine, external_ids, rights: str) -> None:
+    """Change the rights of tracks; the next check uses them, no re-indexing."""
+    try:
+        for e in external_ids:
+            engine.store.set_rights(e, Rights(rights))
+    except ClearanceError as exc:
+        fail(str(exc))
+    click.echo(f"{len(external_ids)} tracks now {rights}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.pass_obj
+def serve(engine: Engine, host: str, port: int) -> None:
+    """Run the HTTP API."""
+    import uvicorn
+
+    from service.api import create_app
+
+    uvicorn.run(create_app(engine), host=host, port=port, log_level="info")
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
+@click.option("--name", default="", help="who the key is for")
+@click.pass_obj
+def keys_create(engine: Engine, role: str, name: str) -> None:
+    """Create a key; it is printed once, as the last word of the output."""
+    key_id, key = create_key(engine.store, Role(role), name)
+    click.echo(f"created {role} key {key_id} for {name or 'unnamed'}; store it now, it is not shown again: {key}")
+
+
+@keys.command("list")
+@click.pass_obj
+def keys_list(engine: Engine) -> None:
+    """List keys (ids, names, roles; never the keys themselves)."""
+    for k in engine.store.list_keys():
+        state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+        click.echo(f"{k.id}\t{k.role}\t{state}\t{k.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_ids", nargs=-1, required=True)
+@click.pass_obj
+def keys_revoke(engine: Engine, key_ids) -> None:
+    """Revoke keys by id; they stop working at once."""
+    try:
+        for k in key_ids:
+            engine.store.revoke_key(k)
+    except ClearanceError as exc:
+        fail(str(exc))
+    click.echo(f"revoked {len(key_ids)} keys")
+
+
+@main.command("settings")
+def settings_cmd() -> None:
+    """Print every setting, its environment variable, default and meaning."""
+    for name, f in Settings.model_fields.items():
+        click.echo(f"CLEARANCE_{name.upper():<18} default {f.default!s:<40} {f.description}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The check engine shared by the CLI and the HTTP API: decode → fingerprint → match → decide,
+and the one place where a check result's JSON shape is made."""
+from __future__ import annotations
+
+import time
+import uuid
+from functools import cached_property
+from pathlib import Path
+
+from detector.audio import DecodeLimits, decode
+from detector.matcher import Calibration
+from detector.model import DEFAULT_WEIGHTS, Embedder
+from detector.policy import Decision, Policy, decide
+from index.catalog import Catalog
+from index.store import Store
+from service.settings import Settings
+
+
+class Engine:
+    """Models, policy and catalog loaded once, per process."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        return Embedder.load(self.settings.model)
+
+    @cached_property
+    def calibration(self) -> Calibration:
+        path = self.settings.calibration
+        if path is None:
+            weights = self.settings.model or Path(__file__).resolve().parents[1] / "detector" / "weights" / DEFAULT_WEIGHTS
+            path = Path(weights).with_suffix(".calibration.json")
+        return Calibration.load(path)
+
+    @cached_property
+    def policy(self) -> Policy:
+        return Policy.load(self.settings.policy)
+
+    def limits(self, max_seconds: float) -> DecodeLimits:
+        s = self.settings
+        return DecodeLimits(int(s.max_upload_mb * 1e6), max_seconds, s.decode_timeout_s)
+
+    @cached_property
+    def store(self) -> Store:
+        """The catalog database: keys and stored checks need no model loaded."""
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        return Store(self.settings.db_url)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return Catalog(self.settings.home, self.store, self.embedder, self.calibration,
+                       factory=self.settings.index_factory, limits=self.limits(self.settings.max_reference_s))
+
+    def check(self, source, name: str, *, submitter: str | None = None, idempotency_key: str | None = None) -> dict:
+        """Check one output (a path or bytes), store the result and return it."""
+        t0 = time.perf_counter()
+        clip = decode(source, self.embedder.fe.sample_rate, name=name, limits=self.limits(self.settings.max_audio_s))
+        matches = self.catalog.find_matches(clip)
+        decision = decide(matches, self.store.infos(m.track for m in matches), clip.duration, self.policy)
+        result = result_json(str(uuid.uuid4()), name, clip.duration, decision, self.embedder.version,
+                             self.policy.version, time.perf_counter() - t0)
+        self.store.save_check(result, submitter=submitter, idempotency_key=idempotency_key)
+        return result
+
+
+def result_json(check_id: str, name: str, duration: float, decision: Decision, model: str, policy: str,
+                elapsed_s: float) -> dict:
+    """The check result, as the CLI prints it and the API returns it."""
+    return {
+        "id": check_id,
+        "input": name,
+        "duration_s": round(duration, 3),
+        "decision": decision.verdict.value,
+        "reasons": list(decision.reasons),
+        "matches": [{
+            "external_id": info.external_id, "title": info.title, "owner": info.owner, "rights": info.rights.value,
+            "score": round(m.score, 6), "query_start": round(m.query_start, 2), "query_end": round(m.query_end, 2),
+            "ref_start": round(m.ref_start, 2), "ref_end": round(m.ref_end, 2),
+            "tempo_ratio": round(m.tempo_ratio, 4), "method": m.method,
+        } for m, info in decision.matches],
+        "model": model,
+        "policy": policy,
+        "elapsed_ms": round(elapsed_s * 1000),
+    }

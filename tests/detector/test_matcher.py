@@ -1,0 +1,63 @@
+"""Alignment of nearest-neighbour hits into matches, on seeded synthetic hits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.matcher import Calibration, Hits, Match, Matcher, merge
+
+CAL = Calibration(model="test", tail_start=5.0, tail_p=0.1, tail_scale=2.0)
+
+
+def hits_for(track, q, ref_offset, tempo, rng, sim=0.8, noise_hits=6, n_tracks=50):
+    """True hits on the line ref = offset + tempo * q, plus random hits to other tracks."""
+    qs, ts, rs, ss = [], [], [], []
+    for t in q:
+        qs.append(t), ts.append(track), rs.append(ref_offset + tempo * t + rng.normal(0, 0.1)), ss.append(sim)
+        for _ in range(noise_hits):
+            qs.append(t), ts.append(int(rng.integers(100, 100 + n_tracks))), rs.append(rng.uniform(0, 300))
+            ss.append(rng.uniform(0.5, 0.7))
+    return Hits(np.array(qs), np.array(ts), np.array(rs), np.array(ss))
+
+
+@pytest.mark.parametrize("tempo", [0.8, 1.0, 1.1, 1.25])
+def test_recovers_offset_and_tempo(tempo):
+    rng = np.random.default_rng(1)
+    q = np.arange(0, 20, 0.25)
+    found = Matcher(CAL).match(hits_for(7, q, 61.0, tempo, rng), 0.25)
+    top = found[0]
+    assert top.track == 7
+    assert abs(top.tempo_ratio - tempo) / tempo < 0.03
+    assert abs(top.ref_start - (61.0 + tempo * top.query_start)) < 0.5
+    assert top.query_start == 0 and top.query_end == pytest.approx(20.0 - 0.25 + 1.0)
+    assert top.p_false < 1e-3
+    assert all(m.track == 7 for m in found)          # chance alignments of other tracks are not reported
+
+
+def test_collage_of_two_tracks_gives_two_matches():
+    rng = np.random.default_rng(2)
+    a = hits_for(1, np.arange(0, 12, 0.25), 30.0, 1.0, rng)
+    b = hits_for(2, np.arange(12, 25, 0.25), 100.0, 1.0, rng)
+    both = Hits(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in ("query_t", "track", "ref_t", "sim")))
+    found = {m.track: m for m in Matcher(CAL).match(both, 0.25)}
+    assert set(found) == {1, 2}
+    assert found[1].query_end <= 13.5 and found[2].query_start >= 11.5
+    assert abs(found[2].ref_start - (100.0 + found[2].query_start)) < 0.5
+
+
+def test_scattered_hits_are_no_confident_match():
+    rng = np.random.default_rng(3)
+    n = 400
+    hits = Hits(rng.uniform(0, 30, n), rng.integers(0, 20, n), rng.uniform(0, 300, n), rng.uniform(0.5, 0.7, n))
+    found = Matcher(CAL).match(hits, 0.25)
+    assert all(m.p_false > 0.1 and m.windows <= 6 for m in found)
+
+
+def test_merge_names_both_methods_for_the_same_alignment():
+    emb = Match(3, 2.0, 20.0, 12.0, 30.0, 1.0, 40.0, 1e-6, "embedding")
+    chroma = Match(3, 0.0, 18.0, 10.0, 28.0, 1.0, 0.9, 1e-12, "chromaprint")
+    other = Match(3, 0.0, 10.0, 90.0, 100.0, 1.0, 10.0, 1e-4, "embedding")
+    merged = merge([emb, chroma, other])
+    assert len(merged) == 2
+    assert merged[0].method == "chromaprint+embedding"
+    assert (merged[0].query_start, merged[0].query_end, merged[0].ref_start) == (0.0, 20.0, 10.0)
