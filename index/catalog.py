@@ -159,12 +159,15 @@ class Catalog:
         self.store.mark_indexed(adopt + silent)
 
     def index_paths(self, paths: list[str | Path], rights: Rights, owner: str = "", manifest: str | Path | None = None,
+                    entries: dict[Path, ManifestEntry] | None = None,
                     progress: Callable[[str, str, float], None] | None = None, publish_every_s: float = 30.0) -> IndexSummary:
         """Index audio files and folders; a bad file is recorded and the job goes on.
 
-        ``progress(path, outcome, audio_seconds)`` is called after each file.
+        External ids, titles and owners come from ``entries`` (resolved path → entry), else from
+        the ``manifest`` CSV, else from file names. ``progress(path, outcome, audio_seconds)`` is
+        called after each file.
         """
-        entries = read_manifest(manifest) if manifest else {}
+        entries = {**(read_manifest(manifest) if manifest else {}), **(entries or {})}
         files = find_audio(paths)
         summary = IndexSummary()
         with self.writing() as vectors:
