@@ -209,3 +209,42 @@ def splice(copy: np.ndarray, pool: list[Track], rng: np.random.Generator, before
     a, b = other_music(pool, before, rng) if before else np.zeros(0, np.float32), \
         other_music(pool, after, rng) if after else np.zeros(0, np.float32)
     return np.concatenate([a, copy, b]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A transformed copy: ``samples`` at 8 kHz copy ``truth``; reference time
+    ``ref_at_zero + tempo * t`` plays at output time t."""
+
+    samples: np.ndarray
+    truth: Track
+    ref_at_zero: float
+    tempo: float
+
+
+def make_query(name: str, secs: float, catalog: list[Track], songs: list[Track], new_material: list[Track],
+               rng: np.random.Generator) -> Query:
+    """One ``secs``-long copy of a random catalog track under transform ``name`` (a key of
+    ``TRANSFORMS``, ``guitar-over-backing`` or ``splice-in-new``)."""
+    if name == "guitar-over-backing":
+        song = songs[rng.integers(len(songs))]
+        guitar = next(t for t in manifest(song.path.parents[1]) if t.stem_group == song.stem_group and t.stem == "guitar")
+        a, b = load(song), load(guitar)
+        start = loud_start(a, secs, rng) or 0.0
+        x, g = a.excerpt(start, start + secs).samples, b.excerpt(start, start + secs).samples
+        n = min(len(x), len(g))
+        return Query(x[:n] + g[:n], song, start, 1.0)
+    while True:
+        t = catalog[rng.integers(len(catalog))]
+        clip = load(t)
+        start = loud_start(clip, secs * 1.5, rng)
+        if start is not None:
+            break
+    if name == "splice-in-new":
+        copy = clip.excerpt(start, start + float(rng.uniform(3, secs))).samples
+        room = max(secs - len(copy) / SR, 0.0)
+        before = float(rng.uniform(0, room))
+        return Query(splice(copy, new_material, rng, before, room - before), t, start - before, 1.0)
+    ratio = TEMPO_OF.get(name, 1.0)
+    x = clip.excerpt(start, start + secs * ratio).samples
+    return Query(TRANSFORMS[name](x, rng, new_material)[: int(secs * SR)], t, start, ratio)

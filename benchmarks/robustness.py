@@ -70,7 +70,6 @@ def main(argv=None) -> None:
 
     folder = C.music_folder("full")
     tracks = C.manifest(folder)
-    by_id = {t.track_id: t for t in tracks}
     engine = C.bench_engine(args.home / args.model.stem, args.model)
     catalog = C.heldout_catalog(engine, folder, tracks)
     cat_tracks = [t for t in tracks if t.split == "heldout" and t.role == "catalog" and t.stem != "song"]
@@ -128,15 +127,15 @@ def main(argv=None) -> None:
         for secs in args.durations:
             ok_e = ok_c = 0
             for _ in range(args.per_transform):
-                x, truth = make_query(name, secs, cat_tracks, songs, by_id, new_material, rng)
-                emb, chroma = evidence(catalog, x, name)
-                ok_e += identified(emb, related(truth), thr_emb)
-                ok_c += identified(chroma, related(truth), thr_chroma)
+                q = C.make_query(name, secs, cat_tracks, songs, new_material, rng)
+                emb, chroma = evidence(catalog, q.samples, name)
+                ok_e += identified(emb, related(q.truth), thr_emb)
+                ok_c += identified(chroma, related(q.truth), thr_chroma)
             row += f"{100 * ok_e / args.per_transform:9.0f}%{100 * ok_c / args.per_transform:11.0f}%"
         print(row, flush=True)
 
     # --- 3. throughput -------------------------------------------------------------------------
-    t = by_id[cat_tracks[0].track_id]
+    t = cat_tracks[0]
     t0 = time.perf_counter()
     clip = decode(t.path, C.SR)
     t1 = time.perf_counter()
@@ -157,33 +156,6 @@ def segment_top1(catalog, x, track_id, start) -> bool:
 
     key, window = split_ids(ids[0])
     return catalog_ids(catalog).get(int(key[0])) == track_id and abs(window[0] * REF_HOP_S - start) <= 1.0
-
-
-def make_query(name, secs, cat_tracks, songs, by_id, new_material, rng):
-    """(samples, true track) of one transformed copy."""
-    if name == "guitar-over-backing":
-        song = songs[rng.integers(len(songs))]
-        guitar = next(t for t in by_id.values() if t.stem_group == song.stem_group and t.stem == "guitar")
-        a, b = C.load(song), C.load(guitar)
-        start = C.loud_start(a, secs, rng) or 0.0
-        x = a.excerpt(start, start + secs).samples
-        g = b.excerpt(start, start + secs).samples
-        n = min(len(x), len(g))
-        return x[:n] + g[:n], song
-    while True:
-        t = cat_tracks[rng.integers(len(cat_tracks))]
-        clip = C.load(t)
-        start = C.loud_start(clip, secs * 1.5, rng)
-        if start is not None:
-            break
-    if name == "splice-in-new":
-        copy = clip.excerpt(start, start + float(rng.uniform(3, secs))).samples
-        room = max(secs - len(copy) / C.SR, 0.0)
-        before = float(rng.uniform(0, room))
-        return C.splice(copy, new_material, rng, before, room - before), t
-    span = secs * C.TEMPO_OF.get(name, 1.0)
-    x = clip.excerpt(start, start + span).samples
-    return C.TRANSFORMS[name](x, rng, new_material)[: int(secs * C.SR)], t
 
 
 if __name__ == "__main__":

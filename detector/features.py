@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-SILENCE_DBFS = -50.0
+SILENCE_DBFS = -50.0      # windows quieter than this are silence, whatever the clip
+FADE_DB = 45.0            # ... and so are windows this far below the clip's loud passages
 
 
 @dataclass(frozen=True)
@@ -89,3 +90,10 @@ def window_loudness(samples: np.ndarray, sample_rate: int, starts: np.ndarray, w
     b = np.minimum(a + int(window_s * sample_rate), len(samples))
     energy = (sq[b] - sq[a]) / np.maximum(b - a, 1)
     return 10 * np.log10(energy + 1e-12)
+
+
+def voiced(loudness: np.ndarray) -> np.ndarray:
+    """Windows that carry evidence: neither silence, nor fade tails far below the loud parts."""
+    if len(loudness) == 0:
+        return np.zeros(0, bool)
+    return loudness > max(SILENCE_DBFS, float(np.quantile(loudness, 0.95)) - FADE_DB)

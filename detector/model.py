@@ -16,7 +16,7 @@ from torch import nn
 
 from detector.audio import Clip
 from detector.errors import ModelError
-from detector.features import SILENCE_DBFS, FrontEnd, Spectrogram, normalise, window_loudness, window_starts
+from detector.features import FrontEnd, Spectrogram, normalise, voiced, window_loudness, window_starts
 
 CHECKPOINT_FORMAT = 1
 DEFAULT_WEIGHTS = "clearance-fp-v1.pt"
@@ -101,7 +101,7 @@ class Embedder:
             raise ModelError(f"clip at {clip.sample_rate} Hz, model expects {self.fe.sample_rate} Hz")
         fe = self.fe
         starts = window_starts(clip.duration, fe.window_s, hop_s)
-        voiced = window_loudness(clip.samples, fe.sample_rate, starts, fe.window_s) > SILENCE_DBFS
+        is_voiced = voiced(window_loudness(clip.samples, fe.sample_rate, starts, fe.window_s))
         wave = torch.from_numpy(clip.samples)
         need = int(round((starts[-1] + fe.window_s) * fe.sample_rate)) + 1
         if len(wave) < need:
@@ -115,4 +115,4 @@ class Embedder:
         out = np.empty((len(starts), self.dim), np.float32)
         for i in range(0, len(starts), batch):
             out[i:i + batch] = self.encoder(normalise(windows[i:i + batch])).numpy()
-        return Embeddings(starts, out, voiced, fe.window_s)
+        return Embeddings(starts, out, is_voiced, fe.window_s)

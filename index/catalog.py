@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import hashlib
+import shutil
 import time
+from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +19,16 @@ from typing import Callable, Iterator
 import numpy as np
 
 from detector import chromaprint
-from detector.audio import Clip, DecodeLimits, decode, find_audio
+from detector.audio import Clip, DecodeLimits, find_audio
 from detector.errors import ClearanceError
 from detector.matcher import Calibration, Hits, Match, Matcher, from_chromaprint, merge
 from detector.model import Embedder
 from detector.policy import Rights
+from index.pipeline import Failure, Fingerprinter, Outcome, Skipped, new_job_folder, run_local, run_ray
+from index.shards import ShardStore
 from index.store import CatalogError, Store, Track
-from index.vectors import VectorIndex, split_ids
+from index.vectors import (AUTO, IndexMismatch, VectorIndex, auto_factory, measure_recall, min_training_vectors,
+                           needs_training, split_ids, vector_ids)
 
 REF_HOP_S = 0.5
 QUERY_HOP_S = 0.25
@@ -33,12 +37,41 @@ NEIGHBOURS = 8
 
 @dataclass
 class IndexSummary:
-    """What an indexing job did; ``failed`` holds (path, reason)."""
+    """What an indexing job did. ``failed`` holds (path, reason); ``audio_s`` seconds of audio
+    indexed in ``elapsed_s`` seconds of wall time; ``stage_s`` seconds spent per stage (hash,
+    decode, embed and chromaprint summed over workers; add and publish in the writer);
+    ``rebuilt`` says what a retraining of the index at the end of the job did."""
 
     indexed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     audio_s: float = 0.0
+    elapsed_s: float = 0.0
+    stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    rebuilt: "RebuildReport | None" = None
+
+
+STAGES = ("hash", "decode", "embed", "chromaprint", "add", "publish")
+
+
+@dataclass(frozen=True)
+class RebuildReport:
+    """What ``Catalog.rebuild`` made: an index of ``factory`` holding ``vectors`` vectors of
+    ``tracks`` tracks (``reembedded`` of them embedded again from their files), ``bytes`` on disk,
+    with ``recall`` (recall@1 against exact search on noisy copies of stored vectors)."""
+
+    factory: str
+    tracks: int
+    vectors: int
+    reembedded: int
+    bytes: int
+    recall: float
+    elapsed_s: float
+
+    @property
+    def mb_per_hour(self) -> float:
+        """MB of index per hour of catalog audio (vectors every ``REF_HOP_S`` seconds)."""
+        return self.bytes / max(self.vectors, 1) * (3600 / REF_HOP_S) / 1e6
 
 
 @dataclass(frozen=True)
@@ -66,25 +99,25 @@ def read_manifest(path: str | Path) -> dict[Path, ManifestEntry]:
     return out
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+class RebuildError(ClearanceError):
+    """A rebuild that cannot keep every track: their vectors are not stored and their files are
+    gone or changed. Nothing was changed."""
 
 
 class Catalog:
-    """The catalog: tracks in ``store``, vectors under ``home/index``."""
+    """The catalog: tracks in ``store``, vectors under ``home/index``, stored vectors under
+    ``home/vectors`` (shards, for retraining and rebuilding the index)."""
 
     def __init__(self, home: str | Path, store: Store, embedder: Embedder, calibration: Calibration,
-                 factory: str = "Flat", limits: DecodeLimits = DecodeLimits()):
+                 factory: str = AUTO, limits: DecodeLimits = DecodeLimits(), nprobe: int = 32):
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.store = store
         self.embedder = embedder
         self.limits = limits
         self.factory = factory
+        self.nprobe = nprobe
+        self.shards = ShardStore(self.home / "vectors")
         self.matcher = Matcher(calibration, window_s=embedder.fe.window_s)
         self._vectors: VectorIndex | None = None
         self._chroma: chromaprint.ChromaIndex | None = None
@@ -98,7 +131,7 @@ class Catalog:
         stamp = current.stat().st_mtime_ns if current.exists() else None
         if self._vectors is None or stamp != self._loaded:
             self._vectors = VectorIndex.open(self.home / "index", self.embedder.version, self.embedder.dim,
-                                             REF_HOP_S, self.factory)
+                                             REF_HOP_S, self.nprobe)
             self._chroma = None
             self._loaded = stamp
         return self._vectors
@@ -129,20 +162,29 @@ class Catalog:
 
     # --- writing ------------------------------------------------------------------------
     @contextmanager
-    def writing(self) -> Iterator[VectorIndex]:
-        """Hold the writer lock, reconcile the database with the index, yield the index."""
+    def _writer_lock(self) -> Iterator[None]:
+        """Hold ``HOME/writer.lock`` (released by the kernel if this process dies) and clear what
+        a killed writer left half-written."""
         lock = open(self.home / "writer.lock", "w")
         try:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise ClearanceError(f"another indexing job is writing to {self.home}; wait for it to finish") from None
+            shutil.rmtree(self.home / "incoming", ignore_errors=True)
+            self.shards.clear_temporary()
             self._loaded = None           # always start from what is published
+            yield
+        finally:
+            lock.close()
+
+    @contextmanager
+    def writing(self) -> Iterator[VectorIndex]:
+        """Hold the writer lock, reconcile the database with the index, yield the index."""
+        with self._writer_lock():
             vectors = self.vectors
             self._reconcile(vectors)
             yield vectors
-        finally:
-            lock.close()
 
     def _reconcile(self, vectors: VectorIndex) -> None:
         in_index = vectors.tracks()
@@ -160,72 +202,286 @@ class Catalog:
 
     def index_paths(self, paths: list[str | Path], rights: Rights, owner: str = "", manifest: str | Path | None = None,
                     entries: dict[Path, ManifestEntry] | None = None,
-                    progress: Callable[[str, str, float], None] | None = None, publish_every_s: float = 30.0) -> IndexSummary:
+                    progress: Callable[[str, str, float], None] | None = None, publish_every_s: float = 30.0,
+                    workers: int = 0, engine: str = "local", ray_address: str | None = None) -> IndexSummary:
         """Index audio files and folders; a bad file is recorded and the job goes on.
 
         External ids, titles and owners come from ``entries`` (resolved path → entry), else from
         the ``manifest`` CSV, else from file names. ``progress(path, outcome, audio_seconds)`` is
-        called after each file.
+        called after each file. ``engine`` ``local`` runs the stages in this process
+        (``workers=0``) or in ``workers`` processes, ``ray`` as Ray Data tasks (``workers``
+        actors; ``ray_address`` a cluster, else a local instance). Finished tracks are published
+        every ``publish_every_s`` seconds: a killed job loses at most that much work, and
+        running it again does the rest. At the end, the index is retrained if the factory
+        wanted for its new size differs from the one it has (``RebuildReport`` in ``rebuilt``).
         """
+        if engine not in ENGINES:
+            raise ClearanceError(f"unknown indexing engine '{engine}'; use one of {', '.join(ENGINES)}")
         entries = {**(read_manifest(manifest) if manifest else {}), **(entries or {})}
         files = find_audio(paths)
         summary = IndexSummary()
+        t0 = time.perf_counter()
         with self.writing() as vectors:
-            pending: list[int] = []
+            batch = _Unpublished()
+            outcomes = self._outcomes(files, workers, engine, ray_address)
             last = time.monotonic()
-            for f in files:
-                outcome, seconds = self._index_one(f, rights, owner, entries, vectors, pending, summary)
-                summary.audio_s += seconds
-                if progress:
-                    progress(str(f), outcome, seconds)
-                if pending and time.monotonic() - last > publish_every_s:
-                    self._publish(vectors, pending)
-                    last = time.monotonic()
-            self._publish(vectors, pending)
+            try:
+                for outcome in outcomes:
+                    path, label, seconds = self._take(outcome, rights, owner, entries, vectors, batch, summary)
+                    if progress:
+                        progress(path, label, seconds)
+                    if batch.keys and time.monotonic() - last > publish_every_s:
+                        self._publish(vectors, batch, summary)
+                        last = time.monotonic()
+            finally:
+                outcomes.close()
+                self._publish(vectors, batch, summary)
+                shutil.rmtree(self.home / "incoming", ignore_errors=True)
+            if self._wanted_factory(vectors.size) != vectors.info.factory:
+                summary.rebuilt = self._rebuild(workers, engine, ray_address)
+        summary.elapsed_s = time.perf_counter() - t0
         return summary
 
-    def _index_one(self, f: Path, rights, owner, entries, vectors, pending, summary) -> tuple[str, float]:
+    def _outcomes(self, files: list[Path], workers: int, engine: str, ray_address: str | None,
+                  is_known: Callable[[str], bool] | None = None) -> Iterator[Outcome]:
+        fingerprinter = Fingerprinter(self.embedder, REF_HOP_S, self.limits)
+        is_known = is_known or (lambda sha: self.store.find_by_hash(sha) is not None)
+        if engine == "ray":
+            return run_ray(files, fingerprinter, workers or 1, is_known, new_job_folder(self.home / "incoming"),
+                           ray_address)
+        return run_local(files, fingerprinter, workers, is_known)
+
+    def _take(self, outcome: Outcome, rights: Rights, owner: str, entries: dict[Path, ManifestEntry],
+              vectors: VectorIndex, batch: "_Unpublished", summary: IndexSummary) -> tuple[str, str, float]:
+        """Record one outcome: (path, ``indexed``/``skipped``/``failed``, seconds of audio)."""
+        if isinstance(outcome, Failure):
+            return self._fail(outcome.path, outcome.reason, summary)
+        source = outcome.source
+        summary.stage_s["hash"] += source.hash_s
+        if isinstance(outcome, Skipped) or source.sha256 in batch.hashes:
+            summary.skipped.append(source.path)
+            return source.path, "skipped", 0.0
+        for stage in ("decode", "embed", "chromaprint"):
+            summary.stage_s[stage] += getattr(outcome.times, f"{stage}_s")
+        t0 = time.perf_counter()
+        path = Path(source.path)
+        entry = entries.get(path.resolve()) or ManifestEntry(path.stem)
         try:
-            entry = entries.get(f.resolve()) or ManifestEntry(f.stem)
-            digest = sha256_file(f)
-            if self.store.find_by_hash(digest):
-                summary.skipped.append(str(f))
-                return "skipped", 0.0
-            clip = decode(f, self.embedder.fe.sample_rate, limits=self.limits)
-            emb = self.embedder.embed(clip, hop_s=REF_HOP_S)
-            windows = np.flatnonzero(emb.voiced)
             key = self.store.add_pending(
                 external_id=entry.external_id, title=entry.title or entry.external_id, owner=entry.owner or owner,
-                rights=rights, sha256=digest, source_path=str(f.resolve()), duration_s=clip.duration,
-                model=self.embedder.version, vectors=len(windows), fingerprint=chromaprint.fingerprint(clip))
-            vectors.add(key, emb.vectors[windows], windows)
-            pending.append(key)
-            summary.indexed.append(str(f))
-            return "indexed", clip.duration
-        except (ClearanceError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or str(exc)
-            summary.failed.append((str(f), reason))
-            self.store.record_failure(str(f), reason)
-            return "failed", 0.0
+                rights=rights, sha256=source.sha256, source_path=str(path.resolve()), duration_s=outcome.duration_s,
+                model=outcome.model, vectors=len(outcome.windows), fingerprint=outcome.chromaprint)
+        except CatalogError as exc:
+            return self._fail(source.path, str(exc), summary)
+        vectors.add(key, outcome.vectors, outcome.windows)
+        batch.add(key, source.sha256, vector_ids(key, outcome.windows), outcome.vectors)
+        summary.indexed.append(source.path)
+        summary.audio_s += outcome.duration_s
+        summary.stage_s["add"] += time.perf_counter() - t0
+        return source.path, "indexed", outcome.duration_s
 
-    def _publish(self, vectors: VectorIndex, pending: list[int]) -> None:
-        if pending:
-            vectors.save()
-            self.store.mark_indexed(pending)
-            pending.clear()
-            self._loaded = (self.home / "index" / "CURRENT").stat().st_mtime_ns
-            self._chroma = None
+    def _fail(self, path: str, reason: str, summary: IndexSummary) -> tuple[str, str, float]:
+        summary.failed.append((path, reason))
+        self.store.record_failure(path, reason)
+        return path, "failed", 0.0
+
+    def _publish(self, vectors: VectorIndex, batch: "_Unpublished", summary: IndexSummary | None = None) -> None:
+        """Store the batch's vectors as a shard, publish the index, then mark its tracks indexed:
+        a crash between any two steps is repaired by ``_reconcile``."""
+        if not batch.keys:
+            return
+        t0 = time.perf_counter()
+        if batch.ids:
+            self.shards.write(np.concatenate(batch.ids), np.concatenate(batch.vectors), self.embedder.version)
+        vectors.save()
+        self.store.mark_indexed(batch.keys)
+        batch.clear()
+        self._published()
+        if summary:
+            summary.stage_s["publish"] += time.perf_counter() - t0
+
+    def _published(self) -> None:
+        self._loaded = (self.home / "index" / "CURRENT").stat().st_mtime_ns
+        self._chroma = None
 
     def remove(self, external_ids: list[str]) -> list[Track]:
-        """Take tracks down: their vectors leave the index, then their rows the database."""
+        """Take tracks down: their vectors leave the index, then their rows the database, then
+        their stored vectors the shards."""
         found = [self.store.find(e) for e in external_ids]
         missing = [e for e, t in zip(external_ids, found) if t is None]
         if missing:
             raise CatalogError(f"no track with external_id {', '.join(repr(m) for m in missing)}")
+        keys = np.asarray([t.id for t in found], np.int64)
         with self.writing() as vectors:
-            vectors.remove([t.id for t in found])
+            vectors.remove(keys.tolist())
             vectors.save()
-            self.store.delete([t.id for t in found])
-            self._loaded = (self.home / "index" / "CURRENT").stat().st_mtime_ns
-            self._chroma = None
+            self.store.delete(keys.tolist())
+            self._published()
+            self.shards.purge(self.embedder.dim, lambda ids, model: ~np.isin(split_ids(ids)[0], keys))
         return found
+
+    # --- rebuilding ---------------------------------------------------------------------
+    def rebuild(self, workers: int = 0, engine: str = "local", ray_address: str | None = None) -> RebuildReport:
+        """Retrain and rebuild the index from the stored vectors, with the factory of the
+        settings (or ``auto``'s choice for the catalog's size); tracks whose vectors are not
+        stored for the loaded model (a new model, a catalog older than shards) are embedded again
+        from their files, through the indexing engine."""
+        with self._writer_lock():
+            try:
+                self._reconcile(self.vectors)
+            except IndexMismatch:
+                # another model's index: unfinished rows of that model are dropped (indexing the
+                # files again adds them); finished ones are embedded again below
+                self.store.delete([t.id for t in self.store.list_tracks(state="pending")])
+            return self._rebuild(workers, engine, ray_address)
+
+    def _wanted_factory(self, n_vectors: int) -> str:
+        return auto_factory(n_vectors) if self.factory == AUTO else self.factory
+
+    def _rebuild(self, workers: int, engine: str, ray_address: str | None) -> RebuildReport:
+        t0 = time.perf_counter()
+        dim, model = self.embedder.dim, self.embedder.version
+        rows = {t.id: t for t in self.store.list_tracks()}
+        where = self._stored_tracks(rows)
+        missing = [t for k, t in rows.items() if k not in where and not (t.vectors == 0 and t.model == model)]
+        where.update(self._reembed(missing, workers, engine, ray_address))
+        counts = {k: n for k, (_, n) in where.items()}
+        total = sum(counts.values())
+        factory = self._wanted_factory(total)
+        if needs_training(factory) and total < min_training_vectors(factory):
+            factory = "Flat"           # too few vectors to train it: exact search until there are enough
+        sample = self._sample(where, 4 * min_training_vectors(factory)) if needs_training(factory) else None
+        new = VectorIndex.trained(self.home / "index", model, dim, REF_HOP_S, factory,
+                                  sample if sample is not None else np.zeros((0, dim), np.float32), self.nprobe)
+        before = self.shards.paths()
+        written: list[Path] = []
+        ids, vecs = [], []
+        for chunk_ids, chunk_vecs in self._live_vectors(where):
+            new.add_ids(chunk_ids, chunk_vecs)
+            ids.append(chunk_ids)
+            vecs.append(chunk_vecs)
+            if sum(map(len, ids)) >= SHARD_VECTORS:
+                written.append(self.shards.write(np.concatenate(ids), np.concatenate(vecs), model))
+                ids, vecs = [], []
+        if ids:
+            written.append(self.shards.write(np.concatenate(ids), np.concatenate(vecs), model))
+        if sample is not None:
+            new.set_recall(measure_recall(new, sample, (self.shards.read(p, dim) for p in written)))
+        # counts and model first: if the publish below never happens, the old index (another
+        # model) is refused until a rebuild, which finds every vector in the shards just written
+        self.store.set_vectors({k: n for k, n in counts.items() if rows[k].model != model or rows[k].vectors != n},
+                               model)
+        new.save()
+        for p in before:
+            if p not in written:
+                p.unlink(missing_ok=True)
+        self._vectors = None
+        self._chroma = None
+        return RebuildReport(factory, len(counts), new.size, len(missing), new.bytes, new.info.recall,
+                             time.perf_counter() - t0)
+
+    def _stored_tracks(self, rows: dict[int, Track]) -> dict[int, tuple[Path, int]]:
+        """Track key → (the shard holding its vectors of the loaded model, vector count), for
+        live tracks whose stored vectors are complete. A track found in two shards (a crash
+        during a compaction) is taken from the first."""
+        found: dict[int, tuple[Path, int]] = {}
+        for p in self.shards.paths():
+            head = self.shards.read(p, self.embedder.dim, ids_only=True)
+            if head.model != self.embedder.version:
+                continue
+            keys, counts = np.unique(split_ids(head.ids)[0], return_counts=True)
+            for k, n in zip(keys.tolist(), counts.tolist()):
+                t = rows.get(k)
+                complete = t is not None and (t.model != self.embedder.version or t.vectors == n)
+                if complete and k not in found:
+                    found[k] = (p, n)
+        return found
+
+    def _live_vectors(self, where: dict[int, tuple[Path, int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids (n,) int64, vectors (n, dim) float32) of the tracks in ``where``, shard by shard,
+        each track from the shard ``where`` names."""
+        by_shard: dict[Path, list[int]] = defaultdict(list)
+        for k, (p, _) in where.items():
+            by_shard[p].append(k)
+        for p, keys in sorted(by_shard.items()):
+            shard = self.shards.read(p, self.embedder.dim)
+            mask = np.isin(split_ids(shard.ids)[0], np.asarray(keys, np.int64))
+            yield shard.ids[mask], shard.vectors[mask]
+
+    def _sample(self, where: dict[int, tuple[Path, int]], n: int, seed: int = 0) -> np.ndarray:
+        """About ``n`` vectors drawn uniformly from the tracks in ``where``, (≈n, dim) float32."""
+        rng = np.random.default_rng(seed)
+        p = n / max(sum(c for _, c in where.values()), 1)
+        return np.concatenate([v[rng.random(len(v)) < p] for _, v in self._live_vectors(where)])
+
+    def _reembed(self, tracks: list[Track], workers: int, engine: str,
+                 ray_address: str | None) -> dict[int, tuple[Path, int]]:
+        """Embed ``tracks`` again from their files with the loaded model, store the vectors as
+        shards and return where they are (as ``_stored_tracks``). Refuses (``RebuildError``,
+        nothing changed) when a file is gone, unreadable or no longer the indexed content."""
+        if not tracks:
+            return {}
+        by_path = {t.source_path: t for t in tracks}
+        problems = [f"{t.external_id}: {t.source_path or 'no file recorded'}: the file is gone"
+                    for t in tracks if not Path(t.source_path).is_file()]
+        if problems:
+            raise RebuildError(_rebuild_refusal(problems))
+        found: dict[int, tuple[Path, int]] = {}
+        done: list[tuple[int, np.ndarray, np.ndarray]] = []
+
+        def flush() -> None:
+            if done:
+                p = self.shards.write(np.concatenate([vector_ids(k, w) for k, w, _ in done]),
+                                      np.concatenate([v for _, _, v in done]), self.embedder.version)
+                found.update({k: (p, len(w)) for k, w, _ in done})
+                done.clear()
+
+        outcomes = self._outcomes([Path(p) for p in by_path], workers, engine, ray_address, is_known=lambda sha: False)
+        for outcome in outcomes:
+            if isinstance(outcome, Failure):
+                problems.append(f"{by_path[outcome.path].external_id}: {outcome.path}: {outcome.reason}")
+                continue
+            t = by_path[outcome.source.path]
+            if outcome.source.sha256 != t.content_sha256:
+                problems.append(f"{t.external_id}: {t.source_path}: the file changed since it was indexed")
+                continue
+            done.append((t.id, outcome.windows, outcome.vectors))
+            if sum(len(w) for _, w, _ in done) >= SHARD_VECTORS:
+                flush()
+        flush()
+        if problems:
+            raise RebuildError(_rebuild_refusal(problems))
+        return found
+
+
+SHARD_VECTORS = 200_000            # vectors per shard written by a rebuild (≈100 MB)
+ENGINES = ("local", "ray")
+
+
+def _rebuild_refusal(problems: list[str]) -> str:
+    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+    return (f"cannot rebuild the index: {len(problems)} tracks have no stored vectors for this model and cannot be "
+            f"embedded again ({shown}); restore their files or remove the tracks, then rebuild")
+
+
+class _Unpublished:
+    """What an indexing job added since it last published: track keys, content hashes, and the
+    vectors to store as a shard (ids (n,) int64, vectors (n, dim) float32 per track)."""
+
+    def __init__(self):
+        self.keys: list[int] = []
+        self.hashes: set[str] = set()
+        self.ids: list[np.ndarray] = []
+        self.vectors: list[np.ndarray] = []
+
+    def add(self, key: int, sha256: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.keys.append(key)
+        self.hashes.add(sha256)
+        if len(ids):
+            self.ids.append(ids)
+            self.vectors.append(vectors)
+
+    def clear(self) -> None:
+        self.keys.clear()
+        self.ids.clear()
+        self.vectors.clear()

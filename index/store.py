@@ -16,6 +16,7 @@ from sqlalchemy import event
 
 from detector.errors import ClearanceError
 from detector.policy import Rights, TrackInfo
+from index import migrate
 
 metadata = sa.MetaData()
 
@@ -34,6 +35,8 @@ tracks = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),        # pending | indexed
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # keys are never reused: vector ids and stored shards name tracks by key
+    sqlite_autoincrement=True,
 )
 
 chromaprints = sa.Table(
@@ -64,17 +67,21 @@ api_keys = sa.Table(
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
 )
 
-failures = sa.Table(
+failures = sa.Table(                 # files an indexing job could not index, and why
     "failures", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("path", sa.Text, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
 )
 
 
 class CatalogError(ClearanceError):
     """A catalog operation that cannot be done as asked (unknown track, id clash)."""
+
+
+class DuplicateCheck(ClearanceError):
+    """A submitter stored a second check under an idempotency key it had used already."""
 
 
 @dataclass(frozen=True)
@@ -102,8 +109,23 @@ class Track:
                 "source_path": self.source_path}
 
 
+@dataclass(frozen=True)
+class StoredCheck:
+    """A stored check: its result (as ``service.engine.result_json`` made it), when it was made
+    (UTC) and the id of the API key that submitted it (None from the CLI)."""
+
+    result: dict
+    created_at: datetime
+    submitter: str | None
+
+
 def now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _utc(t: datetime) -> datetime:
+    """``t`` in UTC; naive times (SQLite hands them back so) are taken to be UTC already."""
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
 def _row_to_track(r) -> Track:
@@ -116,10 +138,8 @@ class Store:
 
     def __init__(self, url: str):
         self.url = url
-        self.engine = sa.create_engine(url, future=True)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        self.engine = connect(url)
+        migrate.ensure_schema(self.engine, metadata)
 
     # --- tracks -------------------------------------------------------------------------
     def find_by_hash(self, sha256: str) -> Track | None:
@@ -148,15 +168,22 @@ class Store:
         return int(key)
 
     def mark_indexed(self, keys: list[int]) -> None:
-        if keys:
-            with self.engine.begin() as c:
-                c.execute(tracks.update().where(tracks.c.id.in_(keys)).values(state="indexed", updated_at=now()))
+        with self.engine.begin() as c:
+            for part in _chunks(keys):
+                c.execute(tracks.update().where(tracks.c.id.in_(part)).values(state="indexed", updated_at=now()))
 
     def delete(self, keys: list[int]) -> None:
-        if keys:
-            with self.engine.begin() as c:
-                c.execute(chromaprints.delete().where(chromaprints.c.track_id.in_(keys)))
-                c.execute(tracks.delete().where(tracks.c.id.in_(keys)))
+        with self.engine.begin() as c:
+            for part in _chunks(keys):
+                c.execute(chromaprints.delete().where(chromaprints.c.track_id.in_(part)))
+                c.execute(tracks.delete().where(tracks.c.id.in_(part)))
+
+    def set_vectors(self, counts: dict[int, int], model: str) -> None:
+        """Record, in one transaction, that tracks (key → vector count) now have vectors of
+        ``model`` (a rebuild with another model)."""
+        with self.engine.begin() as c:
+            for key, n in counts.items():
+                c.execute(tracks.update().where(tracks.c.id == key).values(vectors=n, model=model, updated_at=now()))
 
     def set_rights(self, external_id: str, rights: Rights) -> Track:
         with self.engine.begin() as c:
@@ -190,16 +217,49 @@ class Store:
 
     # --- checks -------------------------------------------------------------------------
     def save_check(self, result: dict, submitter: str | None = None, idempotency_key: str | None = None) -> None:
-        with self.engine.begin() as c:
-            c.execute(checks.insert().values(id=result["id"], created_at=now(), input=result["input"],
-                                             decision=result["decision"], submitter=submitter,
-                                             idempotency_key=idempotency_key, result=json.dumps(result)))
+        """Store a check result. Raises ``DuplicateCheck`` when ``submitter`` already stored a
+        check under ``idempotency_key`` (two identical requests raced)."""
+        try:
+            with self.engine.begin() as c:
+                c.execute(checks.insert().values(id=result["id"], created_at=now(), input=result["input"],
+                                                 decision=result["decision"], submitter=submitter,
+                                                 idempotency_key=idempotency_key, result=json.dumps(result)))
+        except sa.exc.IntegrityError:
+            if idempotency_key is None:
+                raise
+            raise DuplicateCheck(f"a check with idempotency key {idempotency_key!r} is already stored") from None
 
     def get_check(self, check_id: str) -> tuple[dict, str | None] | None:
         """(result, submitter) of a stored check."""
         with self.engine.connect() as c:
             r = c.execute(sa.select(checks.c.result, checks.c.submitter).where(checks.c.id == check_id)).first()
         return (json.loads(r.result), r.submitter) if r else None
+
+    def find_idempotent(self, submitter: str | None, idempotency_key: str) -> dict | None:
+        """The result that ``submitter`` stored under ``idempotency_key``, if any."""
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(checks.c.result).where(checks.c.submitter == submitter,
+                                                           checks.c.idempotency_key == idempotency_key)).first()
+        return json.loads(r.result) if r else None
+
+    def list_checks(self, *, decision: str | None = None, since: datetime | None = None,
+                    submitter: str | None = None, before: tuple[datetime, str] | None = None,
+                    limit: int = 50) -> list[StoredCheck]:
+        """Stored checks, newest first: at most ``limit``, made at or after ``since``, with this
+        ``decision`` and ``submitter`` where given, and strictly after the ``before`` position
+        (the ``(created_at, id)`` of the last check of the previous page) in that order."""
+        q = sa.select(checks).order_by(checks.c.created_at.desc(), checks.c.id.desc()).limit(limit)
+        if decision is not None:
+            q = q.where(checks.c.decision == decision)
+        if since is not None:
+            q = q.where(checks.c.created_at >= _utc(since))
+        if submitter is not None:
+            q = q.where(checks.c.submitter == submitter)
+        if before is not None:
+            at, check_id = _utc(before[0]), before[1]
+            q = q.where(sa.or_(checks.c.created_at < at, sa.and_(checks.c.created_at == at, checks.c.id < check_id)))
+        with self.engine.connect() as c:
+            return [StoredCheck(json.loads(r.result), _utc(r.created_at), r.submitter) for r in c.execute(q)]
 
     # --- API keys (only hashes are stored) -------------------------------------------------
     def add_key(self, key_id: str, name: str, role: str, key_sha256: str) -> None:
@@ -229,6 +289,31 @@ class Store:
         with self.engine.begin() as c:
             c.execute(failures.insert().values(path=path, reason=reason, created_at=now()))
 
+    def list_failures(self) -> list[tuple[str, str]]:
+        """(path, reason) of every recorded indexing failure, oldest first."""
+        with self.engine.connect() as c:
+            return [(r.path, r.reason) for r in c.execute(sa.select(failures).order_by(failures.c.id))]
+
+
+def connect(url: str) -> sa.Engine:
+    """An SQLAlchemy engine for a database URL: SQLite (WAL, foreign keys, waits for locks) or
+    PostgreSQL (``postgresql://…`` is driven by psycopg 3)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    try:
+        engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise ClearanceError(f"cannot use the database URL ({url.split('://')[0]}://…): {exc}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _chunks(keys: list[int], size: int = 10_000):
+    """``keys`` in parts small enough for one ``IN (…)`` on every database."""
+    keys = [int(k) for k in keys]
+    return [keys[i:i + size] for i in range(0, len(keys), size)]
+
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
@@ -236,3 +321,270 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
+
+
+# =======================================================================================
+# Review: dashboard sign-in sessions and the append-only audit log (service/dashboard).
+# Verdicts on checks and rights changes made by people are appended here and never changed;
+# on SQLite triggers refuse UPDATE and DELETE of audit rows.
+# =======================================================================================
+
+review_sessions = sa.Table(
+    "review_sessions", metadata,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),   # the cookie's token is never stored
+    sa.Column("key_id", sa.String(16), sa.ForeignKey("api_keys.id"), nullable=False),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
+)
+
+audit_log = sa.Table(
+    "audit_log", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("actor_key_id", sa.String(16), nullable=False),
+    sa.Column("actor_name", sa.String(256), nullable=False),
+    sa.Column("subject", sa.String(16), nullable=False),          # check | track
+    sa.Column("subject_id", sa.String(512), nullable=False),      # check id | track external_id
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("previous", sa.String(32), nullable=False),         # review state or rights before
+    sa.Column("new", sa.String(32), nullable=False),              # … and after
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Index("audit_log_subject", "subject", "subject_id", "id"),
+)
+
+for _verb in ("UPDATE", "DELETE"):
+    event.listen(audit_log, "after_create", sa.DDL(
+        f"CREATE TRIGGER IF NOT EXISTS audit_log_no_{_verb.lower()} BEFORE {_verb} ON audit_log "
+        "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END").execute_if(dialect="sqlite"))
+
+UNREVIEWED = "unreviewed"
+
+
+class ReviewConflict(ClearanceError):
+    """A verdict recorded against a stale view: someone else reviewed the check meanwhile."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The person behind an audited change: their API key's id and name."""
+
+    key_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ReviewSession:
+    """A signed-in dashboard user: their active key and the session's CSRF token."""
+
+    key_id: str
+    name: str
+    role: str
+    csrf: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime                 # UTC
+    actor: Actor
+    subject: str                 # check | track
+    subject_id: str
+    action: str
+    previous: str
+    new: str
+    reason: str
+    note: str
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    """A stored check with its review state (the latest verdict's, or ``unreviewed``)."""
+
+    id: str
+    created_at: datetime         # UTC
+    submitter: str | None
+    result: dict
+    state: str
+    last_audit_id: int           # 0 before the first verdict
+
+    @property
+    def top(self) -> dict | None:
+        """The best match, if any."""
+        return self.result["matches"][0] if self.result["matches"] else None
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """What the review queue shows. ``since``/``until`` are UTC instants (until exclusive);
+    ``owner`` and ``track`` select checks with any match of that owner or external id."""
+
+    decision: str | None = None
+    state: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    owner: str | None = None
+    track: str | None = None
+
+
+def _match_field(key: str, value: str):
+    """``checks.result`` contains a match with ``key`` equal to ``value``. Matches are the only
+    objects in a result with ``external_id`` and ``owner`` keys, and ``save_check`` writes the
+    result with ``json.dumps``' default separators, so the same encoder gives the exact text."""
+    return checks.c.result.contains(json.dumps({key: value})[1:-1], autoescape=True)
+
+
+def _latest_verdicts():
+    """Subquery: the id of the latest audit entry of each check (column ``last``)."""
+    return (sa.select(audit_log.c.subject_id.label("check_id"), sa.func.max(audit_log.c.id).label("last"))
+            .where(audit_log.c.subject == "check").group_by(audit_log.c.subject_id).subquery())
+
+
+def _queue_select(*columns, f: QueueFilter, skip: str = ""):
+    """SELECT ``columns`` from checks joined with their latest verdict, filtered by ``f``
+    except for the field named ``skip`` (to count by it)."""
+    latest = _latest_verdicts()
+    state = sa.func.coalesce(audit_log.c.new, UNREVIEWED).label("state")
+    q = (sa.select(*columns, state, sa.func.coalesce(latest.c.last, 0).label("last"))
+         .select_from(checks.outerjoin(latest, latest.c.check_id == checks.c.id)
+                      .outerjoin(audit_log, audit_log.c.id == latest.c.last)))
+    if f.decision and skip != "decision":
+        q = q.where(checks.c.decision == f.decision)
+    if f.state and skip != "state":
+        q = q.where(state == f.state)
+    if f.since:
+        q = q.where(checks.c.created_at >= f.since)
+    if f.until:
+        q = q.where(checks.c.created_at < f.until)
+    if f.owner:
+        q = q.where(_match_field("owner", f.owner))
+    if f.track:
+        q = q.where(_match_field("external_id", f.track))
+    return q
+
+
+def _row_to_audit(r) -> AuditEntry:
+    return AuditEntry(r.id, _utc(r.at), Actor(r.actor_key_id, r.actor_name), r.subject, r.subject_id, r.action,
+                      r.previous, r.new, r.reason, r.note)
+
+
+def _row_to_check(r) -> CheckRecord:
+    return CheckRecord(r.id, _utc(r.created_at), r.submitter, json.loads(r.result), r.state, r.last)
+
+
+class Review:
+    """Typed access to the review tables in a ``Store``'s database: sessions, verdicts, audited
+    rights changes and the review queue."""
+
+    def __init__(self, store: Store):
+        self.engine = store.engine
+
+    # --- sessions ----------------------------------------------------------------------------
+    def open_session(self, token_sha256: str, key_id: str, csrf: str, expires_at: datetime) -> None:
+        with self.engine.begin() as c:
+            c.execute(review_sessions.delete().where(review_sessions.c.expires_at < now()))
+            c.execute(review_sessions.insert().values(token_sha256=token_sha256, key_id=key_id, csrf=csrf,
+                                                      created_at=now(), expires_at=expires_at))
+
+    def session(self, token_sha256: str) -> ReviewSession | None:
+        """The live session with this token hash whose key is still active, or None."""
+        q = (sa.select(api_keys.c.id, api_keys.c.name, api_keys.c.role, review_sessions.c.csrf)
+             .select_from(review_sessions.join(api_keys))
+             .where(review_sessions.c.token_sha256 == token_sha256, review_sessions.c.expires_at > now(),
+                    api_keys.c.revoked_at.is_(None)))
+        with self.engine.connect() as c:
+            r = c.execute(q).first()
+        return ReviewSession(r.id, r.name, r.role, r.csrf) if r else None
+
+    def close_session(self, token_sha256: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(review_sessions.delete().where(review_sessions.c.token_sha256 == token_sha256))
+
+    # --- checks under review --------------------------------------------------------------
+    def check_record(self, check_id: str) -> CheckRecord | None:
+        q = _queue_select(checks.c.id, checks.c.created_at, checks.c.submitter, checks.c.result, f=QueueFilter())
+        with self.engine.connect() as c:
+            r = c.execute(q.where(checks.c.id == check_id)).first()
+        return _row_to_check(r) if r else None
+
+    def review_queue(self, f: QueueFilter, limit: int, offset: int = 0) -> tuple[list[CheckRecord], int]:
+        """One page of checks, newest first, and how many match ``f`` in all."""
+        q = _queue_select(checks.c.id, checks.c.created_at, checks.c.submitter, checks.c.result, f=f)
+        with self.engine.connect() as c:
+            total = c.execute(sa.select(sa.func.count()).select_from(q.subquery())).scalar_one()
+            rows = c.execute(q.order_by(checks.c.created_at.desc(), checks.c.id).limit(limit).offset(offset))
+            return [_row_to_check(r) for r in rows], total
+
+    def review_counts(self, f: QueueFilter) -> tuple[dict[str, int], dict[str, int]]:
+        """Checks matching ``f`` counted by decision (ignoring ``f.decision``) and by review
+        state (ignoring ``f.state``)."""
+        with self.engine.connect() as c:
+            sub = _queue_select(checks.c.decision, f=f, skip="decision").subquery()
+            by_decision = dict(c.execute(sa.select(sub.c.decision, sa.func.count()).group_by(sub.c.decision)).all())
+            sub = _queue_select(checks.c.id, f=f, skip="state").subquery()
+            by_state = dict(c.execute(sa.select(sub.c.state, sa.func.count()).group_by(sub.c.state)).all())
+        return by_decision, by_state
+
+    def record_verdict(self, check_id: str, action: str, new_state: str, *, actor: Actor, reason: str, note: str,
+                       seen_audit_id: int) -> AuditEntry:
+        """Append a verdict on a check. ``seen_audit_id`` is the latest entry the reviewer saw
+        (0: none); if another was added since, ``ReviewConflict`` is raised and nothing is written."""
+        with self.engine.begin() as c:
+            if not c.execute(sa.select(checks.c.id).where(checks.c.id == check_id)).first():
+                raise CatalogError(f"no check with id '{check_id}'")
+            last = c.execute(sa.select(audit_log).where(audit_log.c.subject == "check",
+                                                        audit_log.c.subject_id == check_id)
+                             .order_by(audit_log.c.id.desc()).limit(1)).first()
+            if (last.id if last else 0) != seen_audit_id:
+                raise ReviewConflict(f"check '{check_id}' was reviewed by {last.actor_name} meanwhile "
+                                     f"({last.action}); reload the page and decide again")
+            return self._append(c, actor, "check", check_id, action, last.new if last else UNREVIEWED,
+                                new_state, reason, note)
+
+    def change_rights(self, external_id: str, rights: Rights, *, actor: Actor, note: str) -> AuditEntry:
+        """Change a track's rights and audit it, in one transaction."""
+        with self.engine.begin() as c:
+            before = c.execute(sa.select(tracks.c.rights).where(tracks.c.external_id == external_id)).scalar()
+            if before is None:
+                raise CatalogError(f"no track with external_id '{external_id}'")
+            c.execute(tracks.update().where(tracks.c.external_id == external_id)
+                      .values(rights=rights.value, updated_at=now()))
+            return self._append(c, actor, "track", external_id, "rights", before, rights.value, "", note)
+
+    def audit_trail(self, subject: str, subject_id: str | None = None, limit: int | None = None) -> list[AuditEntry]:
+        """Entries about ``subject`` (one ``subject_id`` or all), oldest first for one subject,
+        newest first for all."""
+        q = sa.select(audit_log).where(audit_log.c.subject == subject)
+        if subject_id is None:
+            q = q.order_by(audit_log.c.id.desc())
+        else:
+            q = q.where(audit_log.c.subject_id == subject_id).order_by(audit_log.c.id)
+        with self.engine.connect() as c:
+            return [_row_to_audit(r) for r in c.execute(q.limit(limit))]
+
+    def search_tracks(self, text: str = "", rights: Rights | None = None, limit: int = 200) -> list[Track]:
+        """Indexed tracks whose external id, title or owner contains ``text``."""
+        q = sa.select(tracks).where(tracks.c.state == "indexed").order_by(tracks.c.external_id).limit(limit)
+        if text:
+            q = q.where(sa.or_(*(col.contains(text, autoescape=True)
+                                 for col in (tracks.c.external_id, tracks.c.title, tracks.c.owner))))
+        if rights:
+            q = q.where(tracks.c.rights == rights.value)
+        with self.engine.connect() as c:
+            return [_row_to_track(r) for r in c.execute(q)]
+
+    def owners(self) -> list[str]:
+        """Distinct owners of indexed tracks, for the queue's filter."""
+        with self.engine.connect() as c:
+            return list(c.execute(sa.select(tracks.c.owner).distinct().where(tracks.c.state == "indexed",
+                                                                               tracks.c.owner != "")
+                                  .order_by(tracks.c.owner)).scalars())
+
+    @staticmethod
+    def _append(c, actor: Actor, subject: str, subject_id: str, action: str, previous: str, new: str,
+                reason: str, note: str) -> AuditEntry:
+        values = dict(at=now(), actor_key_id=actor.key_id, actor_name=actor.name, subject=subject,
+                      subject_id=subject_id, action=action, previous=previous, new=new, reason=reason, note=note)
+        key = c.execute(audit_log.insert().values(**values)).inserted_primary_key[0]
+        return AuditEntry(int(key), values["at"], actor, subject, subject_id, action, previous, new, reason, note)

@@ -1,5 +1,10 @@
-"""The vector index: FAISS over every voiced reference window, ID-mapped so that a vector's id
-says which track and which window it came from (``id = track << 22 | window``).
+"""The vector index: FAISS over every voiced reference window, with ids that say which track and
+which window a vector came from (``id = track << 22 | window``).
+
+The index type comes from a FAISS factory string. Small catalogs use exact search (``Flat``,
+wrapped in ``IDMap2`` for the ids); large ones a trained compressed index of the IVF family
+(``OPQ…,IVF…,PQ…``), which keeps ids in its inverted lists and can remove them. ``auto`` picks
+one by the number of vectors (``auto_factory``).
 
 Files live in ``HOME/index/gen-NNNNNN/`` beside a ``CURRENT`` file naming the published
 generation. ``save()`` writes a new generation and swaps ``CURRENT`` with ``os.replace``, so a
@@ -8,34 +13,52 @@ crash leaves either the old or the new index, never half of one.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import faiss
 import numpy as np
 
 from detector.errors import ClearanceError
 
-FORMAT = 1
+FORMAT = 2                      # 2 adds the IVF family and the recall measured when trained
+READABLE = frozenset({1, 2})    # format 1 (exact IDMap2 only) reads as format 2
 WINDOW_BITS = 22
+
+AUTO = "auto"
+FLAT_MAX_VECTORS = 1_000_000    # exact search up to ~140 h of audio (0.5 GB of vectors)
+COMPRESSED = "OPQ64,IVF{nlist},PQ64x4fsr"   # 40 B per vector with its id; see benchmarks/scale.py
 
 
 class IndexMismatch(ClearanceError):
     """An index built by another model or embedding size than the one loaded."""
 
 
+class IndexFactoryError(ClearanceError):
+    """A factory string FAISS cannot build, or whose index cannot remove vectors."""
+
+
 @dataclass(frozen=True)
 class IndexInfo:
+    """What a published index holds: vectors of ``model`` (``dim``-d) every ``hop_s`` seconds,
+    in an index built from ``factory``; ``recall`` is recall@1 against exact search measured
+    when it was trained (1.0 for exact indexes)."""
+
     model: str
     dim: int
     hop_s: float
     factory: str
+    recall: float = 1.0
 
 
-def vector_ids(track: int, n: int) -> np.ndarray:
-    return (np.int64(track) << WINDOW_BITS) + np.arange(n, dtype=np.int64)
+def vector_ids(track: int, windows: np.ndarray) -> np.ndarray:
+    """(n,) int64 ids of a track's windows."""
+    return (np.int64(track) << WINDOW_BITS) + windows.astype(np.int64)
 
 
 def split_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -43,52 +66,121 @@ def split_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids >> WINDOW_BITS, ids & ((1 << WINDOW_BITS) - 1)
 
 
+def auto_factory(n_vectors: int) -> str:
+    """The factory ``auto`` means for ``n_vectors``: ``Flat`` up to ``FLAT_MAX_VECTORS``, else
+    IVF-PQ with about 4·√n lists, rounded to a power of 4 so that a growing catalog is retrained
+    only at each ×16 of growth."""
+    if n_vectors <= FLAT_MAX_VECTORS:
+        return "Flat"
+    nlist = 4 ** round(math.log(4 * math.sqrt(n_vectors), 4))
+    return COMPRESSED.format(nlist=min(max(nlist, 1024), 262144))
+
+
+def needs_training(factory: str) -> bool:
+    return "IVF" in factory or "PQ" in factory
+
+
+def min_training_vectors(factory: str) -> int:
+    """Vectors needed to train ``factory``: 39 per IVF list (FAISS's floor), and 10,000 for PQ
+    codebooks (8-bit ones need 256 codes × 39); 0 for indexes that need no training."""
+    if not needs_training(factory):
+        return 0
+    lists = re.search(r"IVF(\d+)", factory)
+    return max(39 * int(lists.group(1)) if lists else 0, 10_000 if "PQ" in factory else 0)
+
+
+def new_index(dim: int, factory: str) -> faiss.Index:
+    """An empty index from a FAISS factory string, searched by inner product. IVF indexes keep
+    their own ids; anything else is wrapped in ``IDMap2``."""
+    if factory == AUTO:
+        raise IndexFactoryError("'auto' is resolved by auto_factory() before an index is made")
+    if needs_training(factory) and "IVF" not in factory:
+        raise IndexFactoryError(f"index factory '{factory}': compressed indexes must be of the IVF family, "
+                                "the others cannot remove vectors (takedowns)")
+    spec = factory if "IVF" in factory else f"IDMap2,{factory}"
+    try:
+        return faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise IndexFactoryError(f"FAISS cannot build index factory '{factory}': {str(exc).splitlines()[0]}") from None
+
+
+def index_ids(index: faiss.Index) -> np.ndarray:
+    """(ntotal,) int64: every id stored in ``index`` (IDMap2 or IVF family), in no order."""
+    if index.ntotal == 0:
+        return np.zeros(0, np.int64)
+    top = faiss.downcast_index(index)
+    if isinstance(top, faiss.IndexIDMap2):
+        return faiss.vector_to_array(top.id_map).astype(np.int64)
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+             for i in range(ivf.nlist) if lists.list_size(i)]
+    return np.concatenate(parts).astype(np.int64)
+
+
 class VectorIndex:
     """A FAISS index of L2-normalised vectors searched by inner product (= cosine)."""
 
-    def __init__(self, root: Path, info: IndexInfo, index: faiss.Index, generation: int):
+    def __init__(self, root: Path, info: IndexInfo, index: faiss.Index, generation: int, nprobe: int = 32):
         self.root, self.info, self.index, self.generation = root, info, index, generation
+        if "IVF" in info.factory:
+            faiss.extract_index_ivf(index).nprobe = nprobe
 
     @classmethod
-    def open(cls, root: str | Path, model: str, dim: int, hop_s: float, factory: str = "Flat") -> "VectorIndex":
-        """Load the published generation under ``root``, or start an empty index."""
+    def open(cls, root: str | Path, model: str, dim: int, hop_s: float, nprobe: int = 32) -> "VectorIndex":
+        """Load the published generation under ``root``, or start an empty exact index (the
+        first rebuild after enough vectors trains a compressed one)."""
         root = Path(root)
-        current = root / "CURRENT"
-        if current.exists():
-            gen_dir = root / current.read_text().strip()
-            meta = json.loads((gen_dir / "meta.json").read_text())
-            if meta.get("format") != FORMAT:
-                raise IndexMismatch(f"index at {root} has format {meta.get('format')}, expected {FORMAT}")
-            info = IndexInfo(meta["model"], meta["dim"], meta["hop_s"], meta["factory"])
-            if info.model != model or info.dim != dim:
-                raise IndexMismatch(f"index at {root} holds vectors of model {info.model} ({info.dim}-d); the loaded "
-                                    f"model is {model} ({dim}-d): rebuild the index with `clearance index --rebuild`")
-            return cls(root, info, faiss.read_index(str(gen_dir / "vectors.faiss")), meta["generation"])
-        info = IndexInfo(model, dim, hop_s, factory)
-        return cls(root, info, new_index(dim, factory), 0)
+        meta = published_meta(root)
+        if meta is None:
+            return cls(root, IndexInfo(model, dim, hop_s, "Flat"), new_index(dim, "Flat"), 0)
+        info = IndexInfo(meta["model"], meta["dim"], meta["hop_s"], meta["factory"], meta.get("recall", 1.0))
+        if info.model != model or info.dim != dim:
+            raise IndexMismatch(f"index at {root} holds vectors of model {info.model} ({info.dim}-d); the loaded "
+                                f"model is {model} ({dim}-d): rebuild the index with `clearance index --rebuild`")
+        index = faiss.read_index(str(root / f"gen-{meta['generation']:06d}" / "vectors.faiss"))
+        return cls(root, info, index, meta["generation"], nprobe)
+
+    @classmethod
+    def trained(cls, root: str | Path, model: str, dim: int, hop_s: float, factory: str, sample: np.ndarray,
+                nprobe: int = 32) -> "VectorIndex":
+        """An empty index of ``factory`` trained on ``sample`` ((n, dim) float32), to be filled
+        and saved as the generation after the published one."""
+        index = new_index(dim, factory)
+        if not index.is_trained:
+            index.train(np.ascontiguousarray(sample, np.float32))
+        meta = published_meta(Path(root))
+        return cls(Path(root), IndexInfo(model, dim, hop_s, factory), index, meta["generation"] if meta else 0, nprobe)
 
     @property
     def size(self) -> int:
         return self.index.ntotal
 
+    @property
+    def bytes(self) -> int:
+        """Size of the index as written to disk (≈ its memory), bytes."""
+        return int(faiss.serialize_index(self.index).size)
+
     def add(self, track: int, vectors: np.ndarray, windows: np.ndarray) -> None:
-        """Add a track's vectors; ``windows`` are their window numbers (start = window × hop)."""
+        """Add a track's vectors ((n, dim) float32); ``windows`` are their window numbers
+        (start = window × hop)."""
         if len(vectors):
-            ids = (np.int64(track) << WINDOW_BITS) + windows.astype(np.int64)
-            self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids)
+            self.add_ids(vector_ids(track, windows), vectors)
+
+    def add_ids(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.ascontiguousarray(ids, np.int64))
 
     def remove(self, tracks: list[int]) -> int:
         """Remove every vector of ``tracks``; returns how many were removed."""
-        removed = 0
-        for t in tracks:
-            sel = faiss.IDSelectorRange(int(t) << WINDOW_BITS, (int(t) + 1) << WINDOW_BITS)
-            removed += self.index.remove_ids(sel)
-        return removed
+        if not tracks or not self.size:
+            return 0
+        ids = index_ids(self.index)
+        gone = ids[np.isin(split_ids(ids)[0], np.asarray(tracks, np.int64))]
+        return int(self.index.remove_ids(faiss.IDSelectorBatch(gone))) if len(gone) else 0
 
     def tracks(self) -> dict[int, int]:
         """Vector count per track key."""
-        ids = faiss.vector_to_array(faiss.downcast_index(self.index).id_map) if self.size else np.zeros(0, np.int64)
-        keys, counts = np.unique(split_ids(ids)[0], return_counts=True)
+        keys, counts = np.unique(split_ids(index_ids(self.index))[0], return_counts=True)
         return dict(zip(keys.tolist(), counts.tolist()))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,28 +199,80 @@ class VectorIndex:
         tmp.mkdir()
         faiss.write_index(self.index, str(tmp / "vectors.faiss"))
         meta = {"format": FORMAT, "generation": gen, "model": self.info.model, "dim": self.info.dim,
-                "hop_s": self.info.hop_s, "factory": self.info.factory, "vectors": self.size}
+                "hop_s": self.info.hop_s, "factory": self.info.factory, "recall": self.info.recall,
+                "vectors": self.size}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        _fsync_dir(tmp)
+        fsync_tree(tmp)
         os.replace(tmp, self.root / name)
-        pointer = self.root / ".CURRENT.tmp"
-        pointer.write_text(name + "\n")
-        with open(pointer) as f:
-            os.fsync(f.fileno())
-        os.replace(pointer, self.root / "CURRENT")
-        _fsync_dir(self.root)
+        publish_pointer(self.root / "CURRENT", name)
         self.generation = gen
         for old in self.root.glob("gen-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
 
+    def set_recall(self, recall: float) -> None:
+        """Record the recall measured for this index (``measure_recall``); saved with it."""
+        self.info = IndexInfo(self.info.model, self.info.dim, self.info.hop_s, self.info.factory, recall)
 
-def new_index(dim: int, factory: str) -> faiss.Index:
-    """An empty ID-mapped index from a FAISS factory string, searched by inner product."""
-    return faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+
+COPY_COSINE = 0.85   # how similar a copy's window stays to its reference window (codec + noise)
 
 
-def _fsync_dir(path: Path) -> None:
+def measure_recall(index: VectorIndex, sample: np.ndarray, chunks: Iterable, queries: int = 1000,
+                   seed: int = 0) -> float:
+    """Recall@1 of ``index`` against exact search: the share of queries whose top hit in
+    ``index`` is their exact nearest neighbour among all vectors. Queries are ``queries`` rows of
+    ``sample`` ((n, dim) float32, drawn from the indexed vectors) with noise added down to
+    ``COPY_COSINE``, as a copy's windows are; ``chunks`` yields every indexed vector once, as
+    objects with ``ids`` (n,) and ``vectors`` (n, dim)."""
+    rng = np.random.default_rng(seed)
+    q = sample[rng.choice(len(sample), min(queries, len(sample)), replace=False)]
+    noise = rng.standard_normal(q.shape).astype(np.float32)
+    noise *= math.sqrt(1 / COPY_COSINE ** 2 - 1) / np.linalg.norm(noise, axis=1, keepdims=True)
+    q = q + noise
+    q = np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), np.float32)
+    best = np.full(len(q), -np.inf, np.float32)
+    exact = np.full(len(q), -1, np.int64)
+    for chunk in chunks:
+        sims, rows = faiss.knn(q, np.ascontiguousarray(chunk.vectors, np.float32), 1, metric=faiss.METRIC_INNER_PRODUCT)
+        better = sims[:, 0] > best
+        best[better], exact[better] = sims[better, 0], chunk.ids[rows[better, 0]]
+    _, found = index.search(q, 1)
+    return float(np.mean(found[:, 0] == exact))
+
+
+def published_meta(root: Path) -> dict | None:
+    """``meta.json`` of the published generation under ``root``, or None when there is none."""
+    current = root / "CURRENT"
+    if not current.exists():
+        return None
+    meta = json.loads((root / current.read_text().strip() / "meta.json").read_text())
+    if meta.get("format") not in READABLE:
+        raise IndexMismatch(f"index at {root} has format {meta.get('format')}; this version reads "
+                            f"{', '.join(map(str, sorted(READABLE)))}")
+    return meta
+
+
+def publish_pointer(pointer: Path, target: str) -> None:
+    """Make ``pointer`` name ``target``: write beside, fsync, ``os.replace``."""
+    tmp = pointer.with_name(f".{pointer.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(target + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, pointer)
+    fsync_dir(pointer.parent)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file in ``folder``, then the folder itself."""
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    fsync_dir(folder)
+
+
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -2,6 +2,10 @@
 
 Roles: ``submitter`` (submit checks, read its own), ``reviewer`` (read all checks, reference
 audio, record verdicts), ``catalog-admin`` (catalog operations), ``admin`` (everything).
+
+HTTP routes ask for a role with the dependency ``require(*roles)``; keys travel as
+``Authorization: Bearer KEY``. Code that finds a key elsewhere (a dashboard session) calls
+``authorize`` with it.
 """
 from __future__ import annotations
 
@@ -9,7 +13,12 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from enum import Enum
+from typing import Callable
 
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from detector.errors import ClearanceError
 from index.store import Store
 
 
@@ -32,6 +41,11 @@ class Principal:
         """Admins can do everything; others only what their role is listed for."""
         return self.role is Role.admin or self.role in roles
 
+    @property
+    def own_checks_only(self) -> bool:
+        """Submitters see only the checks made with their own key; other roles see all."""
+        return self.role is Role.submitter
+
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
@@ -51,3 +65,39 @@ def authenticate(store: Store, key: str | None) -> Principal | None:
         return None
     row = store.key_by_hash(_digest(key))
     return Principal(row.id, row.name, Role(row.role)) if row else None
+
+
+class Unauthenticated(ClearanceError):
+    """No key, or a key that is unknown or revoked."""
+
+
+class Forbidden(ClearanceError):
+    """A valid key whose role may not do what was asked."""
+
+
+def authorize(store: Store, key: str | None, roles: tuple[Role, ...]) -> Principal:
+    """The principal of ``key`` if it may act in one of ``roles`` (admins may do anything);
+    raises ``Unauthenticated`` or ``Forbidden``."""
+    principal = authenticate(store, key)
+    if principal is None:
+        raise Unauthenticated("an active API key is needed: send 'Authorization: Bearer KEY' "
+                              "(keys come from `clearance keys create`)" if not key else
+                              "the API key is unknown or revoked")
+    if not principal.can(*roles):
+        allowed = ", ".join(r.value for r in dict.fromkeys((*roles, Role.admin)))
+        raise Forbidden(f"a {principal.role.value} key may not do this; it needs one of: {allowed}")
+    return principal
+
+
+_bearer = HTTPBearer(auto_error=False, description="an API key from `clearance keys create --role ROLE`")
+
+
+def require(*roles: Role) -> Callable[..., Principal]:
+    """A FastAPI dependency giving the caller's ``Principal`` when its key has one of ``roles``
+    (or is an admin's): ``principal: Principal = Depends(require(Role.reviewer))``. The store
+    is the one of the engine in ``app.state.engine``."""
+
+    def dependency(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Principal:
+        return authorize(request.app.state.engine.store, credentials.credentials if credentials else None, roles)
+
+    return dependency

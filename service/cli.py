@@ -32,32 +32,74 @@ def main(ctx: click.Context, home: Path | None, db: str | None) -> None:
 
 
 @main.command("index")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--rights", type=RIGHTS, required=True, help="protected (block copies) or licensed (attribute them)")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--rights", type=RIGHTS, help="protected (block copies) or licensed (attribute them); needed with PATHS")
 @click.option("--owner", default="", help="rights holder recorded for every track")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV with path and track_id (or external_id), optional title and owner")
+@click.option("--workers", type=click.IntRange(min=0), help="decode/embed workers [env CLEARANCE_INDEX_WORKERS; "
+                                                            "default one per core; 0: in this process]")
+@click.option("--engine", "engine_name", type=click.Choice(["local", "ray"]),
+              help="local worker processes or Ray Data tasks [env CLEARANCE_INDEX_ENGINE; default local]")
+@click.option("--ray-address", help="Ray cluster for --engine ray [env CLEARANCE_RAY_ADDRESS or RAY_ADDRESS; "
+                                    "default a local Ray instance]")
+@click.option("--rebuild", is_flag=True, help="retrain and rebuild the index from the stored vectors (after PATHS "
+                                              "are indexed), embedding again what the loaded model has no vectors for")
 @click.pass_obj
-def index_cmd(engine: Engine, paths, rights, owner, manifest) -> None:
-    """Fingerprint audio files and folders (recursively) into the catalog."""
+def index_cmd(engine: Engine, paths, rights, owner, manifest, workers, engine_name, ray_address, rebuild) -> None:
+    """Fingerprint audio files and folders (recursively) into the catalog.
+
+    Runs decode → embed → add over worker processes; a file that cannot be indexed is reported
+    and the job goes on. Files already in the catalog (same content) are skipped, so a job that
+    was stopped, even killed, finishes when run again.
+    """
     from tqdm import tqdm
 
-    try:
-        with tqdm(unit="track", file=sys.stderr, dynamic_ncols=True, disable=None) as bar:
-            def progress(path: str, outcome: str, seconds: float) -> None:
-                bar.update(1)
-                bar.set_postfix_str(f"{outcome}: {Path(path).name}", refresh=False)
+    from detector.audio import find_audio
 
-            summary = engine.catalog.index_paths(list(paths), Rights(rights), owner=owner, manifest=manifest,
-                                                 progress=progress)
+    s = engine.settings
+    if not paths and not rebuild:
+        fail("give audio files or folders to index, or --rebuild")
+    if paths and not rights:
+        fail("--rights is required: protected (block copies) or licensed (attribute them)")
+    run = {"workers": s.index_workers if workers is None else workers, "engine": engine_name or s.index_engine,
+           "ray_address": ray_address or s.ray_address}
+    try:
+        if paths:
+            files = find_audio(list(paths))
+            with tqdm(total=len(files), unit="track", file=sys.stderr, dynamic_ncols=True, disable=None) as bar:
+                audio = [0.0]
+
+                def progress(path: str, outcome: str, seconds: float) -> None:
+                    audio[0] += seconds
+                    rate = audio[0] / max(bar.format_dict["elapsed"], 1e-9)
+                    bar.set_postfix_str(f"{audio[0] / 3600:.2f} h audio, {rate:.0f}x real time", refresh=False)
+                    bar.update(1)
+
+                summary = engine.catalog.index_paths(files, Rights(rights), owner=owner, manifest=manifest,
+                                                     progress=progress, publish_every_s=s.index_publish_s, **run)
+            click.echo(f"indexed {len(summary.indexed)} tracks ({summary.audio_s / 3600:.2f} h of audio), "
+                       f"skipped {len(summary.skipped)} already present, failed {len(summary.failed)} "
+                       f"in {summary.elapsed_s:.0f} s ({summary.audio_s / max(summary.elapsed_s, 1e-9):.0f}x real time)")
+            for path, reason in summary.failed:
+                click.echo(f"failed: {path}: {reason}", err=True)
+            if summary.rebuilt:
+                _print_rebuild(summary.rebuilt)
+        if rebuild:
+            _print_rebuild(engine.catalog.rebuild(**run))
+    except KeyboardInterrupt:
+        fail("interrupted: the tracks finished so far are in the catalog; run the same command again to do the rest",
+             130)
     except ClearanceError as exc:
         fail(str(exc))
-    click.echo(f"indexed {len(summary.indexed)} tracks ({summary.audio_s / 3600:.2f} h of audio), "
-               f"skipped {len(summary.skipped)} already present, failed {len(summary.failed)}")
-    for path, reason in summary.failed:
-        click.echo(f"failed: {path}: {reason}", err=True)
-    if summary.failed:
+    if paths and summary.failed:
         sys.exit(2)
+
+
+def _print_rebuild(r) -> None:
+    recall = "exact search" if r.recall == 1.0 and r.factory == "Flat" else f"recall@1 {r.recall:.3f} against exact search"
+    click.echo(f"index rebuilt: {r.factory}, {r.vectors} vectors of {r.tracks} tracks ({r.reembedded} embedded again), "
+               f"{r.mb_per_hour:.2f} MB per hour of audio, {recall}, {r.elapsed_s:.0f} s")
 
 
 @main.command()

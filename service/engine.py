@@ -2,12 +2,15 @@
 and the one place where a check result's JSON shape is made."""
 from __future__ import annotations
 
+import os
+import shutil
 import time
 import uuid
 from functools import cached_property
 from pathlib import Path
 
-from detector.audio import DecodeLimits, decode
+from detector.audio import AUDIO_SUFFIXES, Clip, DecodeLimits, decode
+from detector.errors import AudioError
 from detector.matcher import Calibration
 from detector.model import DEFAULT_WEIGHTS, Embedder
 from detector.policy import Decision, Policy, decide
@@ -50,19 +53,53 @@ class Engine:
 
     @cached_property
     def catalog(self) -> Catalog:
+        """The catalog that checks read."""
+        return self.open_catalog()
+
+    def open_catalog(self) -> Catalog:
+        """A new handle on the catalog with its own in-memory index. The HTTP service changes the
+        catalog through a second handle, so checks running meanwhile never search an index that
+        is being changed; they load the new one once it is published."""
         return Catalog(self.settings.home, self.store, self.embedder, self.calibration,
-                       factory=self.settings.index_factory, limits=self.limits(self.settings.max_reference_s))
+                       factory=self.settings.index_factory, limits=self.limits(self.settings.max_reference_s),
+                       nprobe=self.settings.index_nprobe)
+
+    def assess(self, clip: Clip) -> Decision:
+        """The decision for a decoded output, with rights as the catalog says now."""
+        matches = self.catalog.find_matches(clip)
+        return decide(matches, self.store.infos(m.track for m in matches), clip.duration, self.policy)
 
     def check(self, source, name: str, *, submitter: str | None = None, idempotency_key: str | None = None) -> dict:
         """Check one output (a path or bytes), store the result and return it."""
         t0 = time.perf_counter()
         clip = decode(source, self.embedder.fe.sample_rate, name=name, limits=self.limits(self.settings.max_audio_s))
-        matches = self.catalog.find_matches(clip)
-        decision = decide(matches, self.store.infos(m.track for m in matches), clip.duration, self.policy)
+        if clip.duration < self.embedder.fe.window_s:    # nothing to fingerprint: an answer would be a guess
+            raise AudioError(name, f"the audio is {clip.duration:.2f} s long; a check needs at least "
+                                   f"{self.embedder.fe.window_s:g} s")
+        decision = self.assess(clip)
         result = result_json(str(uuid.uuid4()), name, clip.duration, decision, self.embedder.version,
                              self.policy.version, time.perf_counter() - t0)
+        if self.settings.keep_outputs:
+            self._keep_output(source, self.output_path(result["id"], name))
         self.store.save_check(result, submitter=submitter, idempotency_key=idempotency_key)
         return result
+
+    def output_path(self, check_id: str, name: str) -> Path:
+        """Where the audio of check ``check_id`` (input ``name``) is kept: ``HOME/outputs/<id><suffix>``,
+        the suffix of ``name`` when it is an audio one, so the file is served with its type."""
+        suffix = Path(name).suffix.lower()
+        return self.settings.home / "outputs" / f"{check_id}{suffix if suffix in AUDIO_SUFFIXES else ''}"
+
+    @staticmethod
+    def _keep_output(source, dest: Path) -> None:
+        """Copy the checked audio (a path or bytes) to ``dest``: written beside, then renamed."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        if isinstance(source, (bytes, bytearray)):
+            part.write_bytes(source)
+        else:
+            shutil.copyfile(source, part)
+        os.replace(part, dest)
 
 
 def result_json(check_id: str, name: str, duration: float, decision: Decision, model: str, policy: str,

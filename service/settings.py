@@ -3,7 +3,9 @@ and overridden by CLI flags. Every field has a default and a help text (``cleara
 prints them)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,13 +21,40 @@ class Settings(BaseSettings):
     model: Path | None = Field(None, description="model checkpoint; default: the weights shipped in the package")
     calibration: Path | None = Field(None, description="score calibration JSON; default: the one shipped with the model")
     policy: Path = Field(DEFAULT_POLICY, description="licensing policy file (TOML)")
-    index_factory: str = Field("Flat", description="FAISS factory string of the vector index (after IDMap2)")
+    index_factory: str = Field(
+        "auto", description="FAISS factory string of the vector index: 'auto' (exact 'Flat' up to 1,000,000 vectors, "
+                            "about 140 h of audio, then a trained OPQ+IVF+PQ index sized to the catalog), 'Flat', or "
+                            "an IVF-family string such as 'OPQ64,IVF4096,PQ64x4fsr'; a change applies at the next "
+                            "indexing job or `clearance index --rebuild`")
+    index_nprobe: int = Field(32, ge=1, description="inverted lists a compressed (IVF) index searches per query window")
+    index_workers: int = Field(os.cpu_count() or 1, ge=0,
+                               description="processes (local engine) or Ray actors that decode and embed catalog "
+                                           "files; 0: the indexing process itself")
+    index_engine: Literal["local", "ray"] = Field("local", description="where indexing runs: 'local' (worker processes "
+                                                                       "on this machine) or 'ray' (Ray Data tasks)")
+    ray_address: str | None = Field(None, description="Ray cluster for --engine ray ('head:6379' or "
+                                                      "'ray://head:10001'); default RAY_ADDRESS, else a local instance")
+    index_publish_s: float = Field(30.0, gt=0, description="seconds between publishes of the index during a job; a "
+                                                           "killed job redoes at most this much work")
     max_upload_mb: float = Field(100.0, description="largest accepted upload or input file, MB")
     max_audio_s: float = Field(600.0, description="longest accepted output to check, seconds of audio")
     max_reference_s: float = Field(3 * 3600.0, description="longest accepted catalog recording, seconds")
     decode_timeout_s: float = Field(60.0, description="wall-clock limit for decoding one file, seconds")
-    check_workers: int = Field(2, description="checks run at once by the HTTP service")
-    check_queue: int = Field(16, description="checks waiting for a worker before the service answers 503")
+    check_workers: int = Field(2, ge=1, description="checks run at once by the HTTP service")
+    check_queue: int = Field(16, ge=0, description="checks waiting for a worker before the service answers 503")
+    catalog_queue: int = Field(4, ge=0, description="catalog uploads waiting for the one catalog writer before the "
+                                                    "service answers 503")
+    upload_timeout_s: float = Field(300.0, gt=0, description="longest time a client may take to send an upload, "
+                                                             "seconds; slower uploads are answered 408")
+    max_request_kb: int = Field(64, ge=1, description="largest accepted HTTP request body other than an audio "
+                                                      "upload, KiB")
+    # the review dashboard (service/dashboard) and the audio it plays
+    keep_outputs: bool = Field(True, description="keep each checked output's audio in home/outputs so reviewers "
+                                                 "can hear it")
+    review_session_hours: float = Field(8.0, gt=0, description="how long a review dashboard sign-in lasts, hours")
+    review_excerpt_margin_s: float = Field(5.0, ge=0, description="reference audio served to reviewers before and "
+                                                                  "after a matched span, seconds")
+    review_page_size: int = Field(50, ge=1, description="checks per page of the review queue")
 
     @property
     def db_url(self) -> str:

@@ -1,53 +1,16 @@
-"""The HTTP API against a real ``clearance serve`` process on loopback."""
+"""Checks over HTTP against a real ``clearance serve`` process on loopback: decisions, stored
+results, idempotent resubmission, and the paged list of checks."""
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-
-import httpx
-import pytest
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 
 from tests.conftest import cut
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(env_for):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env_for(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stdout.read()}")
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        raise RuntimeError("server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def post(url: str, name: str, data: bytes) -> httpx.Response:
-    return httpx.post(f"{url}/v1/checks", files={"audio": (name, data)}, timeout=120)
-
-
 def test_copy_blocked_and_stored(server, music, tmp_path):
     q = cut(music["xmoto-batcave"], 50.0, 20.0, tmp_path / "q.mp3")
-    r = post(server, "q.mp3", q.read_bytes())
+    r = server.check(server.keys["submitter"], "q.mp3", q.read_bytes())
     assert r.status_code == 200, r.text
     result = r.json()
     assert result["decision"] == "block"
@@ -55,30 +18,99 @@ def test_copy_blocked_and_stored(server, music, tmp_path):
     m = result["matches"][0]
     assert m["external_id"] == "xmoto-batcave"
     assert abs(m["ref_start"] - (50.0 + m["query_start"])) < 1.0
-    again = httpx.get(f"{server}/v1/checks/{result['id']}", timeout=10)
+    again = server.get(f"/v1/checks/{result['id']}", server.keys["submitter"])
     assert again.status_code == 200 and again.json() == result
 
 
 def test_unseen_allowed(server, music, tmp_path):
     q = cut(music["xmoto-foxrun"], 30.0, 20.0, tmp_path / "q.mp3")
-    result = post(server, "foxrun.mp3", q.read_bytes()).json()
+    result = server.check(server.keys["submitter"], "foxrun.mp3", q.read_bytes()).json()
     assert result["decision"] == "allow" and result["matches"] == []
 
 
-@pytest.mark.parametrize("name,data,message", [
-    ("empty.mp3", b"", "the file is empty"),
-    ("junk.mp3", bytes(range(256)) * 64, "not a readable audio file"),
-    ("notes.txt", b"this is not audio at all\n" * 20, "not a readable audio file"),
-])
-def test_bad_audio_is_422_problem_and_server_stays_up(server, name, data, message):
-    r = post(server, name, data)
-    assert r.status_code == 422
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["status"] == 422 and name in body["detail"] and message in body["detail"]
-    assert httpx.get(f"{server}/healthz", timeout=5).status_code == 200
+def test_licensed_copy_allowed_with_attribution(server, music, tmp_path):
+    q = cut(music["drascula-track29"], 5.0, 20.0, tmp_path / "lic.ogg", fmt="ogg")
+    result = server.check(server.keys["submitter"], "lic.ogg", q.read_bytes()).json()
+    assert result["decision"] == "allow"
+    assert result["matches"][0]["external_id"] == "drascula-track29"
+    assert result["matches"][0]["rights"] == "licensed"
+
+
+def test_idempotency_key_returns_the_stored_result(server, music, tmp_path):
+    key = server.key("submitter", "idempotent platform")
+    q = cut(music["xmoto-batcave"], 10.0, 12.0, tmp_path / "q.mp3").read_bytes()
+    first = server.check(key, "q.mp3", q, **{"Idempotency-Key": "release-42"})
+    assert first.status_code == 200 and "Idempotent-Replayed" not in first.headers
+    repeat = server.check(key, "q.mp3", q, **{"Idempotency-Key": "release-42"})
+    assert repeat.status_code == 200 and repeat.headers["Idempotent-Replayed"] == "true"
+    assert repeat.json() == first.json()
+    listed = server.get("/v1/checks", key).json()["checks"]
+    assert [c["result"]["id"] for c in listed] == [first.json()["id"]]    # checked once
+
+    other = server.check(server.key("submitter"), "q.mp3", q, **{"Idempotency-Key": "release-42"})
+    assert other.status_code == 200 and other.json()["id"] != first.json()["id"]   # keys are per API key
+    fresh = server.check(key, "q.mp3", q, **{"Idempotency-Key": "release-43"})
+    assert fresh.json()["id"] != first.json()["id"]
+
+
+def test_idempotency_key_sent_twice_at_once_is_checked_once(server, music, tmp_path):
+    key = server.key("submitter", "impatient platform")
+    q = cut(music["xmoto-foxrun"], 50.0, 12.0, tmp_path / "q.mp3").read_bytes()
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: server.check(key, "q.mp3", q, **{"Idempotency-Key": "twice"}), range(2)))
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].json() == answers[1].json()
+    assert sorted("Idempotent-Replayed" in a.headers for a in answers) == [False, True]
+    assert [c["result"]["id"] for c in server.get("/v1/checks", key).json()["checks"]] == [answers[0].json()["id"]]
+
+
+def test_idempotency_key_longer_than_256_characters_is_422(server):
+    r = server.check(server.keys["submitter"], "q.mp3", b"x", **{"Idempotency-Key": "k" * 257})
+    assert r.status_code == 422 and "idempotency-key" in r.json()["detail"]
+
+
+def test_list_filters_by_decision_and_time_and_pages_newest_first(server, music, tmp_path):
+    key = server.key("submitter", "lister")
+    copy = cut(music["xmoto-batcave"], 30.0, 12.0, tmp_path / "copy.mp3").read_bytes()
+    unseen = cut(music["xmoto-foxrun"], 30.0, 12.0, tmp_path / "unseen.mp3").read_bytes()
+    made = [server.check(key, name, data).json() for name, data in
+            [("a.mp3", copy), ("b.mp3", unseen), ("c.mp3", copy), ("d.mp3", unseen), ("e.mp3", copy)]]
+    assert [m["decision"] for m in made] == ["block", "allow", "block", "allow", "block"]
+
+    pages, cursor = [], None
+    while True:
+        page = server.get("/v1/checks", key, params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        pages.append([c["result"]["id"] for c in page["checks"]])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == [[made[4]["id"], made[3]["id"]], [made[2]["id"], made[1]["id"]], [made[0]["id"]]]
+
+    blocked = server.get("/v1/checks", key, params={"decision": "block"}).json()["checks"]
+    assert [c["result"]["id"] for c in blocked] == [made[4]["id"], made[2]["id"], made[0]["id"]]
+    assert all(c["submitter"] and c["result"]["decision"] == "block" for c in blocked)
+
+    newest = datetime.fromisoformat(blocked[0]["created_at"])
+    since = server.get("/v1/checks", key, params={"since": newest.isoformat()}).json()["checks"]
+    assert [c["result"]["id"] for c in since] == [made[4]["id"]]
+    in_paris = newest.astimezone(timezone(timedelta(hours=2))).isoformat()   # the same instant, another offset
+    assert [c["result"]["id"] for c in server.get("/v1/checks", key, params={"since": in_paris}).json()["checks"]] \
+        == [made[4]["id"]]
+    later = (newest + timedelta(seconds=1)).isoformat()
+    assert server.get("/v1/checks", key, params={"since": later}).json() == {"checks": [], "next_cursor": None}
+
+
+def test_list_refuses_bad_parameters(server):
+    key = server.keys["submitter"]
+    for params, where in [({"limit": 0}, "query.limit"), ({"limit": 501}, "query.limit"),
+                          ({"decision": "maybe"}, "query.decision"), ({"since": "yesterday"}, "query.since"),
+                          ({"since": "2026-05-01T00:00:00"}, "query.since")]:
+        r = server.get("/v1/checks", key, params=params)
+        assert r.status_code == 422 and r.json()["detail"].startswith(where), (params, r.text)
+    forged = server.get("/v1/checks", key, params={"cursor": "not-a-cursor"})
+    assert forged.status_code == 422 and "cursor" in forged.json()["detail"]
 
 
 def test_unknown_check_is_404(server):
-    r = httpx.get(f"{server}/v1/checks/does-not-exist", timeout=5)
+    r = server.get("/v1/checks/does-not-exist", server.keys["reviewer"])
     assert r.status_code == 404 and r.json()["detail"] == "no check with id 'does-not-exist'"

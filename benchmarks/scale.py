@@ -1,0 +1,247 @@
+"""How the vector index scales: synthetic catalogs of 10⁶ and 10⁷ reference windows, with the
+projection to 10⁸.
+
+    python -m benchmarks.scale [--sizes 1e6 1e7] [--factories Flat "OPQ64,IVF{nlist},PQ64x4fsr" …]
+                               [--queries 2000] [--threads 1]
+
+Synthetic vectors follow the statistics of real embeddings of the corpus (mean, covariance and
+the correlation of consecutive windows, fitted on 40 tracks of the ``full`` corpus with the
+shipped model), grouped in tracks of 480 windows (4 min at the 0.5 s reference hop). Queries
+are windows of random catalog tracks with noise added until they are as similar to their
+source as a real copy's windows are to the reference (fitted on MP3-32k + 10 dB noise copies).
+
+For each index it prints: build time, bytes per vector (index file / vectors, ids included),
+MB of index per hour of audio (7,200 windows), search latency per query window and per 30 s
+output (117 windows at the 0.25 s query hop, k = 8, ``--threads`` FAISS threads), and recall
+against exact search: ``recall@1`` (same top id), ``track@1`` (top hit on the same track as the
+exact top hit: what the matcher votes on) and ``src@8`` (the query's source track among the 8
+hits). The 10⁸ row projects the largest measured size: bytes × size, latency × √size (lists
+grow as √n, so the codes scanned per query do too).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from index.vectors import auto_factory, index_ids, new_index
+
+OUT = Path(__file__).resolve().parent / "out"
+TRACK_WINDOWS = 480
+CHUNK = 100 * TRACK_WINDOWS          # vectors generated per seed
+WINDOWS_PER_HOUR = 7200
+QUERY_WINDOWS = 117                  # 30 s output at the 0.25 s query hop
+K = 8
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Fitted statistics of real embeddings: ``mean`` (dim,), ``chol`` (dim, dim) Cholesky factor
+    of the covariance, ``rho`` lag-1 correlation in whitened space, ``copy_cos`` mean cosine of a
+    copied window to its reference window."""
+
+    mean: np.ndarray
+    chol: np.ndarray
+    rho: float
+    copy_cos: float
+
+
+def real_stats(n_tracks: int = 40) -> Stats:
+    """Fit (once; cached in benchmarks/out/) the statistics of real embeddings."""
+    cache = OUT / "embedding-stats.npz"
+    if cache.exists():
+        z = np.load(cache)
+        return Stats(z["mean"], z["chol"], float(z["rho"]), float(z["copy_cos"]))
+    from benchmarks import corpus as C
+    from detector.audio import Clip
+    from detector.model import Embedder
+
+    emb = Embedder.load()
+    tracks = C.manifest(C.music_folder("full"))[::7][:n_tracks]
+    rng = np.random.default_rng(0)
+    vecs, lag_a, lag_b, copy = [], [], [], []
+    for t in tracks:
+        clip = C.load(t)
+        e = emb.embed(clip, hop_s=0.5)
+        v = e.vectors[e.voiced]
+        vecs.append(v)
+        pairs = e.voiced[:-1] & e.voiced[1:]
+        lag_a.append(e.vectors[:-1][pairs])
+        lag_b.append(e.vectors[1:][pairs])
+        s = C.loud_start(clip, 10.0, rng)
+        if s is not None:
+            x = C.noise(C.codec(clip.excerpt(s, s + 10).samples, "mp3", 32), 10, rng)
+            q = emb.embed(Clip(x[: 10 * C.SR], C.SR, "copy"), hop_s=0.5).vectors
+            r = emb.embed(clip.excerpt(s, s + 10), hop_s=0.5).vectors
+            n = min(len(q), len(r))
+            copy.append(np.sum(q[:n] * r[:n], 1))
+    v = np.concatenate(vecs)
+    mean = v.mean(0)
+    cov = np.cov(v - mean, rowvar=False) + 1e-6 * np.eye(v.shape[1])
+    chol = np.linalg.cholesky(cov)
+    white = lambda x: np.linalg.solve(chol, (x - mean).T).T          # noqa: E731
+    a, b = white(np.concatenate(lag_a)), white(np.concatenate(lag_b))
+    rho = float(np.mean(np.sum(a * b, 1)) / np.mean(np.sum(a * a, 1)))
+    stats = Stats(mean.astype(np.float32), chol.astype(np.float32), rho, float(np.mean(np.concatenate(copy))))
+    OUT.mkdir(exist_ok=True)
+    np.savez(cache, mean=stats.mean, chol=stats.chol, rho=stats.rho, copy_cos=stats.copy_cos)
+    return stats
+
+
+def chunk(stats: Stats, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of chunk ``seed``: 100 synthetic tracks of ``TRACK_WINDOWS`` windows, ids
+    laid out as the catalog does (track << 22 | window), vectors (CHUNK, dim) float32 unit."""
+    rng = np.random.default_rng(seed)
+    dim = len(stats.mean)
+    z = np.empty((100, TRACK_WINDOWS, dim), np.float32)
+    z[:, 0] = rng.standard_normal((100, dim))
+    innov = math.sqrt(1 - stats.rho ** 2)
+    for i in range(1, TRACK_WINDOWS):
+        z[:, i] = stats.rho * z[:, i - 1] + innov * rng.standard_normal((100, dim))
+    x = z.reshape(-1, dim) @ stats.chol.T + stats.mean
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    tracks = seed * 100 + np.repeat(np.arange(100), TRACK_WINDOWS)
+    ids = (tracks.astype(np.int64) << 22) + np.tile(np.arange(TRACK_WINDOWS), 100)
+    return ids, x.astype(np.float32)
+
+
+def queries(stats: Stats, n_chunks: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(source ids, query vectors): windows of random catalog tracks, noised to ``copy_cos``."""
+    rng = np.random.default_rng(12345)
+    seeds = np.sort(rng.integers(0, n_chunks, n))
+    src, out = [], []
+    for s in np.unique(seeds):
+        ids, x = chunk(stats, int(s))
+        pick = rng.integers(0, len(ids), int(np.sum(seeds == s)))
+        src.append(ids[pick])
+        out.append(x[pick])
+    src, q = np.concatenate(src), np.concatenate(out)
+    # noise of norm σ orthogonal-ish to q gives cos ≈ 1/√(1+σ²)
+    sigma = math.sqrt(1 / stats.copy_cos ** 2 - 1)
+    noise = rng.standard_normal(q.shape).astype(np.float32)
+    noise *= sigma / np.linalg.norm(noise, axis=1, keepdims=True)
+    q = q + noise
+    return src, (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def exact_top(stats: Stats, n_chunks: int, q: np.ndarray) -> np.ndarray:
+    """(n,) ids of the exact top-1 inner-product neighbours, streamed over the chunks
+    (cached per size in benchmarks/out/)."""
+    cache = OUT / f"exact-top1-{n_chunks}-{len(q)}.npy"
+    if cache.exists():
+        return np.load(cache)
+    best_s = np.full(len(q), -np.inf, np.float32)
+    best_i = np.full(len(q), -1, np.int64)
+    for s in range(n_chunks):
+        ids, x = chunk(stats, s)
+        d, i = faiss.knn(q, x, 1, metric=faiss.METRIC_INNER_PRODUCT)
+        better = d[:, 0] > best_s
+        best_s[better], best_i[better] = d[better, 0], ids[i[better, 0]]
+    np.save(cache, best_i)
+    return best_i
+
+
+def build(stats: Stats, factory: str, n_chunks: int) -> tuple[faiss.Index, float]:
+    index = new_index(len(stats.mean), factory)
+    t0 = time.perf_counter()
+    if not index.is_trained:
+        train = np.concatenate([chunk(stats, s)[1] for s in range(0, n_chunks, max(1, n_chunks // 8))][:8])
+        index.train(train)
+    for s in range(n_chunks):
+        ids, x = chunk(stats, s)
+        index.add_with_ids(x, ids)
+    return index, time.perf_counter() - t0
+
+
+def measure(index: faiss.Index, src: np.ndarray, q: np.ndarray, exact: np.ndarray, nprobe: int) -> dict:
+    if hasattr(faiss, "extract_index_ivf") and _is_ivf(index):
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    batches = [q[i:i + QUERY_WINDOWS] for i in range(0, len(q) - QUERY_WINDOWS + 1, QUERY_WINDOWS)]
+    index.search(batches[0], K)                                     # warm caches
+    times, found = [], []
+    for b in batches:
+        t = time.perf_counter()
+        _, ids = index.search(b, K)
+        times.append(time.perf_counter() - t)
+        found.append(ids)
+    ids = np.concatenate(found)
+    n = len(ids)
+    per_output = float(np.median(times))
+    return {
+        "ms_per_window": 1000 * per_output / QUERY_WINDOWS,
+        "ms_per_30s": 1000 * per_output,
+        "recall@1": float(np.mean(ids[:, 0] == exact[:n])),
+        "track@1": float(np.mean((ids[:, 0] >> 22) == (exact[:n] >> 22))),
+        "src@8": float(np.mean(np.any((ids >> 22) == (src[:n, None] >> 22), 1))),
+    }
+
+
+def _is_ivf(index: faiss.Index) -> bool:
+    try:
+        faiss.extract_index_ivf(index)
+        return True
+    except RuntimeError:
+        return False
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7])
+    ap.add_argument("--factories", nargs="+", default=["Flat", "auto", "IVF{nlist},PQ32", "OPQ32,IVF{nlist},PQ32"])
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--nprobe", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="FAISS threads for search (a check uses one core)")
+    args = ap.parse_args(argv)
+    stats = real_stats()
+    print(f"synthetic vectors: {len(stats.mean)}-d, lag-1 correlation {stats.rho:.3f}, "
+          f"copy cosine {stats.copy_cos:.3f} (fitted on real embeddings)")
+    head = (f"{'vectors':>9} {'factory':<30} {'build s':>8} {'B/vec':>6} {'MB/h':>6} {'RSS GB':>6} "
+            f"{'ms/win':>7} {'ms/30s':>7} {'rec@1':>6} {'trk@1':>6} {'src@8':>6}")
+    print(head)
+    print("-" * len(head))
+    rows = []
+    for size in args.sizes:
+        n_chunks = max(1, round(size / CHUNK))
+        n = n_chunks * CHUNK
+        src, q = queries(stats, n_chunks, args.queries)
+        exact = exact_top(stats, n_chunks, q)
+        for spec in args.factories:
+            nlist = 4 ** round(math.log(math.sqrt(n), 4))
+            factory = auto_factory(n) if spec == "auto" else spec.format(nlist=nlist)
+            faiss.omp_set_num_threads(2)
+            index, build_s = build(stats, factory, n_chunks)
+            faiss.omp_set_num_threads(args.threads)
+            assert len(index_ids(index)) == n
+            nbytes = faiss.serialize_index(index).size
+            r = measure(index, src, q, exact, args.nprobe)
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+            row = {"vectors": n, "factory": factory, "label": spec, "build_s": build_s, "bytes_per_vector": nbytes / n,
+                   "mb_per_hour": nbytes / n * WINDOWS_PER_HOUR / 1e6, "peak_rss_gb": rss, **r}
+            rows.append(row)
+            print(_line(row, f"{n:>9.0e}"), flush=True)
+            del index
+    largest = max(r["vectors"] for r in rows)
+    for r in rows:
+        if r["vectors"] == largest:
+            scale = 1e8 / largest
+            proj = {**r, "build_s": float("nan"), "ms_per_window": r["ms_per_window"] * math.sqrt(scale),
+                    "ms_per_30s": r["ms_per_30s"] * math.sqrt(scale), "peak_rss_gb": float("nan")}
+            print(_line(proj, "1e8 proj."), flush=True)
+    (OUT / "scale.json").write_text(json.dumps(rows, indent=1))
+
+
+def _line(r: dict, size: str) -> str:
+    return (f"{size:>9} {r['factory']:<30} {r['build_s']:>8.0f} {r['bytes_per_vector']:>6.1f} "
+            f"{r['mb_per_hour']:>6.3f} {r['peak_rss_gb']:>6.1f} {r['ms_per_window']:>7.3f} {r['ms_per_30s']:>7.1f} "
+            f"{r['recall@1']:>6.3f} {r['track@1']:>6.3f} {r['src@8']:>6.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""``/v1/tracks``: catalog administration over HTTP, through the same code as the CLI's
+``index``, ``rights``, ``remove`` and ``tracks``.
+
+Uploaded reference recordings are kept in ``HOME/references/<sha256><suffix>``: tracks point
+at their audio (``source_path``), which reviewers later hear excerpts of.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Request, Response, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from detector.audio import AUDIO_SUFFIXES
+from detector.errors import AudioError
+from detector.policy import Rights
+from index.catalog import Catalog, ManifestEntry
+from index.store import Track
+from service.auth import Principal, Role, require
+from service.engine import Engine
+from service.pool import WorkPool
+from service.problems import Conflict, NotFound
+from service.uploads import form_body, read_form
+
+TRACKS = "/v1/tracks"
+
+
+class TrackForm(BaseModel):
+    audio: UploadFile = Field(description="the reference recording: any format FFmpeg reads")
+    external_id: str = Field(min_length=1, max_length=512, description="the rights holder's id of the recording")
+    rights: Rights = Field(description="protected: block copies; licensed: allow them with attribution")
+    owner: str = Field("", max_length=512, description="the rights holder")
+    title: str = Field("", max_length=1024, description="default: the external id")
+
+
+class RightsChange(BaseModel):
+    rights: Rights = Field(description="applies to the next check; nothing is re-indexed")
+
+
+class CatalogAdmin:
+    """Catalog changes made over HTTP. They go through a catalog handle of their own (see
+    ``Engine.open_catalog``) and run one at a time on the catalog pool's single worker."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.references = engine.settings.home / "references"
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return self.engine.open_catalog()
+
+    def add(self, form: TrackForm) -> Track:
+        """Keep the uploaded recording and index it; raises ``Conflict`` for an external id or a
+        recording already in the catalog and ``AudioError`` for audio that cannot be indexed."""
+        store = self.engine.store
+        if store.find(form.external_id):
+            raise Conflict(f"external_id '{form.external_id}' is already in the catalog; remove it first or "
+                           "choose another id")
+        path, digest, new = self._keep(form.audio)
+        try:
+            summary = self.catalog.index_paths(
+                [path], form.rights, owner=form.owner,
+                entries={path.resolve(): ManifestEntry(form.external_id, form.title, form.owner)})
+        finally:
+            if new and store.find(form.external_id) is None:
+                path.unlink(missing_ok=True)
+        if summary.skipped:
+            raise Conflict(f"this recording is already in the catalog as '{store.find_by_hash(digest).external_id}'")
+        if summary.failed:
+            raise AudioError(form.audio.filename or "upload", summary.failed[0][1])
+        return store.find(form.external_id)
+
+    def remove(self, external_id: str) -> None:
+        """Take a track down: its vectors and row go, and its audio if it was uploaded here."""
+        if self.engine.store.find(external_id) is None:
+            raise NotFound(f"no track with external_id '{external_id}'")
+        for track in self.catalog.remove([external_id]):
+            if Path(track.source_path).parent == self.references.resolve():
+                Path(track.source_path).unlink(missing_ok=True)
+
+    def _keep(self, upload: UploadFile) -> tuple[Path, str, bool]:
+        """(path, SHA-256, whether the file is new) of the upload stored under its hash."""
+        self.references.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with tempfile.NamedTemporaryFile(dir=self.references, prefix=".upload-", delete=False) as part:
+            for block in iter(lambda: upload.file.read(1 << 20), b""):
+                digest.update(block)
+                part.write(block)
+        suffix = Path(upload.filename or "").suffix.lower()
+        path = self.references / f"{digest.hexdigest()}{suffix if suffix in AUDIO_SUFFIXES else ''}"
+        if path.exists():
+            os.unlink(part.name)
+            return path, digest.hexdigest(), False
+        os.replace(part.name, path)
+        return path, digest.hexdigest(), True
+
+
+def catalog_router(engine: Engine, pool: WorkPool) -> APIRouter:
+    """The routes of ``/v1/tracks``; uploads and takedowns run in ``pool``."""
+    router = APIRouter(tags=["catalog"])
+    admin = CatalogAdmin(engine)
+    catalog_admin = require(Role.catalog_admin)
+
+    @router.get(TRACKS, summary="The catalog")
+    def list_tracks(_: Principal = Depends(catalog_admin)) -> dict:
+        return {"tracks": [t.to_dict() for t in engine.store.list_tracks()]}
+
+    @router.post(TRACKS, status_code=201, summary="Add a reference recording", openapi_extra=form_body(TrackForm),
+                 responses={201: {"description": "the new track; answered once it is indexed"}})
+    async def add_track(request: Request, _: Principal = Depends(catalog_admin)) -> JSONResponse:
+        async with pool.slot(), read_form(request, TrackForm, engine.settings.upload_timeout_s) as form:
+            track = await pool.run(admin.add, form)
+        return JSONResponse(track.to_dict(), status_code=201,
+                            headers={"Location": f"{TRACKS}/{quote(track.external_id, safe='')}"})
+
+    @router.get(TRACKS + "/{external_id:path}", summary="One catalog track")
+    def get_track(external_id: str, _: Principal = Depends(catalog_admin)) -> dict:
+        return _track(engine, external_id).to_dict()
+
+    @router.patch(TRACKS + "/{external_id:path}", summary="Change a track's rights")
+    def change_rights(external_id: str, change: RightsChange, _: Principal = Depends(catalog_admin)) -> dict:
+        _track(engine, external_id)
+        return engine.store.set_rights(external_id, change.rights).to_dict()
+
+    @router.delete(TRACKS + "/{external_id:path}", status_code=204, summary="Take a track down")
+    async def remove_track(external_id: str, _: Principal = Depends(catalog_admin)) -> Response:
+        async with pool.slot():
+            await pool.run(admin.remove, external_id)
+        return Response(status_code=204)
+
+    return router
+
+
+def _track(engine: Engine, external_id: str) -> Track:
+    track = engine.store.find(external_id)
+    if track is None:
+        raise NotFound(f"no track with external_id '{external_id}'")
+    return track

@@ -1,0 +1,156 @@
+"""What a reviewer sees of a check: its matches laid out so that output and reference line up,
+the reference excerpts they may hear, and the spectrogram images of the evidence report.
+
+Alignment: a match maps reference time ``r`` to output time
+``q(r) = query_start + (r − ref_start) / tempo_ratio``. Each match is drawn in a box spanning
+its reference excerpt (the matched span plus a margin) mapped onto output seconds; the
+reference fills the box and the output is placed in it by the same mapping, so the matched
+span sits at the same horizontal position in both lanes, whatever the tempo ratio.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from detector.audio import Clip, decode, encode
+from index.store import AuditEntry, CheckRecord, Review
+from service.dashboard import spectrogram
+from service.dashboard.errors import Refused
+from service.engine import Engine
+
+LISTEN_RATE = 22050     # Hz: what reviewers hear of reference excerpts
+
+
+@dataclass(frozen=True)
+class Place:
+    """A horizontal placement inside a box, in percent of the box's width."""
+
+    left: float
+    width: float
+
+    @property
+    def css(self) -> str:
+        return f"left: {self.left:.4f}%; width: {self.width:.4f}%"
+
+
+@dataclass(frozen=True)
+class MatchView:
+    """One match of a check, with the reference excerpt served for it (seconds of the reference)."""
+
+    number: int                  # 1-based, as shown to reviewers
+    match: dict                  # the match as in the result JSON
+    excerpt_start: float
+    excerpt_end: float
+    output_duration: float
+    source_path: str | None      # the reference recording's file, None once taken down
+
+    def to_output(self, r: float) -> float:
+        """Output seconds aligned with reference second ``r``."""
+        m = self.match
+        return m["query_start"] + (r - m["ref_start"]) / m["tempo_ratio"]
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """The excerpt's extent in output seconds: the box the match is drawn in."""
+        return self.to_output(self.excerpt_start), self.to_output(self.excerpt_end)
+
+    @property
+    def output_segment(self) -> tuple[float, float]:
+        """The part of the output inside the box, output seconds."""
+        w0, w1 = self.window
+        return max(0.0, w0), min(self.output_duration, w1)
+
+    def place(self, start: float, end: float) -> Place:
+        """Where output seconds ``start``–``end`` lie in the box."""
+        w0, w1 = self.window
+        return Place((start - w0) / (w1 - w0) * 100, (end - start) / (w1 - w0) * 100)
+
+    @property
+    def span(self) -> Place:
+        """The matched span in the box: the same in the output and the reference lane."""
+        return self.place(self.match["query_start"], self.match["query_end"])
+
+    @property
+    def overview(self) -> Place:
+        """The matched span in the whole output."""
+        start, end, d = self.match["query_start"], self.match["query_end"], self.output_duration
+        return Place(start / d * 100, (end - start) / d * 100)
+
+
+@dataclass(frozen=True)
+class CheckView:
+    record: CheckRecord
+    matches: list[MatchView]
+    audit: list[AuditEntry]
+    output: Path | None          # the kept audio of the output, None when it was not kept
+
+    @property
+    def result(self) -> dict:
+        return self.record.result
+
+
+def check_view(engine: Engine, review: Review, check_id: str) -> CheckView:
+    """Everything the check page and the report show about ``check_id``; 404 when unknown."""
+    record = review.check_record(check_id)
+    if record is None:
+        raise Refused(404, f"no check with id '{check_id}'")
+    result = record.result
+    margin = engine.settings.review_excerpt_margin_s
+    views = []
+    for n, m in enumerate(result["matches"], 1):
+        track = engine.store.find(m["external_id"])
+        end = m["ref_end"] + margin
+        views.append(MatchView(n, m, max(0.0, m["ref_start"] - margin), min(end, track.duration_s) if track else end,
+                               result["duration_s"], track.source_path if track else None))
+    output = engine.output_path(result["id"], result["input"])
+    return CheckView(record, views, review.audit_trail("check", check_id), output if output.is_file() else None)
+
+
+def _reference(engine: Engine, view: MatchView, sample_rate: int) -> Clip:
+    if view.source_path is None:
+        raise Refused(410, f"'{view.match['external_id']}' is no longer in the catalog; its audio cannot be played")
+    clip = decode(view.source_path, sample_rate, limits=engine.limits(engine.settings.max_reference_s))
+    return clip.excerpt(view.excerpt_start, view.excerpt_end)
+
+
+def reference_excerpt(engine: Engine, view: MatchView) -> bytes:
+    """The matched span of the reference plus margin, as Ogg Vorbis; never more of the recording."""
+    return encode(_reference(engine, view, LISTEN_RATE), "ogg")
+
+
+@dataclass(frozen=True)
+class ReportImages:
+    """Spectrograms of the evidence report as ``data:`` URIs."""
+
+    overview: str                # the whole output
+    outputs: list[str]           # per match: the output segment in its box
+    references: list[str]        # per match: the reference excerpt
+    low_hz: float                # the lowest and highest band drawn
+    high_hz: float
+
+
+def report_images(engine: Engine, view: CheckView) -> ReportImages:
+    fe = engine.embedder.fe
+    if view.output is None:
+        raise Refused(409, "the output's audio was not kept, so the report's spectrograms cannot be drawn")
+    out = decode(view.output, fe.sample_rate, limits=engine.limits(engine.settings.max_audio_s))
+    return ReportImages(
+        _data_uri(spectrogram.png(out, fe)),
+        [_data_uri(spectrogram.png(out.excerpt(*m.output_segment), fe)) for m in view.matches],
+        [_data_uri(spectrogram.png(_reference(engine, m, fe.sample_rate), fe)) if m.source_path else ""
+         for m in view.matches],
+        fe.f_min, fe.f_min * 2 ** ((fe.n_bands - 1) / 12))
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

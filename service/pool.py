@@ -1,0 +1,72 @@
+"""A bounded pool for the CPU work of the HTTP service (decoding, fingerprinting, indexing).
+
+Requests take a slot before their upload is read and keep it until their work is done; a pool
+has ``workers + queue`` slots, and a request that finds none free is refused with ``Busy``
+(HTTP 503 with ``Retry-After``) rather than queued without bound.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable, TypeVar
+
+from detector.errors import ClearanceError
+
+T = TypeVar("T")
+
+
+class Busy(ClearanceError):
+    """Every slot of a pool is taken; ``retry_after_s`` is when one is likely to be free."""
+
+    def __init__(self, pool: str, capacity: int, retry_after_s: int):
+        super().__init__(f"the {pool} queue is full ({capacity} requests running or waiting); "
+                         f"try again in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class WorkPool:
+    """``workers`` threads and room for ``queue`` more requests waiting for one; ``what`` names
+    the pool in messages and metrics.
+
+    Slots are counted on the event loop's thread only, so they need no lock.
+    """
+
+    def __init__(self, what: str, workers: int, queue: int):
+        self.what = what
+        self.workers = workers
+        self.capacity = workers + queue
+        self.taken = 0
+        self.refused = 0               # requests refused with Busy since start
+        self.mean_run_s = 1.0          # running mean of a job's time, seconds: sets Retry-After
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"clearance-{what}")
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a slot for the body of the ``async with``; raises ``Busy`` when none is free."""
+        if self.taken >= self.capacity:
+            self.refused += 1
+            waves = math.ceil(self.capacity / self.workers)
+            raise Busy(self.what, self.capacity, max(1, math.ceil(waves * self.mean_run_s)))
+        self.taken += 1
+        try:
+            yield
+        finally:
+            self.taken -= 1
+
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        """``fn(*args)`` on a worker thread (call it while holding a slot)."""
+        def timed() -> T:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.mean_run_s += 0.2 * (time.perf_counter() - t0 - self.mean_run_s)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
+
+    def close(self) -> None:
+        """Wait for running jobs and stop the threads."""
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,97 @@
+"""Errors of the HTTP service and their one translation into ``application/problem+json``
+(RFC 9457): ``{"type", "title", "status", "detail"}``, plus ``errors`` for invalid requests.
+
+Everything that goes wrong in a request ends here: Clearance's own errors (``ClearanceError``
+and subclasses, by the table ``STATUS``), the framework's (unknown route 404, wrong method
+405, malformed multipart 400, body over its cap 413), invalid parameters (422) and bugs (500).
+"""
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from detector.errors import AudioError, ClearanceError
+from index.store import CatalogError
+from service.auth import Forbidden, Unauthenticated
+from service.pool import Busy
+from service.uploads import UploadTimeout
+
+
+class NotFound(ClearanceError):
+    """No such check or track (or none the caller may see)."""
+
+
+class Conflict(ClearanceError):
+    """The request clashes with what is stored: an id or a recording already in the catalog."""
+
+
+class InvalidRequest(ClearanceError):
+    """A parameter that passed type validation but makes no sense (a forged cursor)."""
+
+
+STATUS: list[tuple[type[ClearanceError], int, str | None]] = [   # (error, status, title); the first match wins
+    (Unauthenticated, 401, None),
+    (Forbidden, 403, None),
+    (NotFound, 404, None),
+    (UploadTimeout, 408, None),
+    (Conflict, 409, None),
+    (CatalogError, 409, None),
+    (InvalidRequest, 422, "Invalid request"),
+    (Busy, 503, None),
+]
+"""Other ``ClearanceError``s are answered 500; titles default to the status's phrase."""
+
+
+def problem(status: int, detail: str, *, title: str | None = None, headers: dict[str, str] | None = None,
+            **extensions) -> JSONResponse:
+    """The one error response of the service."""
+    body = {"type": "about:blank", "title": title or HTTPStatus(status).phrase, "status": status, "detail": detail,
+            **extensions}
+    return JSONResponse(body, status_code=status, headers=headers, media_type="application/problem+json")
+
+
+async def clearance_error(_request: Request, exc: ClearanceError) -> JSONResponse:
+    if isinstance(exc, AudioError):
+        if exc.too_large:
+            return problem(413, f"{exc.source}: {exc.reason}", title="Audio too large")
+        return problem(422, f"{exc.source}: {exc.reason}", title="Unreadable audio")
+    status, title = next(((code, title) for cls, code, title in STATUS if isinstance(exc, cls)), (500, None))
+    headers = {}
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, Busy):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return problem(status, str(exc), title=title, headers=headers)
+
+
+async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+    return problem(exc.status_code, str(exc.detail), headers=exc.headers)
+
+
+async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+    return problem(422, detail, title="Invalid request", errors=errors)
+
+
+async def client_gone(_request: Request, _exc: ClientDisconnect) -> JSONResponse:
+    # nobody reads this answer; it keeps a dropped upload out of the error log
+    return problem(400, "the client closed the connection before the request body was complete")
+
+
+async def internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+    return problem(500, "an internal error occurred; it is in the server's log")
+
+
+def install(app: FastAPI) -> None:
+    """Route every error of ``app`` through ``problem``."""
+    app.add_exception_handler(ClearanceError, clearance_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(ClientDisconnect, client_gone)
+    app.add_exception_handler(Exception, internal_error)

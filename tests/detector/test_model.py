@@ -1,0 +1,40 @@
+"""The shipped fingerprint model: what it computes is pinned, and what it must ignore it ignores."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.audio import Clip
+from detector.model import Embedder
+from tests.detector.golden import GOLDEN, SR, embed_all, signals
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder.load()
+
+
+def test_golden_embeddings(embedder):
+    golden = np.load(GOLDEN)
+    assert str(golden["version"]) == embedder.version, "retrained? run python -m tests.detector.golden"
+    for name, vectors in embed_all(embedder).items():
+        np.testing.assert_allclose(vectors, golden[name], atol=2e-3, err_msg=name)
+
+
+def test_shape_norm_and_silence(embedder):
+    clip = signals()["chords"]
+    quiet = Clip(np.concatenate([clip.samples, np.zeros(3 * SR, np.float32)]), SR, "x")
+    e = embedder.embed(quiet, hop_s=0.5)
+    assert e.vectors.shape == (len(e.starts), embedder.dim) and e.vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e.vectors, axis=1), 1.0, atol=1e-5)
+    assert e.voiced[:5].all() and not e.voiced[-3:].any()       # digital silence is never evidence
+
+
+def test_gain_does_not_matter_and_other_audio_is_far(embedder):
+    s = signals()
+    a = embedder.embed(s["chords"]).vectors
+    louder = embedder.embed(Clip(s["chords"].samples * 4, SR, "loud")).vectors
+    other = embedder.embed(s["bass"]).vectors
+    same = np.sum(a * louder, axis=1)
+    assert same.min() > 0.99
+    assert np.sum(a * other, axis=1).max() < same.min() - 0.1

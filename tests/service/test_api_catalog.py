@@ -1,0 +1,95 @@
+"""Catalog administration over HTTP against a real server with a catalog of its own: add a
+reference recording, change its rights, take it down, and the refusals."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import cut
+from tests.service.conftest import serve
+
+
+@pytest.fixture(scope="module")
+def catalog_server(env_for, tmp_path_factory):
+    """A server over an empty catalog, with a catalog-admin and a submitter key."""
+    home = tmp_path_factory.mktemp("http-catalog")
+    with serve(home, env_for(home), home / "server.log") as s:
+        s.keys = {"catalog-admin": s.key("catalog-admin", "label"), "submitter": s.key("submitter", "platform")}
+        yield s
+
+
+def add(server, path: Path, **fields) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/tracks", files={"audio": (path.name, path.read_bytes())}, data=fields,
+                      headers={"Authorization": f"Bearer {server.keys['catalog-admin']}"}, timeout=300)
+
+
+def admin(server, method: str, path: str, **kw) -> httpx.Response:
+    return httpx.request(method, f"{server.url}{path}", timeout=300,
+                         headers={"Authorization": f"Bearer {server.keys['catalog-admin']}"}, **kw)
+
+
+def test_add_change_rights_and_take_down(catalog_server, music, tmp_path):
+    s = catalog_server
+    reference = cut(music["drascula-track22"], 0.0, 60.0, tmp_path / "track22.mp3")
+    output = cut(music["drascula-track22"], 20.0, 15.0, tmp_path / "output.mp3").read_bytes()
+    assert s.check(s.keys["submitter"], "output.mp3", output).json()["decision"] == "allow"
+
+    r = add(s, reference, external_id="ISRC-22", rights="protected", owner="Alcachofa Soft", title="Track 22")
+    assert r.status_code == 201, r.text
+    assert r.headers["Location"] == "/v1/tracks/ISRC-22"
+    track = r.json()
+    assert {k: track[k] for k in ("external_id", "title", "owner", "rights")} == {
+        "external_id": "ISRC-22", "title": "Track 22", "owner": "Alcachofa Soft", "rights": "protected"}
+    kept = Path(track["source_path"])            # the dashboard plays excerpts of it
+    assert kept == (s.home / "references" / f"{track['sha256']}.mp3").resolve()
+    assert kept.read_bytes() == reference.read_bytes()
+    assert admin(s, "GET", "/v1/tracks").json()["tracks"] == [track]
+    assert admin(s, "GET", "/v1/tracks/ISRC-22").json() == track
+    assert s.metric("clearance_index_tracks") == 1
+
+    blocked = s.check(s.keys["submitter"], "output.mp3", output).json()
+    assert blocked["decision"] == "block" and blocked["matches"][0]["external_id"] == "ISRC-22"
+
+    changed = admin(s, "PATCH", "/v1/tracks/ISRC-22", json={"rights": "licensed"})
+    assert changed.status_code == 200 and changed.json()["rights"] == "licensed"
+    licensed = s.check(s.keys["submitter"], "output.mp3", output).json()
+    assert licensed["decision"] == "allow" and licensed["matches"][0]["rights"] == "licensed"
+
+    gone = admin(s, "DELETE", "/v1/tracks/ISRC-22")
+    assert gone.status_code == 204
+    assert not kept.exists()
+    assert admin(s, "GET", "/v1/tracks/ISRC-22").status_code == 404
+    after = s.check(s.keys["submitter"], "output.mp3", output).json()
+    assert after["decision"] == "allow" and after["matches"] == []
+    assert s.metric("clearance_index_tracks") == 0
+
+
+def test_refusals(catalog_server, music, tmp_path):
+    s = catalog_server
+    reference = cut(music["xmoto-menu"], 0.0, 30.0, tmp_path / "menu.ogg", fmt="ogg")
+    assert add(s, reference, external_id="menu", rights="protected").status_code == 201
+
+    taken = add(s, cut(music["xmoto-foxrun"], 0.0, 30.0, tmp_path / "fox.mp3"), external_id="menu", rights="licensed")
+    assert taken.status_code == 409 and "external_id 'menu' is already in the catalog" in taken.json()["detail"]
+    again = add(s, reference, external_id="menu-again", rights="protected")
+    assert again.status_code == 409 and again.json()["detail"] == "this recording is already in the catalog as 'menu'"
+
+    junk = tmp_path / "junk.flac"
+    junk.write_bytes(b"fLaC" + bytes(3000))
+    unreadable = add(s, junk, external_id="junk", rights="protected")
+    assert unreadable.status_code == 422 and unreadable.json()["detail"].startswith("junk.flac: ")
+    assert sorted(p.name for p in (s.home / "references").iterdir()) == [f"{admin(s, 'GET', '/v1/tracks/menu').json()['sha256']}.ogg"]
+
+    for fields, where in [({"rights": "protected"}, "body.external_id"), ({"external_id": "x"}, "body.rights"),
+                          ({"external_id": "x", "rights": "public-domain"}, "body.rights"),
+                          ({"external_id": "", "rights": "protected"}, "body.external_id")]:
+        r = add(s, reference, **fields)
+        assert r.status_code == 422 and r.json()["detail"].startswith(where), r.text
+
+    for method, kw in [("GET", {}), ("PATCH", {"json": {"rights": "licensed"}}), ("DELETE", {})]:
+        r = admin(s, method, "/v1/tracks/no-such-track", **kw)
+        assert r.status_code == 404 and r.json()["detail"] == "no track with external_id 'no-such-track'"
+    assert admin(s, "PATCH", "/v1/tracks/menu", json={"rights": "borrowed"}).status_code == 422
+    assert [t["external_id"] for t in admin(s, "GET", "/v1/tracks").json()["tracks"]] == ["menu"]
