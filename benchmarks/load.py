@@ -81,13 +81,14 @@ def outputs(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
         start = C.loud_start(C.load(tracks[i]), OUTPUT_S, rng)
         if start is not None:
             clip = decode(tracks[i].path, 44100).excerpt(start, start + OUTPUT_S)
-            found.append((f"{tracks[i].track_id}-{start:.0f}s.mp3", _mp3_stereo(clip.samples)))
+            found.append((f"{tracks[i].track_id}-{start:.0f}s.mp3", mp3_stereo(clip.samples)))
         if len(found) == n:
             return found
     raise SystemExit(f"only {len(found)} tracks have {OUTPUT_S:.0f} s of sound")
 
 
-def _mp3_stereo(samples: np.ndarray, rate: int = 44100, kbps: int = 192) -> bytes:
+def mp3_stereo(samples: np.ndarray, rate: int = 44100, kbps: int = 192) -> bytes:
+    """Mono ``samples`` at ``rate`` Hz as a stereo MP3 file at ``kbps``."""
     pcm = np.repeat((np.clip(samples, -1, 1) * 32767).astype(np.int16), 2)[None]   # packed stereo
     frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="stereo")
     frame.sample_rate = rate

@@ -26,13 +26,15 @@ class Hits:
     """k nearest reference windows of each query window, flattened to (n,) arrays.
 
     ``query_t``/``ref_t``: window start times in seconds; ``track``: catalog track key;
-    ``sim``: cosine similarity.
+    ``weight``: how far the hit's cosine similarity stands above the query window's background
+    (the similarity of its k-th nearest neighbour), so that windows similar to everything, and
+    windows buried under new material, count by how much the right reference stands out.
     """
 
     query_t: np.ndarray
     track: np.ndarray
     ref_t: np.ndarray
-    sim: np.ndarray
+    weight: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -92,38 +94,40 @@ class Calibration:
 
 
 class Matcher:
-    """Aligns hits into matches. ``sim_floor``: similarity that counts as no evidence at all."""
+    """Aligns hits into matches."""
 
-    def __init__(self, calibration: Calibration, window_s: float = 1.0, sim_floor: float = 0.5,
-                 max_matches: int = 8, min_windows: int = 3):
+    def __init__(self, calibration: Calibration, window_s: float = 1.0, max_matches: int = 8, min_windows: int = 3):
         self.cal = calibration
         self.window_s = window_s
-        self.sim_floor = sim_floor
         self.max_matches = max_matches
         self.min_windows = min_windows
 
     def match(self, hits: Hits, query_hop_s: float, max_p_false: float = 0.5) -> list[Match]:
         """Embedding matches with ``p_false`` ≤ ``max_p_false``, strongest first."""
-        keep = hits.sim > self.sim_floor
-        h = Hits(hits.query_t[keep], hits.track[keep], hits.ref_t[keep], hits.sim[keep])
+        keep = hits.weight > 0
+        h = Hits(hits.query_t[keep], hits.track[keep], hits.ref_t[keep], hits.weight[keep])
         found: list[Match] = []
         for track in np.unique(h.track):
             sel = h.track == track
-            q, r, s = h.query_t[sel], h.ref_t[sel], h.sim[sel]
+            q, r, w = h.query_t[sel], h.ref_t[sel], h.weight[sel]
+            mine: list[Match] = []
             for _ in range(3):                      # the same recording quoted up to 3 times
-                m, inliers = self._align(int(track), q, r, s, query_hop_s)
+                m, inliers = self._align(int(track), q, r, w, query_hop_s)
                 if m is None:
                     break
-                found.append(m)
-                q, r, s = q[~inliers], r[~inliers], s[~inliers]
+                # music repeats itself: the same output stretch aligned to a second place in the
+                # recording is the same copy, not another one
+                if not any(_overlap(m, o) > 0.5 * min(m.duration, o.duration) for o in mine):
+                    mine.append(m)
+                q, r, w = q[~inliers], r[~inliers], w[~inliers]
+            found += mine
         found = [m for m in found if m.p_false <= max_p_false]
         found.sort(key=lambda m: (m.p_false, -m.evidence))
         return found[: self.max_matches]
 
-    def _align(self, track, q, r, s, hop):
+    def _align(self, track, q, r, w, hop):
         if len(np.unique(q)) < self.min_windows:
             return None, None
-        w = s - self.sim_floor
         offsets = r[None, :] - TEMPO_GRID[:, None] * q[None, :]               # (tempi, hits)
         lo = offsets.min()
         bins = np.floor((offsets - lo) / OFFSET_BIN_S).astype(np.int64)
@@ -140,10 +144,10 @@ class Matcher:
             tempo, offset = self._refine(q[inl], r[inl], w[inl], tempo, offset)
         inl = np.abs(r - (offset + tempo * q)) <= INLIER_S
         # one vote per query window: its best inlier
-        qs, best = _best_per_window(q[inl], s[inl])
+        qs, best = _best_per_window(q[inl], w[inl])
         if len(qs) < self.min_windows:
             return None, None
-        evidence = float(np.sum(best - self.sim_floor) * (0.5 / hop))   # in units of 0.5 s windows
+        evidence = float(np.sum(best) * (0.5 / hop))   # per 0.5 s of output, whatever the query hop
         q0, q1 = float(qs.min()), float(qs.max() + self.window_s)
         m = Match(track=track, query_start=q0, query_end=q1, ref_start=offset + tempo * q0,
                   ref_end=offset + tempo * q1, tempo_ratio=float(tempo), evidence=evidence,
@@ -186,17 +190,25 @@ def merge(matches: list[Match]) -> list[Match]:
     out: list[Match] = []
     for m in sorted(matches, key=lambda m: (m.p_false, -m.duration)):
         for i, o in enumerate(out):
-            overlap = min(o.query_end, m.query_end) - max(o.query_start, m.query_start)
-            if o.track == m.track and overlap > 0 and abs(_offset(o) - _offset(m)) < 2.0:
+            if o.track != m.track or _overlap(o, m) == 0:
+                continue
+            if abs(_offset(o) - _offset(m)) < 2.0:
                 if m.method not in o.method.split("+"):
                     q0, q1 = min(o.query_start, m.query_start), max(o.query_end, m.query_end)
                     out[i] = replace(o, method="+".join(sorted({*o.method.split("+"), m.method})),
                                      query_start=q0, query_end=q1, ref_start=_offset(o) + o.tempo_ratio * q0,
                                      ref_end=_offset(o) + o.tempo_ratio * q1)
                 break
+            if _overlap(o, m) > 0.5 * min(o.duration, m.duration):
+                break                       # the same stretch aligned to a repeat: keep the stronger
         else:
             out.append(m)
     return out
+
+
+def _overlap(a: Match, b: Match) -> float:
+    """Seconds of output covered by both matches."""
+    return max(0.0, min(a.query_end, b.query_end) - max(a.query_start, b.query_start))
 
 
 def _offset(m: Match) -> float:

@@ -1,6 +1,6 @@
 """Contrastive training of the fingerprint encoder (see detector/MODEL.md).
 
-    python -m detector.train --music DIR --steps 3000 --seed 1 --out detector/weights/clearance-fp-v1.pt
+    python -m detector.train --music DIR --steps 1800 --stop-after 1500 --mix-snr -8 10 --seed 1
 
 Positive pairs are a clean 1 s window of a ``split=train`` track and a transformed copy of the
 same moment: mixed under other music, noise, reverb, EQ and band limits on the waveform, then
@@ -198,7 +198,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path("detector/weights/clearance-fp-v1.pt"))
     ap.add_argument("--init", type=Path, help="start from this checkpoint (fine-tuning)")
     ap.add_argument("--version", default="clearance-fp-v1")
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=1800, help="length of the learning-rate schedule")
+    ap.add_argument("--stop-after", type=int, help="stop (and save) after this many steps of the schedule")
     ap.add_argument("--batch", type=int, default=256, help="anchors per step (2x views)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--tau", type=float, default=0.05)
@@ -230,7 +231,8 @@ def main(argv=None) -> None:
     nf, fps = fe.frames_per_window, fe.sample_rate / fe.hop_length
     a0 = int(round((centre - fe.window_s / 2) * fps))
     t0 = time.time()
-    for step in range(1, args.steps + 1):
+    last = min(args.stop_after or args.steps, args.steps)
+    for step in range(1, last + 1):
         crops, _ = sampler.crops(args.batch, crop_s)
         with torch.no_grad():
             anchor = spec(torch.from_numpy(crops))[:, :, a0:a0 + nf]
@@ -242,13 +244,13 @@ def main(argv=None) -> None:
         loss.backward()
         opt.step()
         sched.step()
-        if step % 25 == 0 or step == args.steps:
+        if step % 25 == 0 or step == last:
             with torch.no_grad():
                 acc = ((z1 @ z2.T).argmax(1) == torch.arange(len(z1))).float().mean().item()
             el = time.time() - t0
             print(f"step {step}/{args.steps} loss {loss.item():.3f} top1 {acc:.3f} "
-                  f"{el / step:.2f} s/step eta {el / step * (args.steps - step) / 60:.0f} min", flush=True)
-        if step % 500 == 0 or step == args.steps:
+                  f"{el / step:.2f} s/step eta {el / step * (last - step) / 60:.0f} min", flush=True)
+        if step % 500 == 0 or step == last:
             save(model, fe, arch, args, step)
 
 
@@ -257,7 +259,7 @@ def save(model: nn.Module, fe: FrontEnd, arch: dict, args, step: int) -> None:
     tmp = args.out.with_suffix(".tmp")
     torch.save({"format": CHECKPOINT_FORMAT, "version": args.version, "front_end": fe.to_dict(), "arch": arch,
                 "state_dict": model.state_dict(),
-                "training": {"steps": step, "seed": args.seed, "batch": args.batch, "tau": args.tau,
+                "training": {"steps": step, "schedule_steps": args.steps, "seed": args.seed, "batch": args.batch, "tau": args.tau,
                              "lr": args.lr, "mix_p": args.mix_p, "mix_snr": list(args.mix_snr)}}, tmp)
     tmp.replace(args.out)
 

@@ -28,7 +28,7 @@ from index.pipeline import Failure, Fingerprinter, Outcome, Skipped, new_job_fol
 from index.shards import ShardStore
 from index.store import CatalogError, Store, Track
 from index.vectors import (AUTO, IndexMismatch, VectorIndex, auto_factory, measure_recall, min_training_vectors,
-                           needs_training, split_ids, vector_ids)
+                           needs_training, new_index, split_ids, vector_ids)
 
 REF_HOP_S = 0.5
 QUERY_HOP_S = 0.25
@@ -155,9 +155,10 @@ class Catalog:
         voiced = np.flatnonzero(emb.voiced)
         sims, ids = self.vectors.search(emb.vectors[voiced], NEIGHBOURS)
         valid = ids >= 0
+        background = np.where(ids[:, -1:] >= 0, sims[:, -1:], 0.0) if ids.size else sims
         track, window = split_ids(ids[valid])
         hits = Hits(query_t=np.repeat(emb.starts[voiced], valid.sum(1)), track=track,
-                    ref_t=window * self.vectors.info.hop_s, sim=sims[valid])
+                    ref_t=window * self.vectors.info.hop_s, weight=(sims - background)[valid])
         return self.matcher.match(hits, QUERY_HOP_S, max_p_false=max_p_false)
 
     # --- writing ------------------------------------------------------------------------
@@ -217,6 +218,8 @@ class Catalog:
         """
         if engine not in ENGINES:
             raise ClearanceError(f"unknown indexing engine '{engine}'; use one of {', '.join(ENGINES)}")
+        if self.factory != AUTO:
+            new_index(self.embedder.dim, self.factory)       # refuse a bad factory before the work, not after
         entries = {**(read_manifest(manifest) if manifest else {}), **(entries or {})}
         files = find_audio(paths)
         summary = IndexSummary()
@@ -285,7 +288,7 @@ class Catalog:
         self.store.record_failure(path, reason)
         return path, "failed", 0.0
 
-    def _publish(self, vectors: VectorIndex, batch: "_Unpublished", summary: IndexSummary | None = None) -> None:
+    def _publish(self, vectors: VectorIndex, batch: "_Unpublished", summary: IndexSummary) -> None:
         """Store the batch's vectors as a shard, publish the index, then mark its tracks indexed:
         a crash between any two steps is repaired by ``_reconcile``."""
         if not batch.keys:
@@ -297,8 +300,7 @@ class Catalog:
         self.store.mark_indexed(batch.keys)
         batch.clear()
         self._published()
-        if summary:
-            summary.stage_s["publish"] += time.perf_counter() - t0
+        summary.stage_s["publish"] += time.perf_counter() - t0
 
     def _published(self) -> None:
         self._loaded = (self.home / "index" / "CURRENT").stat().st_mtime_ns
@@ -465,8 +467,10 @@ def _rebuild_refusal(problems: list[str]) -> str:
 
 
 class _Unpublished:
-    """What an indexing job added since it last published: track keys, content hashes, and the
-    vectors to store as a shard (ids (n,) int64, vectors (n, dim) float32 per track)."""
+    """What an indexing job added since it last published: track keys and the vectors to store
+    as a shard (ids (n,) int64, vectors (n, dim) float32 per track); and the content hashes of
+    everything the job added, kept across publishes, so the same content twice in one job is
+    added once."""
 
     def __init__(self):
         self.keys: list[int] = []
@@ -482,6 +486,7 @@ class _Unpublished:
             self.vectors.append(vectors)
 
     def clear(self) -> None:
+        """Forget what was published (not the hashes)."""
         self.keys.clear()
         self.ids.clear()
         self.vectors.clear()

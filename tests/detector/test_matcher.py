@@ -9,14 +9,14 @@ from detector.matcher import Calibration, Hits, Match, Matcher, merge
 CAL = Calibration(model="test", tail_start=5.0, tail_p=0.1, tail_scale=2.0)
 
 
-def hits_for(track, q, ref_offset, tempo, rng, sim=0.8, noise_hits=6, n_tracks=50):
+def hits_for(track, q, ref_offset, tempo, rng, weight=0.3, noise_hits=6, n_tracks=50):
     """True hits on the line ref = offset + tempo * q, plus random hits to other tracks."""
     qs, ts, rs, ss = [], [], [], []
     for t in q:
-        qs.append(t), ts.append(track), rs.append(ref_offset + tempo * t + rng.normal(0, 0.1)), ss.append(sim)
+        qs.append(t), ts.append(track), rs.append(ref_offset + tempo * t + rng.normal(0, 0.1)), ss.append(weight)
         for _ in range(noise_hits):
             qs.append(t), ts.append(int(rng.integers(100, 100 + n_tracks))), rs.append(rng.uniform(0, 300))
-            ss.append(rng.uniform(0.5, 0.7))
+            ss.append(rng.uniform(0.0, 0.2))
     return Hits(np.array(qs), np.array(ts), np.array(rs), np.array(ss))
 
 
@@ -38,7 +38,7 @@ def test_collage_of_two_tracks_gives_two_matches():
     rng = np.random.default_rng(2)
     a = hits_for(1, np.arange(0, 12, 0.25), 30.0, 1.0, rng)
     b = hits_for(2, np.arange(12, 25, 0.25), 100.0, 1.0, rng)
-    both = Hits(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in ("query_t", "track", "ref_t", "sim")))
+    both = Hits(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in ("query_t", "track", "ref_t", "weight")))
     found = {m.track: m for m in Matcher(CAL).match(both, 0.25)}
     assert set(found) == {1, 2}
     assert found[1].query_end <= 13.5 and found[2].query_start >= 11.5
@@ -48,7 +48,7 @@ def test_collage_of_two_tracks_gives_two_matches():
 def test_scattered_hits_are_no_confident_match():
     rng = np.random.default_rng(3)
     n = 400
-    hits = Hits(rng.uniform(0, 30, n), rng.integers(0, 20, n), rng.uniform(0, 300, n), rng.uniform(0.5, 0.7, n))
+    hits = Hits(rng.uniform(0, 30, n), rng.integers(0, 20, n), rng.uniform(0, 300, n), rng.uniform(0.0, 0.2, n))
     found = Matcher(CAL).match(hits, 0.25)
     assert all(m.p_false > 0.1 and m.windows <= 6 for m in found)
 
@@ -56,8 +56,9 @@ def test_scattered_hits_are_no_confident_match():
 def test_merge_names_both_methods_for_the_same_alignment():
     emb = Match(3, 2.0, 20.0, 12.0, 30.0, 1.0, 40.0, 1e-6, "embedding")
     chroma = Match(3, 0.0, 18.0, 10.0, 28.0, 1.0, 0.9, 1e-12, "chromaprint")
-    other = Match(3, 0.0, 10.0, 90.0, 100.0, 1.0, 10.0, 1e-4, "embedding")
-    merged = merge([emb, chroma, other])
-    assert len(merged) == 2
+    repeat = Match(3, 4.0, 16.0, 90.0, 102.0, 1.0, 10.0, 1e-4, "embedding")   # same stretch, a repeat in the song
+    later = Match(3, 25.0, 35.0, 150.0, 160.0, 1.0, 10.0, 1e-4, "embedding")   # quoted again later
+    merged = merge([emb, chroma, repeat, later])
+    assert len(merged) == 2 and merged[1] == later
     assert merged[0].method == "chromaprint+embedding"
     assert (merged[0].query_start, merged[0].query_end, merged[0].ref_start) == (0.0, 20.0, 10.0)
