@@ -59,11 +59,11 @@ def load(track: Track, cache: Path = Path.home() / ".cache/clearance/bench-audio
 
 def loud_start(clip: Clip, seconds: float, rng: np.random.Generator, min_dbfs: float = -35.0) -> float | None:
     """A random start time whose excerpt of ``seconds`` is mostly sound, or None."""
-    if clip.duration < seconds + 1:
+    if clip.duration < max(seconds, 1.0) + 1:
         return None
     for _ in range(30):
         t = float(rng.uniform(0, clip.duration - seconds))
-        x = clip.excerpt(t, t + seconds).samples
+        x = clip.excerpt(t, t + max(seconds, 1.0)).samples
         frames = x[: len(x) // SR * SR].reshape(-1, SR)
         if np.mean(10 * np.log10((frames ** 2).mean(1) + 1e-12) > min_dbfs) > 0.8:
             return t
@@ -206,8 +206,8 @@ def family(transform: str) -> str:
 
 def splice(copy: np.ndarray, pool: list[Track], rng: np.random.Generator, before: float, after: float) -> np.ndarray:
     """``copy`` with ``before`` and ``after`` seconds of new material around it."""
-    a, b = other_music(pool, before, rng) if before else np.zeros(0, np.float32), \
-        other_music(pool, after, rng) if after else np.zeros(0, np.float32)
+    a = other_music(pool, before, rng) if before > 0.1 else np.zeros(0, np.float32)
+    b = other_music(pool, after, rng) if after > 0.1 else np.zeros(0, np.float32)
     return np.concatenate([a, copy, b]).astype(np.float32)
 
 

@@ -97,3 +97,17 @@ def voiced(loudness: np.ndarray) -> np.ndarray:
     if len(loudness) == 0:
         return np.zeros(0, bool)
     return loudness > max(SILENCE_DBFS, float(np.quantile(loudness, 0.95)) - FADE_DB)
+
+
+def shift_bands(win: torch.Tensor, semitones: float) -> torch.Tensor:
+    """Translate band power (bands, frames) by a (fractional) number of semitone bands."""
+    bands = win.shape[0]
+    src = np.arange(bands) - semitones
+    lo = np.floor(src).astype(int)
+    w = torch.from_numpy((src - lo).astype(np.float32))[:, None]
+    valid_lo = torch.from_numpy((lo >= 0) & (lo < bands))[:, None]
+    valid_hi = torch.from_numpy((lo + 1 >= 0) & (lo + 1 < bands))[:, None]
+    a = win[np.clip(lo, 0, bands - 1)] * valid_lo
+    b = win[np.clip(lo + 1, 0, bands - 1)] * valid_hi
+    floor = win.amin() * 1e-3 + 1e-10
+    return (a * (1 - w) + b * w).clamp(min=floor)

@@ -16,7 +16,8 @@ from torch import nn
 
 from detector.audio import Clip
 from detector.errors import ModelError
-from detector.features import FrontEnd, Spectrogram, normalise, voiced, window_loudness, window_starts
+from detector.features import (FrontEnd, Spectrogram, normalise, shift_bands, voiced, window_loudness,
+                               window_starts)
 
 CHECKPOINT_FORMAT = 1
 DEFAULT_WEIGHTS = "clearance-fp-v1.pt"
@@ -95,8 +96,12 @@ class Embedder:
         return cls(enc, fe, ckpt["version"])
 
     @torch.inference_mode()
-    def embed(self, clip: Clip, hop_s: float = 0.5, batch: int = 512) -> Embeddings:
-        """Fingerprint every window of ``clip`` (window ``fe.window_s``, hop ``hop_s`` seconds)."""
+    def embed(self, clip: Clip, hop_s: float = 0.5, batch: int = 512, transpose: float = 0.0) -> Embeddings:
+        """Fingerprint every window of ``clip`` (window ``fe.window_s``, hop ``hop_s`` seconds).
+
+        ``transpose`` shifts the clip's spectrum by that many semitones first: a query
+        transposed back towards the original pitch undoes a large pitch shift.
+        """
         if clip.sample_rate != self.fe.sample_rate:
             raise ModelError(f"clip at {clip.sample_rate} Hz, model expects {self.fe.sample_rate} Hz")
         fe = self.fe
@@ -107,6 +112,8 @@ class Embedder:
         if len(wave) < need:
             wave = nn.functional.pad(wave, (0, need - len(wave)))
         power = self.spectrogram(wave[None])[0]                       # (bands, frames)
+        if transpose:
+            power = shift_bands(power, transpose)
         nf = fe.frames_per_window
         first = np.round(starts * fe.sample_rate / fe.hop_length).astype(int)
         idx = torch.from_numpy(first[:, None] + np.arange(nf)[None, :])

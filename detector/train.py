@@ -22,7 +22,7 @@ import torchaudio.functional as AF
 from torch import nn
 
 from detector.audio import decode
-from detector.features import FrontEnd, Spectrogram, normalise
+from detector.features import FrontEnd, Spectrogram, normalise, shift_bands
 from detector.model import CHECKPOINT_FORMAT, build
 
 
@@ -165,20 +165,6 @@ class Augment:
             win = power[i][:, lo] * (1 - w) + power[i][:, lo + 1] * w       # (bands, nf)
             out[i] = shift_bands(win, pitch[i])
         return out
-
-
-def shift_bands(win: torch.Tensor, semitones: float) -> torch.Tensor:
-    """Translate band power (bands, frames) by a (fractional) number of semitone bands."""
-    bands = win.shape[0]
-    src = np.arange(bands) - semitones
-    lo = np.floor(src).astype(int)
-    w = torch.from_numpy((src - lo).astype(np.float32))[:, None]
-    valid_lo = torch.from_numpy((lo >= 0) & (lo < bands))[:, None]
-    valid_hi = torch.from_numpy((lo + 1 >= 0) & (lo + 1 < bands))[:, None]
-    a = win[np.clip(lo, 0, bands - 1)] * valid_lo
-    b = win[np.clip(lo + 1, 0, bands - 1)] * valid_hi
-    floor = win.amin() * 1e-3 + 1e-10
-    return (a * (1 - w) + b * w).clamp(min=floor)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:

@@ -33,13 +33,15 @@ from index.vectors import (AUTO, IndexMismatch, VectorIndex, auto_factory, measu
 REF_HOP_S = 0.5
 QUERY_HOP_S = 0.25
 NEIGHBOURS = 8
+TRANSPOSE_ST = 6.0
 
 
 @dataclass
 class IndexSummary:
     """What an indexing job did. ``failed`` holds (path, reason); ``audio_s`` seconds of audio
     indexed in ``elapsed_s`` seconds of wall time; ``stage_s`` seconds spent per stage (hash,
-    decode, embed and chromaprint summed over workers; add and publish in the writer);
+    decode, embed and chromaprint: CPU seconds summed over workers; add and publish: wall
+    seconds of the writer);
     ``rebuilt`` says what a retraining of the index at the end of the job did."""
 
     indexed: list[str] = field(default_factory=list)
@@ -150,16 +152,24 @@ class Catalog:
         return merge(found)
 
     def embedding_matches(self, clip: Clip, max_p_false: float = 0.5) -> list[Match]:
-        """Matches of ``clip`` found by the embedding layer alone."""
-        emb = self.embedder.embed(clip, hop_s=QUERY_HOP_S)
+        """Matches of ``clip`` found by the embedding layer alone.
+
+        The query is also searched transposed by ±``TRANSPOSE_ST`` semitones, so copies shifted
+        far beyond what the encoder absorbs by itself (about ±3 st) are still found.
+        """
+        hits = [self._hits(clip, t) for t in (0.0, -TRANSPOSE_ST, TRANSPOSE_ST)]
+        merged = Hits(*(np.concatenate([getattr(h, f) for h in hits]) for f in ("query_t", "track", "ref_t", "weight")))
+        return self.matcher.match(merged, QUERY_HOP_S, max_p_false=max_p_false)
+
+    def _hits(self, clip: Clip, transpose: float) -> Hits:
+        emb = self.embedder.embed(clip, hop_s=QUERY_HOP_S, transpose=transpose)
         voiced = np.flatnonzero(emb.voiced)
         sims, ids = self.vectors.search(emb.vectors[voiced], NEIGHBOURS)
         valid = ids >= 0
         background = np.where(ids[:, -1:] >= 0, sims[:, -1:], 0.0) if ids.size else sims
         track, window = split_ids(ids[valid])
-        hits = Hits(query_t=np.repeat(emb.starts[voiced], valid.sum(1)), track=track,
+        return Hits(query_t=np.repeat(emb.starts[voiced], valid.sum(1)), track=track,
                     ref_t=window * self.vectors.info.hop_s, weight=(sims - background)[valid])
-        return self.matcher.match(hits, QUERY_HOP_S, max_p_false=max_p_false)
 
     # --- writing ------------------------------------------------------------------------
     @contextmanager
@@ -240,7 +250,8 @@ class Catalog:
                 outcomes.close()
                 self._publish(vectors, batch, summary)
                 shutil.rmtree(self.home / "incoming", ignore_errors=True)
-            if self._wanted_factory(vectors.size) != vectors.info.factory:
+            wanted = self._wanted_factory(vectors.size)
+            if wanted != vectors.info.factory and vectors.size >= min_training_vectors(wanted):
                 summary.rebuilt = self._rebuild(workers, engine, ray_address)
         summary.elapsed_s = time.perf_counter() - t0
         return summary
