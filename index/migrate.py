@@ -73,8 +73,6 @@ def main(argv=None) -> None:
     rev.add_argument("-m", "--message", required=True)
     sub.add_parser("baseline", help="replace every migration by one baseline of index.store.metadata")
     args = ap.parse_args(argv)
-    import index.store  # noqa: F401  (the metadata the scripts are compared with)
-
     if args.cmd == "baseline":
         for old in (MIGRATIONS / "versions").glob("*.py"):
             old.unlink()

@@ -42,8 +42,8 @@ from index.shards import ShardStore
 
 @dataclass(frozen=True)
 class Source:
-    """A file identified by its content: ``sha256`` hex digest, ``size_bytes``, and the seconds
-    hashing it took (``hash_s``)."""
+    """A file identified by its content: ``sha256`` hex digest, ``size_bytes``, and the CPU
+    seconds hashing it took (``hash_s``)."""
 
     path: str
     sha256: str
@@ -53,7 +53,8 @@ class Source:
 
 @dataclass(frozen=True)
 class StageTimes:
-    """Seconds of one worker spent in each stage of one file."""
+    """CPU seconds of one worker's thread spent in each stage of one file (the worker runs
+    torch on one thread, so this is the stage's cost on one core, however busy the machine)."""
 
     decode_s: float
     embed_s: float
@@ -95,7 +96,7 @@ Outcome = Union[Fingerprint, Failure, Skipped]
 
 def identify(path: str | Path) -> Source | Failure:
     """Stage 1: the content hash of a file."""
-    t0 = time.perf_counter()
+    t0 = time.thread_time()
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
@@ -103,7 +104,7 @@ def identify(path: str | Path) -> Source | Failure:
                 h.update(block)
     except OSError as exc:
         return Failure(str(path), f"cannot read the file ({exc.strerror})")
-    return Source(str(path), h.hexdigest(), os.path.getsize(path), time.perf_counter() - t0)
+    return Source(str(path), h.hexdigest(), os.path.getsize(path), time.thread_time() - t0)
 
 
 class Fingerprinter:
@@ -116,14 +117,14 @@ class Fingerprinter:
 
     def __call__(self, source: Source) -> Fingerprint | Failure:
         try:
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             clip = decode(source.path, self.embedder.fe.sample_rate, limits=self.limits)
-            t1 = time.perf_counter()
+            t1 = time.thread_time()
             emb = self.embedder.embed(clip, hop_s=self.hop_s)
             windows = np.flatnonzero(emb.voiced).astype(np.int64)
-            t2 = time.perf_counter()
+            t2 = time.thread_time()
             prints = chromaprint.fingerprint(clip)
-            t3 = time.perf_counter()
+            t3 = time.thread_time()
         except (ClearanceError, OSError) as exc:
             return Failure(source.path, getattr(exc, "reason", None) or str(exc))
         return Fingerprint(source, clip.duration, windows, emb.vectors[windows], prints, self.embedder.version,
@@ -197,6 +198,7 @@ class _WorkerPool:
         in_flight: dict[Future, tuple[str, object]] = {}
         alone = False                                     # a suspect is running by itself
         pool = self._start()
+        finished = False
         try:
             while todo or ready or suspects or in_flight:
                 if suspects and not in_flight:
@@ -234,8 +236,9 @@ class _WorkerPool:
                     in_flight.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = self._start()
+            finished = True
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=finished, cancel_futures=True)    # don't wait for work nobody wants
 
 
 # --- Ray engine ------------------------------------------------------------------------
@@ -302,7 +305,7 @@ def run_ray(files: Iterable[Path], fingerprinter: Fingerprinter, workers: int, i
 def _ray_init(ray, workers: int, address: str | None) -> None:
     import logging
 
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or None
     local = {} if address else {"num_cpus": max(workers, 1), "object_store_memory": 256 * 2 ** 20}
     # the model travels to each actor through the object store; Ray's core warns about that at
     # error level although the driver keeps it alive for the whole job

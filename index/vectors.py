@@ -3,8 +3,8 @@ which window a vector came from (``id = track << 22 | window``).
 
 The index type comes from a FAISS factory string. Small catalogs use exact search (``Flat``,
 wrapped in ``IDMap2`` for the ids); large ones a trained compressed index of the IVF family
-(``OPQ…,IVF…,PQ…``), which keeps ids in its inverted lists and can remove them. ``auto`` picks
-one by the number of vectors (``auto_factory``).
+(``IVF…,PQ…``, optionally after ``OPQ…``), which keeps ids in its inverted lists and can remove
+them. ``auto`` picks one by the number of vectors (``auto_factory``).
 
 Files live in ``HOME/index/gen-NNNNNN/`` beside a ``CURRENT`` file naming the published
 generation. ``save()`` writes a new generation and swaps ``CURRENT`` with ``os.replace``, so a
@@ -32,7 +32,7 @@ WINDOW_BITS = 22
 
 AUTO = "auto"
 FLAT_MAX_VECTORS = 1_000_000    # exact search up to ~140 h of audio (0.5 GB of vectors)
-COMPRESSED = "OPQ64,IVF{nlist},PQ64x4fsr"   # 40 B per vector with its id; see benchmarks/scale.py
+COMPRESSED = "IVF{nlist},PQ64x4fsr"   # 40 B per vector with its id, fast-scan search; see benchmarks/scale.py
 
 
 class IndexMismatch(ClearanceError):
@@ -68,11 +68,12 @@ def split_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def auto_factory(n_vectors: int) -> str:
     """The factory ``auto`` means for ``n_vectors``: ``Flat`` up to ``FLAT_MAX_VECTORS``, else
-    IVF-PQ with about 4·√n lists, rounded to a power of 4 so that a growing catalog is retrained
-    only at each ×16 of growth."""
+    IVF-PQ (64 4-bit codes on the residual, fast-scan) with about √n lists, rounded to a power of 4 so that a growing catalog is
+    retrained only at each ×16 of growth (1,024 lists at 10⁶ vectors, 4,096 at 10⁷, 16,384 at
+    10⁸)."""
     if n_vectors <= FLAT_MAX_VECTORS:
         return "Flat"
-    nlist = 4 ** round(math.log(4 * math.sqrt(n_vectors), 4))
+    nlist = 4 ** round(math.log(math.sqrt(n_vectors), 4))
     return COMPRESSED.format(nlist=min(max(nlist, 1024), 262144))
 
 
@@ -91,17 +92,22 @@ def min_training_vectors(factory: str) -> int:
 
 def new_index(dim: int, factory: str) -> faiss.Index:
     """An empty index from a FAISS factory string, searched by inner product. IVF indexes keep
-    their own ids; anything else is wrapped in ``IDMap2``."""
+    their own ids; flat ones (exact, SQ or PQ codes) are wrapped in ``IDMap2``; others (graphs)
+    are refused, as they cannot remove vectors."""
     if factory == AUTO:
         raise IndexFactoryError("'auto' is resolved by auto_factory() before an index is made")
-    if needs_training(factory) and "IVF" not in factory:
-        raise IndexFactoryError(f"index factory '{factory}': compressed indexes must be of the IVF family, "
-                                "the others cannot remove vectors (takedowns)")
-    spec = factory if "IVF" in factory else f"IDMap2,{factory}"
+    ivf = "IVF" in factory
     try:
-        return faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, factory if ivf else f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise IndexFactoryError(f"FAISS cannot build index factory '{factory}': {str(exc).splitlines()[0]}") from None
+    if ivf and hasattr(faiss.downcast_index(faiss.extract_index_ivf(index)), "do_polysemous_training"):
+        # only for Hamming-filtered search, which is not used; it makes training many times slower
+        faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+    if not ivf and not isinstance(faiss.downcast_index(faiss.downcast_index(index).index), faiss.IndexFlatCodes):
+        raise IndexFactoryError(f"index factory '{factory}' makes an index that cannot remove vectors (takedowns); "
+                                "use Flat, SQ/PQ codes or the IVF family")
+    return index
 
 
 def index_ids(index: faiss.Index) -> np.ndarray:
@@ -124,7 +130,9 @@ class VectorIndex:
     def __init__(self, root: Path, info: IndexInfo, index: faiss.Index, generation: int, nprobe: int = 32):
         self.root, self.info, self.index, self.generation = root, info, index, generation
         if "IVF" in info.factory:
-            faiss.extract_index_ivf(index).nprobe = nprobe
+            ivf = faiss.extract_index_ivf(index)
+            # never more lists than there are: FAISS's fast-scan search answers garbage then
+            ivf.nprobe = min(nprobe, ivf.nlist)
 
     @classmethod
     def open(cls, root: str | Path, model: str, dim: int, hop_s: float, nprobe: int = 32) -> "VectorIndex":
@@ -205,9 +213,11 @@ class VectorIndex:
         fsync_tree(tmp)
         os.replace(tmp, self.root / name)
         publish_pointer(self.root / "CURRENT", name)
+        # the previous generation stays for readers that read CURRENT just before the swap
+        keep = {name, f"gen-{self.generation:06d}"}
         self.generation = gen
         for old in self.root.glob("gen-*"):
-            if old.name != name:
+            if old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
 
     def set_recall(self, recall: float) -> None:

@@ -48,8 +48,8 @@ class WorkPool:
         """Hold a slot for the body of the ``async with``; raises ``Busy`` when none is free."""
         if self.taken >= self.capacity:
             self.refused += 1
-            waves = math.ceil(self.capacity / self.workers)
-            raise Busy(self.what, self.capacity, max(1, math.ceil(waves * self.mean_run_s)))
+            # a slot frees when the next of the running jobs ends: on average every mean/workers s
+            raise Busy(self.what, self.capacity, max(1, math.ceil(self.mean_run_s / self.workers)))
         self.taken += 1
         try:
             yield

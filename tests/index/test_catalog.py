@@ -1,9 +1,20 @@
-"""The database and the vector index agree after a crash at any step of indexing."""
+"""Catalog jobs: the database and the vector index agree after a crash at any step of
+indexing; worker processes, retraining, takedowns and rebuilds with a new model."""
 from __future__ import annotations
 
+import copy
+import multiprocessing
+import os
+import shutil
+import signal
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from detector.policy import Rights
+from index.catalog import Catalog, RebuildError
+from index.vectors import IndexMismatch
 from service.engine import Engine
 from service.settings import Settings
 
@@ -42,3 +53,103 @@ def test_failed_file_is_recorded_and_the_job_goes_on(music, tmp_path):
     summary = catalog.index_paths([bad, music["drascula-track4"].path], Rights.protected)
     assert len(summary.indexed) == 1
     assert summary.failed[0][0] == str(bad) and "audio" in summary.failed[0][1]
+
+
+def catalog_of(home, **settings):
+    return Engine(Settings(home=home, **settings)).catalog
+
+
+def test_worker_processes_give_the_same_catalog_as_one_process(excerpts, embedder, tmp_path):
+    files = sorted(excerpts.iterdir())[:6]
+    inline = catalog_of(tmp_path / "inline")
+    pooled = catalog_of(tmp_path / "pooled")
+    a = inline.index_paths(files, Rights.protected, workers=0)
+    b = pooled.index_paths(files + files[:2], Rights.protected, workers=2)     # the same files twice
+    assert sorted(a.indexed) == sorted(b.indexed) == sorted(map(str, files))
+    assert sorted(b.skipped) == sorted(map(str, files[:2]))
+    assert b.stage_s["decode"] > 0 and b.stage_s["embed"] > 0 and b.audio_s == pytest.approx(a.audio_s)
+    rows = {t.external_id: t for t in inline.store.list_tracks()}
+    other = {t.external_id: t for t in pooled.store.list_tracks()}
+    assert {e: t.vectors for e, t in rows.items()} == {e: t.vectors for e, t in other.items()}
+    t = rows[files[0].stem]
+    shard = next(inline.shards.iter(embedder.version, embedder.dim))
+    q = shard.vectors[(shard.ids >> 22) == t.id][:5]
+    sims_a, ids_a = inline.vectors.search(q, 1)
+    sims_b, ids_b = pooled.vectors.search(q, 1)
+    assert (ids_a >> 22 == t.id).all() and (ids_b >> 22 == other[t.external_id].id).all()
+    assert np.allclose(sims_a, sims_b, atol=1e-4)
+
+
+def test_compressed_index_is_trained_when_wanted_and_stays_incremental(excerpts, embedder, tmp_path):
+    files = sorted(excerpts.iterdir())
+    catalog = catalog_of(tmp_path, index_factory="IVF4,Flat", index_nprobe=4)
+    first = catalog.index_paths(files[:10], Rights.protected)
+    assert first.rebuilt is not None and first.rebuilt.factory == "IVF4,Flat"
+    assert first.rebuilt.tracks == 10 and first.rebuilt.reembedded == 0
+    assert first.rebuilt.recall == 1.0            # every list is searched: as good as exact
+    assert catalog.vectors.info.factory == "IVF4,Flat"
+    second = catalog.index_paths(files[10:12], Rights.protected)
+    assert second.rebuilt is None                 # adding tracks does not retrain
+    rows = {t.external_id: t for t in catalog.store.list_tracks()}
+    assert catalog.vectors.tracks() == {t.id: t.vectors for t in rows.values()}
+    small = catalog_of(tmp_path / "small", index_factory="IVF64,Flat")
+    assert small.index_paths(files[:1], Rights.protected).rebuilt is None      # too few vectors to train 64 lists
+    assert small.vectors.info.factory == "Flat"
+    gone = rows[files[0].stem]
+    catalog.remove([gone.external_id])
+    assert gone.id not in catalog.vectors.tracks()
+    stored = np.concatenate([s.ids for s in catalog.shards.iter(embedder.version, embedder.dim)])
+    assert gone.id not in set((stored >> 22).tolist())     # takedowns leave the stored vectors too
+    assert catalog.vectors.size == sum(t.vectors for t in catalog.store.list_tracks())
+
+
+def test_rebuild_with_a_new_model_embeds_every_track_again(excerpts, embedder, tmp_path):
+    files = sorted(excerpts.iterdir())[:4]
+    engine = Engine(Settings(home=tmp_path))
+    engine.catalog.index_paths(files, Rights.protected)
+    before = {t.external_id: t for t in engine.store.list_tracks()}
+    new_model = copy.copy(embedder)
+    new_model.version = "clearance-fp-next"
+    catalog = Catalog(tmp_path, engine.store, new_model, engine.calibration)
+    with pytest.raises(IndexMismatch, match="rebuild"):
+        catalog.vectors
+    report = catalog.rebuild(workers=2)
+    assert report.reembedded == 4 and report.factory == "Flat"
+    after = {t.external_id: t for t in engine.store.list_tracks()}
+    assert {e: (t.id, t.vectors) for e, t in after.items()} == {e: (t.id, t.vectors) for e, t in before.items()}
+    assert {t.model for t in after.values()} == {"clearance-fp-next"}
+    assert catalog.vectors.info.model == "clearance-fp-next"
+    assert catalog.vectors.tracks() == {t.id: t.vectors for t in after.values()}
+    assert [s.model for s in catalog.shards.iter("clearance-fp-next", embedder.dim)]
+    assert not list(catalog.shards.iter(embedder.version, embedder.dim))      # old vectors are gone
+
+
+def test_rebuild_refuses_when_a_track_can_be_neither_found_nor_embedded(excerpts, embedder, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    files = [shutil.copy(f, src / f.name) for f in sorted(excerpts.iterdir())[:2]]
+    engine = Engine(Settings(home=tmp_path / "home"))
+    engine.catalog.index_paths(files, Rights.protected)
+    Path(files[0]).unlink()
+    new_model = copy.copy(embedder)
+    new_model.version = "clearance-fp-next"
+    catalog = Catalog(tmp_path / "home", engine.store, new_model, engine.calibration)
+    with pytest.raises(RebuildError, match="the file is gone"):
+        catalog.rebuild()
+    assert {t.model for t in engine.store.list_tracks()} == {embedder.version}     # nothing changed
+    assert engine.catalog.vectors.tracks() == {t.id: t.vectors for t in engine.store.list_tracks()}
+
+
+def test_a_worker_killed_mid_job_costs_no_track(excerpts, tmp_path):
+    files = sorted(excerpts.iterdir())[:8]
+    killed: list[int] = []
+
+    def progress(path: str, outcome: str, seconds: float) -> None:
+        workers = multiprocessing.active_children()       # the pool's worker processes
+        if not killed and workers:
+            os.kill(workers[0].pid, signal.SIGKILL)          # as the OOM killer would
+            killed.append(workers[0].pid)
+
+    summary = catalog_of(tmp_path).index_paths(files, Rights.protected, workers=2, progress=progress)
+    assert killed
+    assert summary.failed == [] and sorted(summary.indexed) == sorted(map(str, files))

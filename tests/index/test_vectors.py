@@ -1,10 +1,13 @@
-"""The vector index: ids, removal, atomic publish, refusing another model's vectors."""
+"""The vector index and stored vector shards: ids, removal, atomic publish, refusing another
+model's vectors, compressed indexes against exact search."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from index.vectors import IndexMismatch, VectorIndex
+from index.shards import Shard, ShardError, ShardStore
+from index.vectors import (COMPRESSED, FLAT_MAX_VECTORS, IndexFactoryError, IndexMismatch, VectorIndex, auto_factory,
+                           measure_recall, min_training_vectors, new_index)
 
 
 def unit(n, dim=16, seed=0):
@@ -27,7 +30,7 @@ def test_add_search_remove_and_reopen(tmp_path):
     idx.save()
     again = VectorIndex.open(tmp_path, "m1", 16, 0.5)
     assert again.tracks() == {9: 20} and again.generation == 2
-    assert [p.name for p in tmp_path.glob("gen-*")] == ["gen-000002"]
+    assert sorted(p.name for p in tmp_path.glob("gen-*")) == ["gen-000001", "gen-000002"]   # one back, for readers
 
 
 def test_refuses_vectors_of_another_model(tmp_path):
@@ -36,3 +39,62 @@ def test_refuses_vectors_of_another_model(tmp_path):
     idx.save()
     with pytest.raises(IndexMismatch, match="rebuild"):
         VectorIndex.open(tmp_path, "m2", 16, 0.5)
+
+
+def near_copies(x, cos, seed):
+    """Rows of ``x`` with noise added until their cosine to the original is about ``cos``."""
+    noise = np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
+    noise *= np.sqrt(1 / cos ** 2 - 1) / np.linalg.norm(noise, axis=1, keepdims=True)
+    q = x + noise
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def test_compressed_index_finds_what_exact_search_finds(tmp_path):
+    base = unit(20000, dim=32, seed=3)
+    ids = (np.repeat(np.arange(200), 100).astype(np.int64) << 22) + np.tile(np.arange(100), 200)
+    exact = VectorIndex.open(tmp_path / "exact", "m1", 32, 0.5)
+    exact.add_ids(ids, base)
+    approx = VectorIndex.trained(tmp_path / "pq", "m1", 32, 0.5, "IVF16,PQ16x4fs", base, nprobe=64)   # > 16 lists
+    approx.add_ids(ids, base)
+    q = near_copies(base[::40], 0.9, seed=4)
+    _, want = exact.search(q, 1)
+    _, got = approx.search(q, 1)
+    assert np.mean(got[:, 0] == want[:, 0]) >= 0.9               # 4-bit PQ16 on 32-d: 8 bytes a vector
+    assert measure_recall(approx, base, [Shard(tmp_path, "m1", ids, base)], queries=500) >= 0.9
+    assert measure_recall(exact, base, [Shard(tmp_path, "m1", ids, base)], queries=500) == 1.0
+    assert approx.bytes < exact.bytes / 3
+    # ids, removal and publishing work the same as for the exact index
+    assert approx.tracks() == {t: 100 for t in range(200)}
+    assert approx.remove([5, 7]) == 200 and 5 not in approx.tracks()
+    approx.set_recall(0.95)
+    approx.save()
+    again = VectorIndex.open(tmp_path / "pq", "m1", 32, 0.5)
+    assert again.info.factory == "IVF16,PQ16x4fs" and again.info.recall == 0.95 and again.size == 19800
+
+
+def test_auto_factory_is_exact_for_small_catalogs_and_compressed_for_large():
+    assert auto_factory(10_000) == "Flat" and auto_factory(FLAT_MAX_VECTORS) == "Flat"
+    assert auto_factory(10_000_000) == COMPRESSED.format(nlist=4096)
+    assert auto_factory(100_000_000) == COMPRESSED.format(nlist=16384)
+    assert min_training_vectors(COMPRESSED.format(nlist=4096)) == 39 * 4096
+    with pytest.raises(IndexFactoryError, match="cannot remove"):
+        new_index(16, "HNSW32")
+    with pytest.raises(IndexFactoryError, match="cannot build"):
+        new_index(16, "IVF16,Nonsense")
+
+
+def test_shards_round_trip_refuse_other_formats_and_purge(tmp_path):
+    store = ShardStore(tmp_path)
+    a = store.write(np.arange(4, dtype=np.int64), unit(4), "m1")
+    store.write(np.arange(10, 13, dtype=np.int64), unit(3, seed=5), "m2")
+    [only] = list(store.iter("m1", 16))
+    assert only.path == a and only.ids.tolist() == [0, 1, 2, 3] and np.allclose(only.vectors, unit(4))
+    with pytest.raises(ShardError, match="16-d"):
+        store.read(a, 32)
+    (tmp_path / "shard-damaged.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ShardError, match="cannot be read"):
+        list(store.iter("m1", 16))
+    (tmp_path / "shard-damaged.npz").unlink()
+    assert store.purge(16, lambda ids, model: (ids % 2 == 0) | (model == "m2")) == 2
+    assert sorted(np.concatenate([s.ids for s in store.iter("m1", 16)]).tolist()) == [0, 2]
+    assert len(store.paths()) == 2

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import cut
-from tests.service.conftest import raw_request, read_response
+from tests.service.conftest import raw_request, read_response, serve
 
 BOUNDARY = "clearance-test-boundary"
 PREAMBLE = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"audio\"; filename=\"slow.mp3\"\r\n"
@@ -151,3 +151,14 @@ def test_upload_that_never_finishes_is_408_and_frees_its_slot(server):
     sock.close()
     assert status == 408 and body["detail"] == "the upload was not complete after 15 s"
     server.wait_for('clearance_pool_slots_taken{pool="checks"}', 0)
+
+
+def test_decoding_past_its_time_limit_is_413(env_for, music, tmp_path_factory, tmp_path):
+    """A server whose decoder may take no time at all refuses any real file, as it would a file
+    built to decode slowly."""
+    home = tmp_path_factory.mktemp("no-decode-time")
+    q = cut(music["xmoto-foxrun"], 30.0, 10.0, tmp_path / "q.mp3").read_bytes()
+    with serve(home, {**env_for(home), "CLEARANCE_DECODE_TIMEOUT_S": "0"}, home / "server.log") as s:
+        r = s.check(s.key("submitter"), "q.mp3", q)
+        assert r.status_code == 413 and r.json()["detail"] == "q.mp3: decoding took longer than 0 s"
+        assert s.alive()

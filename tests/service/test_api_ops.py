@@ -5,7 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from index.vectors import VectorIndex
 from tests.conftest import PROTECTED, cut
+from tests.service.conftest import serve
 
 
 def test_healthz_and_readyz(server):
@@ -65,3 +67,15 @@ def test_openapi_documents_the_api_and_its_key_scheme(server):
     assert tracks["properties"]["rights"]["enum"] == ["protected", "licensed"]
     assert {"/healthz", "/readyz", "/metrics", "/v1/checks/{check_id}", "/v1/tracks/{external_id}"} <= set(spec["paths"])
     assert server.get("/docs").status_code == 200
+
+
+def test_readyz_fails_while_the_published_index_is_unusable(env_for, tmp_path_factory):
+    """An index published by another model (a rebuild half done by hand, a wrong copy) makes
+    the server unready, with the reason, while it stays alive."""
+    home = tmp_path_factory.mktemp("unready")
+    with serve(home, env_for(home), home / "server.log") as s:
+        VectorIndex.open(home / "index", "another-model", 128, 0.5).save()
+        r = s.get("/readyz")
+        assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
+        assert r.json()["detail"].startswith("not ready: index at ") and "model another-model" in r.json()["detail"]
+        assert s.alive()

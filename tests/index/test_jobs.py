@@ -1,0 +1,49 @@
+"""Indexing jobs through the ``clearance index`` command: killed at random points and run again,
+they finish with every track exactly once, and readers never see the database and the index
+disagree."""
+from __future__ import annotations
+
+import os
+import shutil
+
+from index.store import Store
+from tests.index.conftest import assert_complete, job, kill_at_random_points, seen
+
+
+def test_kill_9_at_random_points_then_rerun_finishes_every_track_once(excerpts, embedder, tmp_path):
+    home = tmp_path / "home"
+    db_url = f"sqlite:///{home / 'catalog.db'}"
+    killed = kill_at_random_points(excerpts, home, db_url, embedder, rounds=4, seed=9)
+    assert killed >= 3
+    env = {**os.environ, "CLEARANCE_HOME": str(home), "CLEARANCE_INDEX_WORKERS": "2"}
+    p = job(excerpts, env)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    assert "failed 0" in out
+    assert_complete(seen(home, db_url, embedder), home, embedder, 40)
+    # a third run finds nothing to do
+    again = job(excerpts, env)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0 and "indexed 0 tracks" in out and "skipped 40 already present" in out, out + err
+
+
+def test_failed_files_are_recorded_with_reasons_and_the_job_goes_on(excerpts, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in sorted(excerpts.iterdir())[:3]:
+        shutil.copy(f, folder / f.name)
+    (folder / "empty.mp3").write_bytes(b"")
+    (folder / "noise.ogg").write_bytes(b"OggS" + bytes(range(256)) * 8)
+    shutil.copy(folder / sorted(p.name for p in folder.iterdir() if p.suffix == ".mp3" and p.stat().st_size)[0],
+                folder / "same-content-other-name.mp3")
+    home = tmp_path / "home"
+    env = {**os.environ, "CLEARANCE_HOME": str(home), "CLEARANCE_INDEX_WORKERS": "2"}
+    p = job(folder, env)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 2
+    assert "indexed 3 tracks" in out and "skipped 1 already present" in out and "failed 2" in out, out
+    assert f"failed: {folder / 'empty.mp3'}: the file is empty" in err
+    assert f"failed: {folder / 'noise.ogg'}: " in err
+    recorded = Store(f"sqlite:///{home / 'catalog.db'}").list_failures()
+    assert sorted(path for path, _ in recorded) == [str(folder / "empty.mp3"), str(folder / "noise.ogg")]
+    assert all(reason for _, reason in recorded)

@@ -1,0 +1,54 @@
+"""Schema migrations (alembic): the migration scripts make exactly the schema of
+``index.store.metadata``, and every way a database can be found is brought to it."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from index import migrate
+from index.store import Store, connect, metadata
+
+
+def reset(url: str) -> None:
+    """Drop everything in the database at ``url``."""
+    engine = connect(url)
+    with engine.begin() as c:
+        if c.dialect.name == "postgresql":
+            c.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        else:
+            metadata.drop_all(c)
+            c.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
+    engine.dispose()
+
+
+def assert_schema_is_metadata(url: str, migrate_first: bool = True) -> None:
+    """Run every migration on the (empty) database at ``url``, then compare it with the metadata:
+    a table or column added to index/store.py without a migration fails here."""
+    engine = connect(url)
+    with engine.begin() as c:
+        if migrate_first:
+            command.upgrade(migrate.config(c), "head")
+        ctx = MigrationContext.configure(c, opts={"compare_type": True})
+        assert ctx.get_current_revision() == migrate.head()
+        diff = compare_metadata(ctx, metadata)
+    engine.dispose()
+    assert diff == [], f"index/store.py and the migrations differ; run `python -m index.migrate revision -m …`: {diff}"
+
+
+def test_migrations_make_the_schema_of_the_metadata(tmp_path):
+    assert_schema_is_metadata(f"sqlite:///{tmp_path / 'migrated.db'}")
+
+
+def test_new_and_premigration_databases_are_brought_to_the_newest_revision(tmp_path):
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    Store(fresh)
+    assert_schema_is_metadata(fresh, migrate_first=False)
+    # a database made by create_all before there were migrations, without some tables
+    old = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = connect(old)
+    metadata.create_all(engine, tables=[metadata.tables["tracks"], metadata.tables["chromaprints"]])
+    engine.dispose()
+    Store(old)
+    assert_schema_is_metadata(old, migrate_first=False)
