@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Created: 2026-11-25 18:55:14.763515
+Created: 2026-11-25 20:42:16.751071
 """
 from alembic import op
 import sqlalchemy as sa
@@ -42,6 +42,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('audit_log', schema=None) as batch_op:
         batch_op.create_index('audit_log_subject', ['subject', 'subject_id', 'id'], unique=False)
+    # by hand (alembic does not see triggers): audit_log is append-only on SQLite, as index/store.py makes it
+    if op.get_bind().dialect.name == 'sqlite':
+        for verb in ('UPDATE', 'DELETE'):
+            op.execute(f"CREATE TRIGGER IF NOT EXISTS audit_log_no_{verb.lower()} BEFORE {verb} ON audit_log "
+                       "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END")
 
     op.create_table('checks',
     sa.Column('id', sa.String(length=36), nullable=False),
