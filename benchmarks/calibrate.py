@@ -102,11 +102,7 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(args.seed)
     queries = negative_queries(tracks, args.negatives, rng)
 
-    def related_ids(track):
-        return set(track.related) | {track.track_id} | {t.track_id for t in tracks
-                                                         if track.stem_group and t.stem_group == track.stem_group}
-
-    ev = null_evidence(catalog, queries, related_ids)
+    ev = null_evidence(catalog, queries, lambda t: C.related(t, tracks))
     cal = fit(ev, engine.embedder.version)
     cal.save(out)
     qs = np.quantile(ev, [0.5, 0.9, 0.99, 1.0])

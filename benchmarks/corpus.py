@@ -32,6 +32,13 @@ class Track:
     related: frozenset[str]
 
 
+def related(track: Track, tracks: list[Track]) -> set[str]:
+    """Ids of the tracks that share material with ``track`` (itself, ``related``, its stems):
+    a match between them is not a false match."""
+    return {track.track_id, *track.related} | {t.track_id for t in tracks
+                                               if track.stem_group and t.stem_group == track.stem_group}
+
+
 def music_folder(which: str = "full") -> Path:
     """Fetch (idempotently) and return the corpus folder."""
     script = REPO.parent / "shared" / "data" / "get-music"

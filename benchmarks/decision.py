@@ -59,9 +59,6 @@ def main(argv=None) -> None:
     print(f"model {engine.embedder.version}, policy {engine.policy.version}; catalog {len(held)} held-out tracks "
           f"({len(licensed)} licensed), {catalog.vectors.size} vectors")
 
-    def related(t) -> set[str]:
-        return {t.track_id, *t.related} | {o.track_id for o in tracks if t.stem_group and o.stem_group == t.stem_group}
-
     stats = defaultdict(lambda: defaultdict(int))
     ref_err, tempo_err, verdicts = [], [], defaultdict(int)
     t0 = time.time()
@@ -82,9 +79,9 @@ def main(argv=None) -> None:
             s["n"] += 1
             blocking = [(m, i) for m, i in d.matches if i.rights is Rights.protected]
             if d.verdict is Verdict.block:
-                right = [(m, i) for m, i in blocking if i.external_id in related(q.truth)]
+                right = [(m, i) for m, i in blocking if i.external_id in C.related(q.truth, tracks)]
                 s["block"] += bool(right)
-                s["wrong"] += any(i.external_id not in related(q.truth) for _, i in blocking)
+                s["wrong"] += any(i.external_id not in C.related(q.truth, tracks) for _, i in blocking)
                 if right:
                     m = right[0][0]
                     ref_err.append(abs(m.ref_start - (q.ref_at_zero + q.tempo * m.query_start)))
@@ -104,7 +101,7 @@ def main(argv=None) -> None:
         s = stats["collage (both named)"]
         s["n"] += 1
         s["block"] += d.verdict is Verdict.block and a.truth.track_id in named and b.truth.track_id in named
-        s["wrong"] += any(e not in related(a.truth) | related(b.truth) for e in named)
+        s["wrong"] += any(e not in C.related(a.truth, tracks) | C.related(b.truth, tracks) for e in named)
         s["review"] += d.verdict is Verdict.review
 
     # licensed excerpts
@@ -115,7 +112,7 @@ def main(argv=None) -> None:
         d = run(q.samples)
         lic["n"] += 1
         lic["blocked"] += d.verdict is Verdict.block
-        lic["attributed"] += any(i.external_id in related(q.truth) and i.rights is Rights.licensed for _, i in d.matches)
+        lic["attributed"] += any(i.external_id in C.related(q.truth, tracks) and i.rights is Rights.licensed for _, i in d.matches)
 
     # negatives
     negs = negative_queries(tracks, args.negatives, np.random.default_rng(args.seed + 1))

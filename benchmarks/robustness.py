@@ -77,9 +77,6 @@ def main(argv=None) -> None:
     new_material = [t for t in tracks if t.role == "unseen" or t.split == "train"]
     rng = np.random.default_rng(args.seed)
 
-    def related(t) -> set[str]:
-        return {t.track_id, *t.related} | {o.track_id for o in tracks if t.stem_group and o.stem_group == t.stem_group}
-
     print(f"model {engine.embedder.version}; catalog: {len(catalog.store.list_tracks())} held-out tracks, "
           f"{catalog.vectors.size} vectors")
 
@@ -89,8 +86,8 @@ def main(argv=None) -> None:
     neg_emb, neg_chroma = [], []
     for name, x, t in negs:
         emb, chroma = evidence(catalog, x, name)
-        neg_emb.append(best_unrelated(emb, related(t)))
-        neg_chroma.append(best_unrelated(chroma, related(t)))
+        neg_emb.append(best_unrelated(emb, C.related(t, tracks)))
+        neg_chroma.append(best_unrelated(chroma, C.related(t, tracks)))
     thr_emb, thr_chroma = max(neg_emb), max(neg_chroma)
     print(f"{len(negs)} negatives ({time.time() - t0:.0f} s): zero-false-match thresholds: embedding evidence > "
           f"{thr_emb:.2f}, Chromaprint -log10 p > {thr_chroma:.2f}\n")
@@ -129,8 +126,8 @@ def main(argv=None) -> None:
             for _ in range(args.per_transform):
                 q = C.make_query(name, secs, cat_tracks, songs, new_material, rng)
                 emb, chroma = evidence(catalog, q.samples, name)
-                ok_e += identified(emb, related(q.truth), thr_emb)
-                ok_c += identified(chroma, related(q.truth), thr_chroma)
+                ok_e += identified(emb, C.related(q.truth, tracks), thr_emb)
+                ok_c += identified(chroma, C.related(q.truth, tracks), thr_chroma)
             row += f"{100 * ok_e / args.per_transform:9.0f}%{100 * ok_c / args.per_transform:11.0f}%"
         print(row, flush=True)
 
