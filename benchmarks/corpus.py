@@ -156,11 +156,12 @@ def heldout_catalog(engine, folder: Path, tracks: list[Track]):
     return engine.catalog
 
 
-def bench_engine(home: Path, model: Path | None = None, calibration: Path | None = None):
+def bench_engine(home: Path, model: Path | None = None, calibration: Path | None = None, factory: str = "auto",
+                 nprobe: int = 32):
     from service.engine import Engine
     from service.settings import Settings
 
-    overrides = {"home": home}
+    overrides = {"home": home, "index_factory": factory, "index_nprobe": nprobe}
     if model:
         overrides["model"] = model
     if calibration:
