@@ -181,7 +181,7 @@ class Catalog:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise ClearanceError(f"another indexing job is writing to {self.home}; wait for it to finish") from None
+                raise CatalogError(f"another indexing job is writing to {self.home}; wait for it to finish") from None
             shutil.rmtree(self.home / "incoming", ignore_errors=True)
             self.shards.clear_temporary()
             self._loaded = None           # always start from what is published

@@ -47,15 +47,16 @@ class Principal:
         return self.role is Role.submitter
 
 
-def _digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+def secret_digest(secret: str) -> str:
+    """What is stored of a secret (an API key, a session token): its SHA-256, hex."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def create_key(store: Store, role: Role, name: str = "") -> tuple[str, str]:
     """(key id, full key). The full key is shown once and never stored."""
     key_id = secrets.token_hex(6)
     key = f"clr_{key_id}_{secrets.token_urlsafe(24)}"
-    store.add_key(key_id, name, role.value, _digest(key))
+    store.add_key(key_id, name, role.value, secret_digest(key))
     return key_id, key
 
 
@@ -63,7 +64,7 @@ def authenticate(store: Store, key: str | None) -> Principal | None:
     """The principal of an active key, or None for a missing, unknown or revoked key."""
     if not key:
         return None
-    row = store.key_by_hash(_digest(key))
+    row = store.key_by_hash(secret_digest(key))
     return Principal(row.id, row.name, Role(row.role)) if row else None
 
 

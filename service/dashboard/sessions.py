@@ -7,13 +7,12 @@ the session's, or before sign-in the one in a short-lived sign-in cookie (double
 """
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
 from index.store import Actor, Review, now
-from service.auth import Principal, Role
+from service.auth import Principal, Role, secret_digest
 from service.dashboard.errors import Refused
 
 SESSION_COOKIE = "clearance_review"
@@ -42,10 +41,6 @@ class Session:
         verify_csrf(self.csrf, token)
 
 
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def new_token() -> str:
     return secrets.token_urlsafe(32)
 
@@ -59,7 +54,7 @@ def open_session(review: Review, principal: Principal, hours: float) -> str:
     """Open a session (for a key that ``authorize`` let in with ``DASHBOARD_ROLES``); returns
     the cookie's token."""
     token = new_token()
-    review.open_session(_digest(token), principal.key_id, new_token(), now() + timedelta(hours=hours))
+    review.open_session(secret_digest(token), principal.key_id, new_token(), now() + timedelta(hours=hours))
     return token
 
 
@@ -67,9 +62,9 @@ def current_session(review: Review, token: str | None) -> Session | None:
     """The live session of a cookie token, or None."""
     if not token:
         return None
-    s = review.session(_digest(token))
+    s = review.session(secret_digest(token))
     return Session(Principal(s.key_id, s.name, Role(s.role)), s.csrf) if s else None
 
 
 def close_session(review: Review, token: str) -> None:
-    review.close_session(_digest(token))
+    review.close_session(secret_digest(token))

@@ -2,6 +2,7 @@
 reference recording, change its rights, take it down, and the refusals."""
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 import httpx
@@ -93,3 +94,19 @@ def test_refusals(catalog_server, music, tmp_path):
         assert r.status_code == 404 and r.json()["detail"] == "no track with external_id 'no-such-track'"
     assert admin(s, "PATCH", "/v1/tracks/menu", json={"rights": "borrowed"}).status_code == 422
     assert [t["external_id"] for t in admin(s, "GET", "/v1/tracks").json()["tracks"]] == ["menu"]
+
+
+def test_busy_catalog_is_a_conflict(catalog_server, music, tmp_path):
+    """While an indexing job holds the catalog (its writer lock), an upload is refused with 409
+    and a reason, and succeeds once the job is done."""
+    s = catalog_server
+    reference = cut(music["xmoto-foxrun"], 30.0, 30.0, tmp_path / "fox.ogg", fmt="ogg")
+    kept = sorted((s.home / "references").iterdir())
+    with open(s.home / "writer.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        busy = add(s, reference, external_id="fox", rights="protected")
+        assert busy.status_code == 409, busy.text
+        assert busy.json()["detail"] == f"another indexing job is writing to {s.home.resolve()}; wait for it to finish"
+    assert admin(s, "GET", "/v1/tracks/fox").status_code == 404
+    assert sorted((s.home / "references").iterdir()) == kept      # the refused upload is not kept
+    assert add(s, reference, external_id="fox", rights="protected").status_code == 201
