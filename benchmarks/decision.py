@@ -4,7 +4,7 @@
                                   [--factory FAISS-FACTORY --nprobe N]
 
 The held-out ``catalog`` tracks are indexed; every fourth is then made *licensed* with
-``Store.set_rights`` (metadata only, as in production) and the rest stay *protected*.
+``Review.change_rights`` (metadata only, as in production) and the rest stay *protected*.
 Queries: transformed copies (10–30 s) of protected tracks under every transform, copies spliced
 inside new music, collages of two protected tracks, excerpts of licensed tracks, and negatives
 (excerpts of held-out ``unseen`` tracks and training-package tracks, clean and transformed).
@@ -30,6 +30,7 @@ from benchmarks import corpus as C
 from benchmarks.calibrate import WEIGHTS, negative_queries
 from detector.audio import Clip
 from detector.policy import Rights, Verdict
+from index.store import Actor, Review
 
 
 def upper95(k: int, n: int) -> float:
@@ -60,8 +61,10 @@ def main(argv=None) -> None:
     catalog = C.heldout_catalog(engine, folder, tracks)
     held = [t for t in tracks if t.split == "heldout" and t.role == "catalog"]
     licensed = {t.track_id for i, t in enumerate(held) if i % 4 == 3 and t.stem != "song"}
+    review, me = Review(engine.store), Actor("benchmark", "benchmarks.decision")
     for t in held:
-        engine.store.set_rights(t.track_id, Rights.licensed if t.track_id in licensed else Rights.protected)
+        review.change_rights(t.track_id, Rights.licensed if t.track_id in licensed else Rights.protected, actor=me,
+                             note="")
     protected_tracks = [t for t in held if t.track_id not in licensed and t.stem != "song"]
     licensed_tracks = [t for t in held if t.track_id in licensed]
     songs = [t for t in held if t.stem == "song"]

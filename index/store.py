@@ -185,14 +185,6 @@ class Store:
             for key, n in counts.items():
                 c.execute(tracks.update().where(tracks.c.id == key).values(vectors=n, model=model, updated_at=now()))
 
-    def set_rights(self, external_id: str, rights: Rights) -> Track:
-        with self.engine.begin() as c:
-            n = c.execute(tracks.update().where(tracks.c.external_id == external_id)
-                          .values(rights=rights.value, updated_at=now())).rowcount
-        if not n:
-            raise CatalogError(f"no track with external_id '{external_id}'")
-        return self.find(external_id)
-
     def list_tracks(self, state: str | None = "indexed") -> list[Track]:
         q = sa.select(tracks).order_by(tracks.c.external_id)
         if state:

@@ -21,7 +21,7 @@ from detector.audio import AUDIO_SUFFIXES
 from detector.errors import AudioError
 from detector.policy import Rights
 from index.catalog import Catalog, ManifestEntry
-from index.store import Track
+from index.store import Actor, Review, Track
 from service.auth import Principal, Role, require
 from service.engine import Engine
 from service.pool import WorkPool
@@ -41,6 +41,7 @@ class TrackForm(BaseModel):
 
 class RightsChange(BaseModel):
     rights: Rights = Field(description="applies to the next check; nothing is re-indexed")
+    note: str = Field("", max_length=2000, description="why (a licence reference, a ticket); kept in the audit log")
 
 
 class CatalogAdmin:
@@ -124,9 +125,12 @@ def catalog_router(engine: Engine, pool: WorkPool) -> APIRouter:
         return _track(engine, external_id).to_dict()
 
     @router.patch(TRACKS + "/{external_id:path}", summary="Change a track's rights")
-    def change_rights(external_id: str, change: RightsChange, _: Principal = Depends(catalog_admin)) -> dict:
+    def change_rights(external_id: str, change: RightsChange, who: Principal = Depends(catalog_admin)) -> dict:
+        """The change is audited under the caller's key, as a change made in the dashboard is."""
         _track(engine, external_id)
-        return engine.store.set_rights(external_id, change.rights).to_dict()
+        Review(engine.store).change_rights(external_id, change.rights, actor=Actor(who.key_id, who.name or who.key_id),
+                                           note=change.note)
+        return _track(engine, external_id).to_dict()
 
     @router.delete(TRACKS + "/{external_id:path}", status_code=204, summary="Take a track down")
     async def remove_track(external_id: str, _: Principal = Depends(catalog_admin)) -> Response:

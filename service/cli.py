@@ -1,6 +1,7 @@
 """The ``clearance`` command line. Errors become one line on stderr naming the input and why."""
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import click
 
 from detector.errors import AudioError, ClearanceError
 from detector.policy import Rights
+from index.store import Actor, Review
 from service.auth import Role, create_key
 from service.engine import Engine
 from service.settings import Settings
@@ -156,12 +158,15 @@ def remove(engine: Engine, external_ids) -> None:
 @main.command()
 @click.argument("external_ids", nargs=-1, required=True)
 @click.option("--rights", type=RIGHTS, required=True)
+@click.option("--note", default="", help="why (a licence reference, a ticket); kept in the audit log")
 @click.pass_obj
-def rights(engine: Engine, external_ids, rights: str) -> None:
-    """Change the rights of tracks; the next check uses them, no re-indexing."""
+def rights(engine: Engine, external_ids, rights: str, note: str) -> None:
+    """Change the rights of tracks; the next check uses them, no re-indexing. Each change is
+    audited as made on the command line by this system user."""
+    actor = Actor("cli", f"{getpass.getuser()} (command line)")
     try:
         for e in external_ids:
-            engine.store.set_rights(e, Rights(rights))
+            Review(engine.store).change_rights(e, Rights(rights), actor=actor, note=note)
     except ClearanceError as exc:
         fail(str(exc))
     click.echo(f"{len(external_ids)} tracks now {rights}")

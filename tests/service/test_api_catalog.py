@@ -8,6 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from index.store import Review, Store
+from service.settings import Settings
 from tests.conftest import cut
 from tests.service.conftest import serve
 
@@ -53,8 +55,11 @@ def test_add_change_rights_and_take_down(catalog_server, music, tmp_path):
     blocked = s.check(s.keys["submitter"], "output.mp3", output).json()
     assert blocked["decision"] == "block" and blocked["matches"][0]["external_id"] == "ISRC-22"
 
-    changed = admin(s, "PATCH", "/v1/tracks/ISRC-22", json={"rights": "licensed"})
+    changed = admin(s, "PATCH", "/v1/tracks/ISRC-22", json={"rights": "licensed", "note": "licence L-7"})
     assert changed.status_code == 200 and changed.json()["rights"] == "licensed"
+    [audited] = Review(Store(Settings(home=s.home).db_url)).audit_trail("track", "ISRC-22")
+    assert (audited.actor.name, audited.action, audited.previous, audited.new, audited.note) == (
+        "label", "rights", "protected", "licensed", "licence L-7")
     licensed = s.check(s.keys["submitter"], "output.mp3", output).json()
     assert licensed["decision"] == "allow" and licensed["matches"][0]["rights"] == "licensed"
 

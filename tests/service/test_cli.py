@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from index.store import Review, Store
 from tests.conftest import cut
 
 CLEARANCE = [sys.executable, "-m", "service.cli"]
@@ -78,7 +79,10 @@ def test_rights_change_and_remove_apply_to_next_check(music, tmp_path):
         return json.loads(r.stdout)
 
     assert decision()["decision"] == "block"
-    assert clearance("rights", Path(track.path).stem, "--rights", "licensed", env=env).returncode == 0
+    assert clearance("rights", Path(track.path).stem, "--rights", "licensed", "--note", "deal 12", env=env).returncode == 0
+    [audited] = Review(Store(f"sqlite:///{tmp_path / 'home' / 'catalog.db'}")).audit_trail("track", Path(track.path).stem)
+    assert (audited.actor.key_id, audited.previous, audited.new, audited.note) == ("cli", "protected", "licensed", "deal 12")
+    assert audited.actor.name.endswith("(command line)")
     after = decision()
     assert after["decision"] == "allow" and after["matches"][0]["rights"] == "licensed"
     assert clearance("remove", Path(track.path).stem, env=env).returncode == 0
