@@ -96,34 +96,10 @@ def synthetic_rir(n: int, sr: int, rng: np.random.Generator) -> torch.Tensor:
 class Augment:
     """Transformed copies of the moments at the centre of clean crops."""
 
-    def __init__(self, fe: FrontEnd, sampler: Sampler, rng: np.random.Generator, mix_p: float, mix_snr: tuple,
-                 vocoder_p: float = 0.0):
+    def __init__(self, fe: FrontEnd, sampler: Sampler, rng: np.random.Generator, mix_p: float, mix_snr: tuple):
         self.fe, self.sampler, self.rng = fe, sampler, rng
         self.spec = Spectrogram(fe)
-        self.mix_p, self.mix_snr, self.vocoder_p = mix_p, mix_snr, vocoder_p
-
-    def vocoder(self, x: torch.Tensor) -> np.ndarray:
-        """Time-stretch a share of the crops in place with a phase vocoder, the way pitch-shifting
-        and tempo tools do (their smeared transients and phasing are what a spectrogram shift
-        alone does not show); returns each crop's rate (stretched audio plays ``rate`` times as
-        fast; 1 where untouched). Rates 0.6–1.6×, four per batch; the tails are zero-padded."""
-        n, rng = len(x), self.rng
-        rate = np.ones(n)
-        chosen = np.flatnonzero(rng.random(n) < self.vocoder_p)
-        for group in np.array_split(rng.permutation(chosen), 4):
-            if len(group) == 0:
-                continue
-            r = float(np.exp(rng.uniform(math.log(0.6), math.log(1.6))))
-            n_fft = int(rng.choice([512, 1024]))
-            hop, window = n_fft // 4, torch.hann_window(n_fft)
-            spec = torch.stft(x[group], n_fft, hop, window=window, return_complex=True)
-            advance = torch.linspace(0, math.pi * hop, n_fft // 2 + 1)[:, None]
-            y = torch.istft(AF.phase_vocoder(spec, r, advance), n_fft, hop, window=window)
-            m = min(y.shape[1], x.shape[1])
-            x[group] = 0.0
-            x[group, :m] = y[:, :m]
-            rate[group] = r
-        return rate
+        self.mix_p, self.mix_snr = mix_p, mix_snr
 
     def waveform(self, x: torch.Tensor) -> torch.Tensor:
         n, rng, sr = len(x), self.rng, self.fe.sample_rate
@@ -171,9 +147,7 @@ class Augment:
     def positives(self, crops: np.ndarray, centre_s: float) -> torch.Tensor:
         """Transformed 1 s windows (n, bands, frames) around ``centre_s`` of each crop."""
         fe, rng, n = self.fe, self.rng, len(crops)
-        x = torch.from_numpy(crops.copy())
-        rate = self.vocoder(x)                    # original second t is now at t / rate
-        x = self.waveform(x)
+        x = self.waveform(torch.from_numpy(crops.copy()))
         power = self.spectral(self.spec(x))                                  # (n, bands, T)
         fps = fe.sample_rate / fe.hop_length
         nf = fe.frames_per_window
@@ -184,8 +158,8 @@ class Augment:
         for i in range(n):
             # the output window covers `tempo` seconds of the original around the centre
             span = tempo[i] * fe.window_s
-            a = (centre_s + jitter[i] * tempo[i] - span / 2) * fps / rate[i]
-            pos = a + np.arange(nf) * span * fps / nf / rate[i]
+            a = (centre_s + jitter[i] * tempo[i] - span / 2) * fps
+            pos = a + np.arange(nf) * span * fps / nf
             lo = np.clip(np.floor(pos).astype(int), 0, power.shape[2] - 2)
             w = torch.from_numpy((pos - lo).clip(0, 1).astype(np.float32))
             win = power[i][:, lo] * (1 - w) + power[i][:, lo + 1] * w       # (bands, nf)
@@ -218,7 +192,6 @@ def main(argv=None) -> None:
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--mix-p", type=float, default=0.5)
     ap.add_argument("--mix-snr", type=float, nargs=2, default=(-6.0, 10.0))
-    ap.add_argument("--vocoder-p", type=float, default=0.0, help="share of positives time-stretched by a phase vocoder")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -233,7 +206,7 @@ def main(argv=None) -> None:
     print(f"training audio: {len(tracks)} tracks, {sum(map(len, tracks)) / fe.sample_rate / 3600:.1f} h "
           f"({time.time() - t0:.0f} s)", flush=True)
     sampler = Sampler(tracks, fe.sample_rate, rng)
-    aug = Augment(fe, sampler, rng, args.mix_p, tuple(args.mix_snr), args.vocoder_p)
+    aug = Augment(fe, sampler, rng, args.mix_p, tuple(args.mix_snr))
     model = build(arch, fe)
     if args.init:
         model.load_state_dict(torch.load(args.init, weights_only=True)["state_dict"])
@@ -273,8 +246,7 @@ def save(model: nn.Module, fe: FrontEnd, arch: dict, args, step: int) -> None:
     torch.save({"format": CHECKPOINT_FORMAT, "version": args.version, "front_end": fe.to_dict(), "arch": arch,
                 "state_dict": model.state_dict(),
                 "training": {"steps": step, "schedule_steps": args.steps, "seed": args.seed, "batch": args.batch, "tau": args.tau,
-                             "lr": args.lr, "mix_p": args.mix_p, "mix_snr": list(args.mix_snr),
-                             "vocoder_p": args.vocoder_p, "init": str(args.init or "")}}, tmp)
+                             "lr": args.lr, "mix_p": args.mix_p, "mix_snr": list(args.mix_snr)}}, tmp)
     tmp.replace(args.out)
 
 
