@@ -58,7 +58,7 @@ def load(track: Track, cache: Path = Path.home() / ".cache/clearance/bench-audio
     cache.mkdir(parents=True, exist_ok=True)
     npy = cache / f"{track.track_id}-{SR}.npy"
     if not npy.exists():
-        tmp = npy.with_suffix(".tmp.npy")
+        tmp = npy.with_suffix(f".{os.getpid()}.tmp.npy")      # benchmarks may run side by side
         np.save(tmp, decode(track.path, SR).samples.astype(np.float16))
         os.replace(tmp, npy)
     return Clip(np.load(npy).astype(np.float32), SR, track.track_id)

@@ -20,7 +20,7 @@ from detector.features import (FrontEnd, Spectrogram, normalise, shift_bands, vo
                                window_starts)
 
 CHECKPOINT_FORMAT = 1
-DEFAULT_WEIGHTS = "clearance-fp-v1.pt"
+DEFAULT_WEIGHTS = "clearance-fp-v2.pt"
 
 
 @dataclass(frozen=True)

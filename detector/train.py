@@ -1,6 +1,11 @@
 """Contrastive training of the fingerprint encoder (see detector/MODEL.md).
 
-    python -m detector.train --music DIR --steps 1800 --stop-after 1500 --mix-snr -8 10 --seed 1
+    python -m detector.train --music DIR --steps 1800 --stop-after 1500 --mix-snr -8 10 --seed 1 \
+        --out base.pt --version clearance-fp-v1
+    python -m detector.train --music DIR --init base.pt --steps 500 --lr 5e-4 --mix-snr -8 10 \
+        --bass-cut-p 0.35 --seed 3 --out round1.pt
+    python -m detector.train --music DIR --init round1.pt --steps 500 --lr 5e-4 --mix-snr -8 10 \
+        --bass-cut-p 0.35 --seed 4            # → detector/weights/clearance-fp-v2.pt, the shipped model
 
 Positive pairs are a clean 1 s window of a ``split=train`` track and a transformed copy of the
 same moment: mixed under other music, noise, reverb, EQ and band limits on the waveform, then
@@ -96,10 +101,11 @@ def synthetic_rir(n: int, sr: int, rng: np.random.Generator) -> torch.Tensor:
 class Augment:
     """Transformed copies of the moments at the centre of clean crops."""
 
-    def __init__(self, fe: FrontEnd, sampler: Sampler, rng: np.random.Generator, mix_p: float, mix_snr: tuple):
+    def __init__(self, fe: FrontEnd, sampler: Sampler, rng: np.random.Generator, mix_p: float, mix_snr: tuple,
+                 bass_cut_p: float = 0.0):
         self.fe, self.sampler, self.rng = fe, sampler, rng
         self.spec = Spectrogram(fe)
-        self.mix_p, self.mix_snr = mix_p, mix_snr
+        self.mix_p, self.mix_snr, self.bass_cut_p = mix_p, mix_snr, bass_cut_p
 
     def waveform(self, x: torch.Tensor) -> torch.Tensor:
         n, rng, sr = len(x), self.rng, self.fe.sample_rate
@@ -142,6 +148,12 @@ class Augment:
         hp = rng.random(n) < 0.15
         cut = rng.uniform(0, 12, n)
         gain_db[hp] -= np.clip((cut[hp, None] - np.arange(bands)[None, :]) * 6, 0, 60)
+        if self.bass_cut_p:
+            # a copy pitched down k semitones has lost the bass below the lowest band: the query,
+            # transposed back up, has nothing in its lowest bands
+            cut = rng.random(n) < self.bass_cut_p
+            k = rng.integers(1, 10, n)
+            gain_db[cut] -= np.where(np.arange(bands)[None, :] < k[cut, None], 80.0, 0.0)
         return power * torch.from_numpy(10 ** (gain_db / 10))[:, :, None]
 
     def positives(self, crops: np.ndarray, centre_s: float) -> torch.Tensor:
@@ -181,9 +193,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--music", type=Path, required=True, help="corpus folder laid out by get-music --set full")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/clearance/train-audio")
-    ap.add_argument("--out", type=Path, default=Path("detector/weights/clearance-fp-v1.pt"))
+    ap.add_argument("--out", type=Path, default=Path("detector/weights/clearance-fp-v2.pt"))
     ap.add_argument("--init", type=Path, help="start from this checkpoint (fine-tuning)")
-    ap.add_argument("--version", default="clearance-fp-v1")
+    ap.add_argument("--version", default="clearance-fp-v2")
     ap.add_argument("--steps", type=int, default=1800, help="length of the learning-rate schedule")
     ap.add_argument("--stop-after", type=int, help="stop (and save) after this many steps of the schedule")
     ap.add_argument("--batch", type=int, default=256, help="anchors per step (2x views)")
@@ -192,6 +204,7 @@ def main(argv=None) -> None:
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--mix-p", type=float, default=0.5)
     ap.add_argument("--mix-snr", type=float, nargs=2, default=(-6.0, 10.0))
+    ap.add_argument("--bass-cut-p", type=float, default=0.0, help="share of positives with their lowest 1-9 bands removed")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -206,7 +219,7 @@ def main(argv=None) -> None:
     print(f"training audio: {len(tracks)} tracks, {sum(map(len, tracks)) / fe.sample_rate / 3600:.1f} h "
           f"({time.time() - t0:.0f} s)", flush=True)
     sampler = Sampler(tracks, fe.sample_rate, rng)
-    aug = Augment(fe, sampler, rng, args.mix_p, tuple(args.mix_snr))
+    aug = Augment(fe, sampler, rng, args.mix_p, tuple(args.mix_snr), args.bass_cut_p)
     model = build(arch, fe)
     if args.init:
         model.load_state_dict(torch.load(args.init, weights_only=True)["state_dict"])
@@ -246,7 +259,8 @@ def save(model: nn.Module, fe: FrontEnd, arch: dict, args, step: int) -> None:
     torch.save({"format": CHECKPOINT_FORMAT, "version": args.version, "front_end": fe.to_dict(), "arch": arch,
                 "state_dict": model.state_dict(),
                 "training": {"steps": step, "schedule_steps": args.steps, "seed": args.seed, "batch": args.batch, "tau": args.tau,
-                             "lr": args.lr, "mix_p": args.mix_p, "mix_snr": list(args.mix_snr)}}, tmp)
+                             "lr": args.lr, "mix_p": args.mix_p, "mix_snr": list(args.mix_snr),
+                             "bass_cut_p": args.bass_cut_p, "init": str(args.init or "")}}, tmp)
     tmp.replace(args.out)
 
 
