@@ -12,9 +12,9 @@ Prints block recall per transform, wrong-track rate, false blocks with a 95 % in
 licensed outcomes, ``ref_start`` and ``tempo_ratio`` errors, and the review rate.
 
 ``--factory`` sets the vector index (default ``auto``: exact for a catalog this small); run it
-again with a compressed one, e.g. ``--factory IVF256,PQ64x4fsr --nprobe 4`` (the code size and
-searched fraction of lists of a 10⁷-vector catalog), to compare decisions on the same queries
-(the seed fixes them).
+again with a compressed one, e.g. ``--factory IVF256,PQ64x4fsr --nprobe 4`` (the 4-bit codes of
+the index ``auto`` builds beyond 10⁶ vectors), to compare decisions on the same queries (the seed
+fixes them).
 """
 from __future__ import annotations
 
