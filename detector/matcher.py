@@ -19,6 +19,7 @@ from detector.chromaprint import ITEM_S, ChromaMatch
 TEMPO_GRID = np.exp(np.linspace(math.log(0.5), math.log(2.0), 121))   # ~1.2 % apart
 OFFSET_BIN_S = 0.5
 INLIER_S = 0.6
+TEMPO_TOLERANCE = 0.03    # a measured tempo this close to 1.0 is no tempo change
 
 
 @dataclass(frozen=True)
@@ -186,24 +187,39 @@ def from_chromaprint(m: ChromaMatch) -> Match:
 
 def merge(matches: list[Match]) -> list[Match]:
     """One match per copied stretch: where both layers found the same alignment, keep the
-    stronger one's mapping over the union of both spans and name both methods."""
+    stronger one's mapping over the union of both spans and name both methods.
+
+    Chromaprint only aligns at tempo 1.0: where it and an embedding match that measured another
+    tempo cover the same stretch of the same track, both found the copy, and the embedding's
+    mapping is the one that holds (a tempo-1.0 alignment of a tempo-changed copy is partial at
+    best), carried with the stronger of the two scores."""
     out: list[Match] = []
     for m in sorted(matches, key=lambda m: (m.p_false, -m.duration)):
         for i, o in enumerate(out):
             if o.track != m.track or _overlap(o, m) == 0:
                 continue
-            if abs(_offset(o) - _offset(m)) < 2.0:
-                if m.method not in o.method.split("+"):
-                    q0, q1 = min(o.query_start, m.query_start), max(o.query_end, m.query_end)
-                    out[i] = replace(o, method="+".join(sorted({*o.method.split("+"), m.method})),
-                                     query_start=q0, query_end=q1, ref_start=_offset(o) + o.tempo_ratio * q0,
-                                     ref_end=_offset(o) + o.tempo_ratio * q1)
-                break
-            if _overlap(o, m) > 0.5 * min(o.duration, m.duration):
-                break                       # the same stretch aligned to a repeat: keep the stronger
+            same = abs(_offset(o) - _offset(m)) < 2.0
+            if not same and _overlap(o, m) <= 0.5 * min(o.duration, m.duration):
+                continue
+            if o.method == "chromaprint" and m.method == "embedding" and abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE:
+                out[i] = _spanning(replace(m, p_false=o.p_false, method=_methods(o, m)), o if same else m)
+            elif same and m.method not in o.method.split("+"):
+                out[i] = _spanning(replace(o, method=_methods(o, m)), m)
+            break                           # else the same stretch aligned to a repeat: keep the stronger
         else:
             out.append(m)
     return out
+
+
+def _spanning(m: Match, other: Match) -> Match:
+    """``m``'s mapping over the union of both matches' output spans."""
+    q0, q1 = min(m.query_start, other.query_start), max(m.query_end, other.query_end)
+    return replace(m, query_start=q0, query_end=q1, ref_start=_offset(m) + m.tempo_ratio * q0,
+                   ref_end=_offset(m) + m.tempo_ratio * q1)
+
+
+def _methods(a: Match, b: Match) -> str:
+    return "+".join(sorted({*a.method.split("+"), *b.method.split("+")}))
 
 
 def _overlap(a: Match, b: Match) -> float:

@@ -62,3 +62,18 @@ def test_merge_names_both_methods_for_the_same_alignment():
     assert len(merged) == 2 and merged[1] == later
     assert merged[0].method == "chromaprint+embedding"
     assert (merged[0].query_start, merged[0].query_end, merged[0].ref_start) == (0.0, 20.0, 10.0)
+
+
+def test_merge_keeps_the_embedding_mapping_of_a_tempo_changed_copy():
+    """Chromaprint aligned a 1.4x copy at tempo 1.0 over part of it; the embedding measured the
+    tempo: the merged match maps like the embedding, as strong as the Chromaprint match."""
+    chroma = Match(5, 2.0, 10.3, 40.0, 48.3, 1.0, 0.8, 1e-20, "chromaprint")
+    emb = Match(5, 0.0, 14.0, 30.0, 49.6, 1.4, 12.0, 1e-8, "embedding")
+    [merged] = merge([chroma, emb])
+    assert (merged.tempo_ratio, merged.ref_start, merged.query_end) == (1.4, 30.0, 14.0)
+    assert merged.p_false == 1e-20 and merged.method == "chromaprint+embedding"
+    same_tempo = Match(5, 0.0, 14.0, 90.0, 104.0, 1.01, 12.0, 1e-8, "embedding")   # a repeat, not a tempo change
+    assert merge([chroma, same_tempo]) == [chroma]
+    slower = Match(5, 0.0, 25.0, 37.5, 60.0, 0.9, 12.0, 1e-8, "embedding")        # nearly Chromaprint's alignment
+    [merged] = merge([chroma, slower])
+    assert (merged.tempo_ratio, merged.query_start, merged.query_end, merged.ref_start) == (0.9, 0.0, 25.0, 37.5)
