@@ -19,7 +19,7 @@ from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from detector.errors import ClearanceError
-from index.store import Store
+from index.store import Actor, Store
 
 
 class Role(str, Enum):
@@ -40,6 +40,11 @@ class Principal:
     def can(self, *roles: Role) -> bool:
         """Admins can do everything; others only what their role is listed for."""
         return self.role is Role.admin or self.role in roles
+
+    @property
+    def actor(self) -> Actor:
+        """Who the audit log names for changes made with this key."""
+        return Actor(self.key_id, self.name or self.key_id)
 
     @property
     def own_checks_only(self) -> bool:

@@ -21,7 +21,7 @@ from detector.audio import AUDIO_SUFFIXES
 from detector.errors import AudioError
 from detector.policy import Rights
 from index.catalog import Catalog, ManifestEntry
-from index.store import Actor, Review, Track
+from index.store import Review, Track
 from service.auth import Principal, Role, require
 from service.engine import Engine
 from service.pool import WorkPool
@@ -128,8 +128,7 @@ def catalog_router(engine: Engine, pool: WorkPool) -> APIRouter:
     def change_rights(external_id: str, change: RightsChange, who: Principal = Depends(catalog_admin)) -> dict:
         """The change is audited under the caller's key, as a change made in the dashboard is."""
         _track(engine, external_id)
-        Review(engine.store).change_rights(external_id, change.rights, actor=Actor(who.key_id, who.name or who.key_id),
-                                           note=change.note)
+        Review(engine.store).change_rights(external_id, change.rights, actor=who.actor, note=change.note)
         return _track(engine, external_id).to_dict()
 
     @router.delete(TRACKS + "/{external_id:path}", status_code=204, summary="Take a track down")

@@ -163,10 +163,10 @@ def remove(engine: Engine, external_ids) -> None:
 def rights(engine: Engine, external_ids, rights: str, note: str) -> None:
     """Change the rights of tracks; the next check uses them, no re-indexing. Each change is
     audited as made on the command line by this system user."""
-    actor = Actor("cli", f"{getpass.getuser()} (command line)")
+    actor, review = Actor("cli", f"{getpass.getuser()} (command line)"), Review(engine.store)
     try:
         for e in external_ids:
-            Review(engine.store).change_rights(e, Rights(rights), actor=actor, note=note)
+            review.change_rights(e, Rights(rights), actor=actor, note=note)
     except ClearanceError as exc:
         fail(str(exc))
     click.echo(f"{len(external_ids)} tracks now {rights}")

@@ -29,7 +29,7 @@ class Session:
 
     @property
     def actor(self) -> Actor:
-        return Actor(self.principal.key_id, self.principal.name or self.principal.key_id)
+        return self.principal.actor
 
     def require(self, *roles: Role) -> None:
         """Refuse (403) unless the signed-in role is one of ``roles`` (admins always pass)."""
