@@ -1,4 +1,5 @@
-"""Fit the embedding score calibration from music that is not in the catalog.
+"""Fit the score calibrations of the embedding and landmark layers from music that is not in
+the catalog.
 
     python -m benchmarks.calibrate [--model detector/weights/clearance-fp-v2.pt] [--negatives 600]
 
@@ -6,7 +7,9 @@ Indexes the held-out ``catalog`` tracks of the full corpus, then checks excerpts
 clean and transformed) of held-out ``unseen`` tracks (same games, same composers: the hard
 negatives) and of training-package tracks. The strongest evidence each negative produces
 against any unrelated catalog track is a sample of the null distribution; an exponential tail
-fitted to its top decile gives ``p_false(evidence)``. Written beside the model weights.
+fitted to its top decile gives ``p_false(evidence)``. The embedding's is written beside the
+model weights, the landmark layer's (which no model changes) to
+``detector/weights/landmarks.calibration.json``.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import corpus as C
+from detector import landmarks
 from detector.matcher import Calibration
 from detector.model import DEFAULT_WEIGHTS
 
@@ -58,18 +62,21 @@ def negative_queries(tracks, n: int, rng: np.random.Generator):
     return out
 
 
-def null_evidence(catalog, queries, related_ids) -> np.ndarray:
-    """Strongest embedding evidence of each query against an unrelated catalog track."""
+def null_evidence(catalog, queries, related_ids) -> tuple[np.ndarray, np.ndarray]:
+    """Strongest evidence of each query against an unrelated catalog track: (embedding, landmarks)."""
     from detector.audio import Clip
-    from index.catalog import QUERY_HOP_S
 
     ids = {t.id: t.external_id for t in catalog.store.list_tracks()}
-    best = []
+    peaks = landmarks.LandmarkIndex(catalog.store.landmarks(), UNCALIBRATED)
+    emb, lm = [], []
     for name, x, track in queries:
-        matches = catalog.embedding_matches(Clip(x, C.SR, name), max_p_false=1.0)
-        ev = [m.evidence for m in matches if ids.get(m.track) not in related_ids(track)]
-        best.append(max(ev, default=0.0))
-    return np.array(best)
+        clip = Clip(x, C.SR, name)
+        unrelated = [m for m in catalog.embedding_matches(clip, max_p_false=1.0)
+                     if ids.get(m.track) not in related_ids(track)]
+        emb.append(max((m.evidence for m in unrelated), default=0.0))
+        unrelated = [m for m in peaks.search(landmarks.peaks(clip)) if ids.get(m.track) not in related_ids(track)]
+        lm.append(max((m.votes for m in unrelated), default=0.0))
+    return np.array(emb), np.array(lm, float)
 
 
 def fit(evidence: np.ndarray, model: str, tail_fraction: float = 0.1) -> Calibration:
@@ -78,6 +85,19 @@ def fit(evidence: np.ndarray, model: str, tail_fraction: float = 0.1) -> Calibra
     scale = float(excess.mean()) if len(excess) else 1.0
     return Calibration(model=model, tail_start=start, tail_p=tail_fraction, tail_scale=max(scale, 1e-3),
                        negatives=len(evidence))
+
+
+def report(name: str, ev: np.ndarray, cal: Calibration, out: Path) -> None:
+    qs = np.quantile(ev, [0.5, 0.9, 0.99, 1.0])
+    print(f"{name}: null evidence over {len(ev)} negatives: median {qs[0]:.2f}, p90 {qs[1]:.2f}, p99 {qs[2]:.2f}, "
+          f"max {qs[3]:.2f}")
+    for p in (1e-2, 1e-3, 1e-4, 1e-6):
+        e = cal.tail_start + cal.tail_scale * np.log(cal.tail_p / p)
+        print(f"  p_false {p:g} at evidence {e:.2f}")
+    print(f"  wrote {out}")
+
+
+UNCALIBRATED = Calibration(model="uncalibrated", tail_start=1.0, tail_p=1.0, tail_scale=1.0)
 
 
 def main(argv=None) -> None:
@@ -94,7 +114,7 @@ def main(argv=None) -> None:
     # any calibration will do while measuring: evidence does not depend on it
     engine = C.bench_engine(args.home / args.model.stem, args.model, calibration=out if out.exists() else None)
     if not out.exists():
-        engine.__dict__["calibration"] = Calibration(model="uncalibrated", tail_start=1.0, tail_p=1.0, tail_scale=1.0)
+        engine.__dict__["calibration"] = UNCALIBRATED
     t0 = time.time()
     catalog = C.heldout_catalog(engine, folder, tracks)
     print(f"catalog: {len(catalog.store.list_tracks())} held-out tracks, {catalog.vectors.size} vectors "
@@ -102,15 +122,14 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(args.seed)
     queries = negative_queries(tracks, args.negatives, rng)
 
-    ev = null_evidence(catalog, queries, lambda t: C.related(t, tracks))
-    cal = fit(ev, engine.embedder.version)
+    emb, lm = null_evidence(catalog, queries, lambda t: C.related(t, tracks))
+    cal = fit(emb, engine.embedder.version)
     cal.save(out)
-    qs = np.quantile(ev, [0.5, 0.9, 0.99, 1.0])
-    print(f"null evidence over {len(ev)} negatives: median {qs[0]:.2f}, p90 {qs[1]:.2f}, p99 {qs[2]:.2f}, max {qs[3]:.2f}")
-    for p in (1e-2, 1e-3, 1e-4, 1e-6):
-        e = cal.tail_start + cal.tail_scale * np.log(cal.tail_p / p)
-        print(f"  p_false {p:g} at evidence {e:.2f}")
-    print(f"wrote {out}")
+    report("embedding", emb, cal, out)
+    out = C.REPO / "detector" / "weights" / landmarks.CALIBRATION
+    cal = fit(lm, landmarks.VERSION)
+    cal.save(out)
+    report("landmarks", lm, cal, out)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ Indexes every held-out ``catalog`` track of the full corpus, then prints:
   1. segment-level top-1 hit rate of 1/2/3/5/10 s queries under noise (0–10 dB) + reverb;
   2. track-level identification per transform for 10 s and 30 s copies, at the zero-false-match
      threshold (the strongest evidence any of the negatives produced against an unrelated
-     track), embedding layer and Chromaprint layer side by side;
+     track): the embedding, Chromaprint and landmark layers side by side, and all three together
+     (a copy found by any layer above its own threshold: on the negatives none of them, and so
+     none of the three together, made a false match);
   3. embedding throughput.
 """
 from __future__ import annotations
@@ -20,20 +22,23 @@ import numpy as np
 
 from benchmarks import corpus as C
 from benchmarks.calibrate import WEIGHTS, negative_queries
-from detector import chromaprint
+from detector import chromaprint, landmarks
 from detector.audio import Clip, decode
 from detector.matcher import from_chromaprint
 from index.catalog import QUERY_HOP_S, REF_HOP_S
 
 
 def evidence(catalog, x: np.ndarray, name: str):
-    """(best embedding match, best Chromaprint match) of a query, each (external_id, strength)."""
+    """Matches of a query by the embedding, Chromaprint and landmark layers, each a list of
+    (external_id, strength, Match)."""
     clip = Clip(x.astype(np.float32), C.SR, name)
     ids = catalog_ids(catalog)
     emb = [(ids.get(m.track), m.evidence, m) for m in catalog.embedding_matches(clip, max_p_false=1.0)]
     chroma = [(ids.get(m.track), -math.log10(max(m.p_false, 1e-300)), from_chromaprint(m))
               for m in catalog.chroma.search(chromaprint.fingerprint(clip))]
-    return emb, chroma
+    lm = [(ids.get(m.track), float(m.votes), landmarks.to_match(m))
+          for m in catalog.landmark_index.search(landmarks.peaks(clip))]
+    return emb, chroma, lm
 
 
 _IDS = {}
@@ -83,14 +88,13 @@ def main(argv=None) -> None:
     # --- negatives: the zero-false-match thresholds ---------------------------------------
     t0 = time.time()
     negs = negative_queries(tracks, args.negatives, np.random.default_rng(args.seed + 1))
-    neg_emb, neg_chroma = [], []
+    null = [[], [], []]
     for name, x, t in negs:
-        emb, chroma = evidence(catalog, x, name)
-        neg_emb.append(best_unrelated(emb, C.related(t, tracks)))
-        neg_chroma.append(best_unrelated(chroma, C.related(t, tracks)))
-    thr_emb, thr_chroma = max(neg_emb), max(neg_chroma)
+        for layer, found in zip(null, evidence(catalog, x, name)):
+            layer.append(best_unrelated(found, C.related(t, tracks)))
+    thresholds = [max(layer) for layer in null]
     print(f"{len(negs)} negatives ({time.time() - t0:.0f} s): zero-false-match thresholds: embedding evidence > "
-          f"{thr_emb:.2f}, Chromaprint -log10 p > {thr_chroma:.2f}\n")
+          f"{thresholds[0]:.2f}, Chromaprint -log10 p > {thresholds[1]:.2f}, landmark votes > {thresholds[2]:.0f}\n")
 
     # --- 1. segment-level top-1 under noise + reverb ----------------------------------------
     print("Segment-level top-1 hit rate, noise 0–10 dB SNR + reverb RT60 0.3–1.0 s (no threshold):")
@@ -107,7 +111,7 @@ def main(argv=None) -> None:
                 start = C.loud_start(clip, secs + 2, rng)
             x = C.reverb(clip.excerpt(start, start + secs + 1).samples, float(rng.uniform(0.3, 1.0)), rng)
             x = C.noise(x[: int(secs * C.SR)], float(rng.uniform(0, 10)), rng)
-            emb, _ = evidence(catalog, x, "seg")
+            emb = evidence(catalog, x, "seg")[0]
             if emb:
                 eid, _, m = max(emb, key=lambda f: f[1])
                 hits += eid == t.track_id and abs(m.ref_start - m.query_start - start) <= 1.0
@@ -118,17 +122,18 @@ def main(argv=None) -> None:
     # --- 2. identification per transform -----------------------------------------------------
     names = args.only or [*C.TRANSFORMS, "guitar-over-backing", "splice-in-new"]
     print(f"\nTrack-level identification at zero false matches ({args.per_transform} queries per cell):")
-    print(f"{'transform':<22}" + "".join(f"{f'emb {d:g}s':>10}{f'chroma {d:g}s':>12}" for d in args.durations))
+    layers = ("emb", "chroma", "landm", "any")
+    print(f"{'transform':<22}" + "".join(f"{f'{layer} {d:g}s':>11}" for d in args.durations for layer in layers))
     for name in names:
         row = f"{name:<22}"
         for secs in args.durations:
-            ok_e = ok_c = 0
+            ok = np.zeros(4)
             for _ in range(args.per_transform):
                 q = C.make_query(name, secs, cat_tracks, songs, new_material, rng)
-                emb, chroma = evidence(catalog, q.samples, name)
-                ok_e += identified(emb, C.related(q.truth, tracks), thr_emb)
-                ok_c += identified(chroma, C.related(q.truth, tracks), thr_chroma)
-            row += f"{100 * ok_e / args.per_transform:9.0f}%{100 * ok_c / args.per_transform:11.0f}%"
+                hit = [identified(found, C.related(q.truth, tracks), thr)
+                       for found, thr in zip(evidence(catalog, q.samples, name), thresholds)]
+                ok += [*hit, any(hit)]
+            row += "".join(f"{100 * k / args.per_transform:10.0f}%" for k in ok)
         print(row, flush=True)
 
     # --- 3. throughput -------------------------------------------------------------------------

@@ -189,8 +189,8 @@ def merge(matches: list[Match]) -> list[Match]:
     """One match per copied stretch: where both layers found the same alignment, keep the
     stronger one's mapping over the union of both spans and name both methods.
 
-    Chromaprint only aligns at tempo 1.0: where it and an embedding match that measured another
-    tempo cover the same stretch of the same track, both found the copy, and the embedding's
+    Chromaprint and landmarks only align at tempo 1.0: where they and an embedding match that
+    measured another tempo cover the same stretch of the same track, both found the copy, and the embedding's
     mapping is the one that holds (a tempo-1.0 alignment of a tempo-changed copy is partial at
     best), carried with the stronger of the two scores."""
     out: list[Match] = []
@@ -201,7 +201,7 @@ def merge(matches: list[Match]) -> list[Match]:
             same = abs(_offset(o) - _offset(m)) < 2.0
             if not same and _overlap(o, m) <= 0.5 * min(o.duration, m.duration):
                 continue
-            if o.method == "chromaprint" and m.method == "embedding" and abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE:
+            if "embedding" not in o.method and m.method == "embedding" and abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE:
                 out[i] = _spanning(replace(m, p_false=o.p_false, method=_methods(o, m)), o if same else m)
             elif same and m.method not in o.method.split("+"):
                 out[i] = _spanning(replace(o, method=_methods(o, m)), m)

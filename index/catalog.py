@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from detector import chromaprint
+from detector import chromaprint, landmarks
 from detector.audio import Clip, DecodeLimits, find_audio
 from detector.errors import ClearanceError
 from detector.matcher import Calibration, Hits, Match, Matcher, from_chromaprint, merge
@@ -40,7 +40,7 @@ TRANSPOSE_ST = 6.0
 class IndexSummary:
     """What an indexing job did. ``failed`` holds (path, reason); ``audio_s`` seconds of audio
     indexed in ``elapsed_s`` seconds of wall time; ``stage_s`` seconds spent per stage (hash,
-    decode, embed and chromaprint: CPU seconds summed over workers; add and publish: wall
+    decode, embed, chromaprint and landmarks: CPU seconds summed over workers; add and publish: wall
     seconds of the writer);
     ``rebuilt`` says what a retraining of the index at the end of the job did."""
 
@@ -53,7 +53,7 @@ class IndexSummary:
     rebuilt: "RebuildReport | None" = None
 
 
-STAGES = ("hash", "decode", "embed", "chromaprint", "add", "publish")
+STAGES = ("hash", "decode", "embed", "chromaprint", "landmarks", "add", "publish")
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,7 @@ class Catalog:
         self.matcher = Matcher(calibration, window_s=embedder.fe.window_s)
         self._vectors: VectorIndex | None = None
         self._chroma: chromaprint.ChromaIndex | None = None
+        self._landmarks: landmarks.LandmarkIndex | None = None
         self._loaded = None
 
     # --- reading ------------------------------------------------------------------------
@@ -134,7 +135,7 @@ class Catalog:
         if self._vectors is None or stamp != self._loaded:
             self._vectors = VectorIndex.open(self.home / "index", self.embedder.version, self.embedder.dim,
                                              REF_HOP_S, self.nprobe)
-            self._chroma = None
+            self._chroma = self._landmarks = None
             self._loaded = stamp
         return self._vectors
 
@@ -145,10 +146,18 @@ class Catalog:
             self._chroma = chromaprint.ChromaIndex(self.store.chromaprints())
         return self._chroma
 
+    @property
+    def landmark_index(self) -> landmarks.LandmarkIndex:
+        _ = self.vectors
+        if self._landmarks is None:
+            self._landmarks = landmarks.LandmarkIndex(self.store.landmarks())
+        return self._landmarks
+
     def find_matches(self, clip: Clip) -> list[Match]:
-        """Matches of ``clip`` from both layers, merged, strongest first."""
+        """Matches of ``clip`` from the three layers, merged, strongest first."""
         found = self.embedding_matches(clip)
         found += [from_chromaprint(m) for m in self.chroma.search(chromaprint.fingerprint(clip))]
+        found += [landmarks.to_match(m) for m in self.landmark_index.search(landmarks.peaks(clip))]
         return merge(found)
 
     def embedding_matches(self, clip: Clip, max_p_false: float = 0.5) -> list[Match]:
@@ -275,7 +284,7 @@ class Catalog:
         if isinstance(outcome, Skipped) or source.sha256 in batch.hashes:
             summary.skipped.append(source.path)
             return source.path, "skipped", 0.0
-        for stage in ("decode", "embed", "chromaprint"):
+        for stage in ("decode", "embed", "chromaprint", "landmarks"):
             summary.stage_s[stage] += getattr(outcome.times, f"{stage}_s")
         t0 = time.perf_counter()
         path = Path(source.path)
@@ -284,7 +293,8 @@ class Catalog:
             key = self.store.add_pending(
                 external_id=entry.external_id, title=entry.title or entry.external_id, owner=entry.owner or owner,
                 rights=rights, sha256=source.sha256, source_path=str(path.resolve()), duration_s=outcome.duration_s,
-                model=outcome.model, vectors=len(outcome.windows), fingerprint=outcome.chromaprint)
+                model=outcome.model, vectors=len(outcome.windows), fingerprint=outcome.chromaprint,
+                peaks=outcome.peaks)
         except CatalogError as exc:
             return self._fail(source.path, str(exc), summary)
         vectors.add(key, outcome.vectors, outcome.windows)
@@ -315,7 +325,7 @@ class Catalog:
 
     def _published(self) -> None:
         self._loaded = (self.home / "index" / "CURRENT").stat().st_mtime_ns
-        self._chroma = None
+        self._chroma = self._landmarks = None
 
     def remove(self, external_ids: list[str]) -> list[Track]:
         """Take tracks down: their vectors leave the index, then their rows the database, then
@@ -389,7 +399,7 @@ class Catalog:
             if p not in written:
                 p.unlink(missing_ok=True)
         self._vectors = None
-        self._chroma = None
+        self._chroma = self._landmarks = None
         return RebuildReport(factory, len(counts), new.size, len(missing), new.bytes, new.info.recall,
                              time.perf_counter() - t0)
 

@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator, Union
 
 import numpy as np
 
-from detector import chromaprint
+from detector import chromaprint, landmarks
 from detector.audio import DecodeLimits, decode
 from detector.errors import ClearanceError
 from detector.model import Embedder
@@ -59,19 +59,22 @@ class StageTimes:
     decode_s: float
     embed_s: float
     chromaprint_s: float
+    landmarks_s: float
 
 
 @dataclass(frozen=True)
 class Fingerprint:
     """Everything the catalog stores of one file. ``windows``: (n,) int64 numbers of the voiced
     reference windows (start = number × hop); ``vectors``: (n, dim) float32, L2-normalised;
-    ``chromaprint``: (m,) uint32 sub-fingerprints; ``duration_s`` seconds of audio."""
+    ``chromaprint``: (m,) uint32 sub-fingerprints; ``peaks``: (k,) uint32 landmark peaks;
+    ``duration_s`` seconds of audio."""
 
     source: Source
     duration_s: float
     windows: np.ndarray
     vectors: np.ndarray
     chromaprint: np.ndarray
+    peaks: np.ndarray
     model: str
     times: StageTimes
 
@@ -108,7 +111,7 @@ def identify(path: str | Path) -> Source | Failure:
 
 
 class Fingerprinter:
-    """Stage 2, decode → embed → Chromaprint, with the model it holds (loaded once per worker).
+    """Stage 2, decode → embed → Chromaprint → landmarks, with the model it holds (loaded once per worker).
 
     ``hop_s``: seconds between reference windows; ``limits``: decoding caps per file."""
 
@@ -125,10 +128,12 @@ class Fingerprinter:
             t2 = time.thread_time()
             prints = chromaprint.fingerprint(clip)
             t3 = time.thread_time()
+            peaks = landmarks.peaks(clip)
+            t4 = time.thread_time()
         except (ClearanceError, OSError) as exc:
             return Failure(source.path, getattr(exc, "reason", None) or str(exc))
-        return Fingerprint(source, clip.duration, windows, emb.vectors[windows], prints, self.embedder.version,
-                           StageTimes(t1 - t0, t2 - t1, t3 - t2))
+        return Fingerprint(source, clip.duration, windows, emb.vectors[windows], prints, peaks, self.embedder.version,
+                           StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3))
 
 
 # --- local engine: this process or worker processes on this machine ---------------------
@@ -295,8 +300,10 @@ def run_ray(files: Iterable[Path], fingerprinter: Fingerprinter, workers: int, i
                 cached = shards.read(Path(row["shard"]), fingerprinter.embedder.dim)
             a, b = int(row["offset"]), int(row["offset"]) + int(row["vectors"])
             yield Fingerprint(source, float(row["duration_s"]), cached.ids[a:b], cached.vectors[a:b],
-                              np.frombuffer(row["chromaprint"], "<u4").astype(np.uint32), cached.model,
-                              StageTimes(float(row["decode_s"]), float(row["embed_s"]), float(row["chromaprint_s"])))
+                              np.frombuffer(row["chromaprint"], "<u4").astype(np.uint32),
+                              np.frombuffer(row["peaks"], "<u4").astype(np.uint32), cached.model,
+                              StageTimes(float(row["decode_s"]), float(row["embed_s"]), float(row["chromaprint_s"]),
+                                         float(row["landmarks_s"])))
     finally:
         if started:
             ray.shutdown()
@@ -345,13 +352,15 @@ class _RayFingerprinter:
         for src, r in zip(batch.itertuples(), results):
             row = {"path": src.path, "sha256": src.sha256, "size_bytes": int(src.size_bytes), "hash_s": float(src.hash_s),
                    "error": "", "shard": shard, "offset": offset, "vectors": 0, "duration_s": 0.0,
-                   "chromaprint": b"", "decode_s": 0.0, "embed_s": 0.0, "chromaprint_s": 0.0}
+                   "chromaprint": b"", "peaks": b"", "decode_s": 0.0, "embed_s": 0.0, "chromaprint_s": 0.0,
+                   "landmarks_s": 0.0}
             if isinstance(r, Failure):
                 row["error"] = r.reason
             else:
                 row.update(vectors=len(r.windows), duration_s=r.duration_s,
-                           chromaprint=r.chromaprint.astype("<u4").tobytes(), decode_s=r.times.decode_s,
-                           embed_s=r.times.embed_s, chromaprint_s=r.times.chromaprint_s)
+                           chromaprint=r.chromaprint.astype("<u4").tobytes(), peaks=r.peaks.astype("<u4").tobytes(),
+                           decode_s=r.times.decode_s, embed_s=r.times.embed_s, chromaprint_s=r.times.chromaprint_s,
+                           landmarks_s=r.times.landmarks_s)
                 offset += len(r.windows)
             rows.append(row)
         return pd.DataFrame(rows)

@@ -45,6 +45,12 @@ chromaprints = sa.Table(
     sa.Column("fingerprint", sa.LargeBinary, nullable=False),   # little-endian uint32 array
 )
 
+landmarks = sa.Table(
+    "landmarks", metadata,
+    sa.Column("track_id", sa.Integer, sa.ForeignKey("tracks.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("peaks", sa.LargeBinary, nullable=False),         # little-endian uint32 array
+)
+
 checks = sa.Table(
     "checks", metadata,
     sa.Column("id", sa.String(36), primary_key=True),
@@ -153,8 +159,9 @@ class Store:
         return _row_to_track(r) if r else None
 
     def add_pending(self, *, external_id: str, title: str, owner: str, rights: Rights, sha256: str,
-                    source_path: str, duration_s: float, model: str, vectors: int, fingerprint: np.ndarray) -> int:
-        """Insert a track in state ``pending`` with its Chromaprint; returns its key."""
+                    source_path: str, duration_s: float, model: str, vectors: int, fingerprint: np.ndarray,
+                    peaks: np.ndarray) -> int:
+        """Insert a track in state ``pending`` with its Chromaprint and landmark peaks; returns its key."""
         t = now()
         with self.engine.begin() as c:
             if c.execute(sa.select(tracks.c.id).where(tracks.c.external_id == external_id)).first():
@@ -165,6 +172,7 @@ class Store:
                 source_path=source_path, duration_s=duration_s, model=model, vectors=vectors, state="pending",
                 created_at=t, updated_at=t)).inserted_primary_key[0]
             c.execute(chromaprints.insert().values(track_id=key, fingerprint=fingerprint.astype("<u4").tobytes()))
+            c.execute(landmarks.insert().values(track_id=key, peaks=peaks.astype("<u4").tobytes()))
         return int(key)
 
     def mark_indexed(self, keys: list[int]) -> None:
@@ -176,6 +184,7 @@ class Store:
         with self.engine.begin() as c:
             for part in _chunks(keys):
                 c.execute(chromaprints.delete().where(chromaprints.c.track_id.in_(part)))
+                c.execute(landmarks.delete().where(landmarks.c.track_id.in_(part)))
                 c.execute(tracks.delete().where(tracks.c.id.in_(part)))
 
     def set_vectors(self, counts: dict[int, int], model: str) -> None:
@@ -206,6 +215,12 @@ class Store:
         q = sa.select(chromaprints).join(tracks).where(tracks.c.state == "indexed")
         with self.engine.connect() as c:
             return {r.track_id: np.frombuffer(r.fingerprint, "<u4").astype(np.uint32) for r in c.execute(q)}
+
+    def landmarks(self) -> dict[int, np.ndarray]:
+        """Landmark peaks of every indexed track, by track key."""
+        q = sa.select(landmarks).join(tracks).where(tracks.c.state == "indexed")
+        with self.engine.connect() as c:
+            return {r.track_id: np.frombuffer(r.peaks, "<u4").astype(np.uint32) for r in c.execute(q)}
 
     # --- checks -------------------------------------------------------------------------
     def save_check(self, result: dict, submitter: str | None = None, idempotency_key: str | None = None) -> None:

@@ -153,3 +153,18 @@ def test_a_worker_killed_mid_job_costs_no_track(excerpts, tmp_path):
     summary = catalog_of(tmp_path).index_paths(files, Rights.protected, workers=2, progress=progress)
     assert killed
     assert summary.failed == [] and sorted(summary.indexed) == sorted(map(str, files))
+
+
+def test_copy_under_louder_new_music_is_found_by_the_landmark_layer(engine, music):
+    from detector.audio import Clip, decode
+
+    sr = engine.embedder.fe.sample_rate
+    copy = decode(music["drascula-track11"].path, sr).excerpt(40.0, 60.0).samples
+    new = decode(music["drascula-track10"].path, sr).excerpt(10.0, 30.0).samples[: len(copy)]
+    gain = np.sqrt(np.mean(copy ** 2) / np.mean(new ** 2) * 10 ** 0.5)           # the copy 5 dB quieter
+    found = engine.catalog.find_matches(Clip((copy + gain * new).astype(np.float32), sr, "mix"))
+    top = found[0]
+    assert engine.catalog.store.infos([top.track])[top.track].external_id == "drascula-track11"
+    assert "landmark" in top.method.split("+")
+    assert abs(top.ref_start - top.query_start - 40.0) < 0.2 and top.duration > 15.0
+    assert top.p_false < 1e-3

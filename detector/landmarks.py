@@ -1,0 +1,188 @@
+"""The landmark layer: copies buried under new material, found by pairs of spectral peaks.
+
+A recording mixed under new vocals or instruments keeps many of its own spectral peaks wherever
+it is locally the loudest thing in the spectrum. Pairs of nearby peaks, hashed as (frequency,
+frequency difference, time difference), come back at one constant time offset when the output
+plays the recording at its original pitch and tempo (Wang 2003, the method behind Shazam).
+Candidates are voted by offset; the votes at the best offset are the evidence, calibrated on
+music that is not in the catalog like the embedding's (``benchmarks/calibrate.py``).
+
+The three layers divide the work: Chromaprint confirms near-exact copies, the embedding finds
+pitch-shifted, tempo-changed and degraded ones, and landmarks find copies under new material.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import torch
+
+from detector.audio import Clip
+from detector.matcher import Calibration, Match
+
+VERSION = "landmarks-v1"          # the settings below; recorded in the landmark calibration
+SAMPLE_RATE = 8000
+N_FFT, HOP = 512, 128             # 64 ms frames every 16 ms
+FRAME_S = HOP / SAMPLE_RATE
+BINS = (3, 200)                   # 47 Hz … 3.1 kHz
+NEIGHBOURHOOD = (15, 21)          # a peak is the maximum of ±7 bins × ±10 frames (±0.16 s)
+PEAKS_PER_S = 30                  # the strongest peaks of every second are kept
+DYNAMIC_RANGE = 7.0               # natural-log units (~60 dB) below the clip's loudest bin
+FAN_OUT = 10                      # pairs per anchor peak
+MAX_DT, MAX_DF = 63, 31           # frames (~1 s) and bins (~480 Hz) to a paired peak
+OFFSET_BIN = 4                    # frames: alignments this close vote together
+COMMON = 1000                     # hashes found this often in the catalog carry no evidence
+MIN_VOTES = 6
+PER_SECOND_VOTES = 10
+GAP_S = 3.0                       # a stretch of aligned pairs ends at a gap this long
+CALIBRATION = "landmarks.calibration.json"
+
+
+def peaks(clip: Clip) -> np.ndarray:
+    """(n,) uint32 spectral peaks of ``clip`` sorted by time, each ``frame << 8 | bin``."""
+    if clip.sample_rate != SAMPLE_RATE:
+        raise ValueError(f"landmarks need {SAMPLE_RATE} Hz audio, got {clip.sample_rate}")
+    x = torch.from_numpy(np.ascontiguousarray(clip.samples, np.float32))
+    if len(x) < N_FFT:
+        return np.zeros(0, np.uint32)
+    mag = torch.stft(x, N_FFT, HOP, window=torch.hann_window(N_FFT), return_complex=True).abs()
+    logm = torch.log(mag[BINS[0]:BINS[1]] + 1e-9)
+    loud = logm > logm.max() - DYNAMIC_RANGE
+    rel = logm - logm.mean(dim=1, keepdim=True)          # every band on its own footing
+    top = _window_max(_window_max(rel, NEIGHBOURHOOD[0], 0), NEIGHBOURHOOD[1], 1)
+    f, t = torch.nonzero((rel == top) & loud & (rel > 0.5), as_tuple=True)
+    f, t, v = f.numpy(), t.numpy(), rel[f, t].numpy()
+    # the strongest PEAKS_PER_S of every second, so quiet passages keep their share
+    second = t // round(1 / FRAME_S)
+    order = np.lexsort((-v, second))
+    f, t, second = f[order], t[order], second[order]
+    first = np.searchsorted(second, second, "left")
+    keep = np.arange(len(second)) - first < PEAKS_PER_S
+    f, t = f[keep], t[keep]
+    order = np.argsort(t, kind="stable")
+    return ((t[order].astype(np.uint32) << 8) | f[order].astype(np.uint32)).astype(np.uint32)
+
+
+def _window_max(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """Maximum over the centred window of odd length ``k`` along ``dim`` (a sparse table: a few
+    elementwise maxima instead of a k-wide pooling kernel)."""
+    n = x.shape[dim]
+    pad = [0, 0] * (x.dim() - 1 - dim) + [k // 2, k // 2]
+    m = torch.nn.functional.pad(x, pad, value=float("-inf"))
+    span = 1
+    while span * 2 <= k:
+        m = torch.maximum(m.narrow(dim, 0, m.shape[dim] - span), m.narrow(dim, span, m.shape[dim] - span))
+        span *= 2
+    return torch.maximum(m.narrow(dim, 0, n), m.narrow(dim, k - span, n))
+
+
+def hashes(prints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, anchor frames) of the peak pairs of ``prints`` (from ``peaks``), int64 each."""
+    t = (prints >> 8).astype(np.int64)
+    f = (prints & 0xFF).astype(np.int64)
+    n = len(t)
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    i = np.arange(n)[:, None]
+    j = np.minimum(i + np.arange(1, 3 * FAN_OUT + 1)[None, :], n - 1)
+    dt, df = t[j] - t[i], f[j] - f[i]
+    ok = (j > i) & (dt >= 1) & (dt <= MAX_DT) & (np.abs(df) <= MAX_DF)
+    ok &= np.cumsum(ok, axis=1) <= FAN_OUT
+    h = (f[i] << 12) | ((df + MAX_DF + 1) << 6) | dt
+    return h[ok], np.broadcast_to(t[:, None], ok.shape)[ok]
+
+
+@dataclass(frozen=True)
+class LandmarkMatch:
+    """A stretch of the output aligned with a catalog track at tempo 1.0 (seconds)."""
+
+    track: int
+    query_start: float
+    query_end: float
+    offset: float                 # reference time at output time 0
+    votes: int
+    p_false: float
+
+
+def to_match(m: LandmarkMatch) -> Match:
+    """A landmark stretch as a ``Match`` (landmarks only align copies at tempo 1.0)."""
+    return Match(track=m.track, query_start=m.query_start, query_end=m.query_end,
+                 ref_start=m.offset + m.query_start, ref_end=m.offset + m.query_end, tempo_ratio=1.0,
+                 evidence=float(m.votes), p_false=m.p_false, method="landmark", windows=m.votes)
+
+
+def default_calibration() -> Calibration:
+    with resources.as_file(resources.files("detector") / "weights" / CALIBRATION) as p:
+        return Calibration.load(p)
+
+
+class LandmarkIndex:
+    """In-memory inverted index of the catalog's peak-pair hashes."""
+
+    def __init__(self, prints: dict[int, np.ndarray], calibration: Calibration | None = None):
+        self.calibration = calibration or default_calibration()
+        hs, tracks, times = [], [], []
+        for track, p in prints.items():
+            h, t = hashes(p)
+            hs.append(h)
+            tracks.append(np.full(len(h), track, np.int64))
+            times.append(t)
+        h = np.concatenate(hs) if hs else np.zeros(0, np.int64)
+        order = np.argsort(h, kind="stable")
+        # 12 bytes per hash: hashes have 20 bits, frames 24
+        self.hashes = h[order].astype(np.int32)
+        self.tracks = np.concatenate(tracks)[order].astype(np.int32) if tracks else np.zeros(0, np.int32)
+        self.times = np.concatenate(times)[order].astype(np.int32) if times else np.zeros(0, np.int32)
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def search(self, query: np.ndarray, max_matches: int = 5) -> list[LandmarkMatch]:
+        """Stretches of catalog tracks aligned with the peaks ``query`` (from ``peaks``), best first."""
+        h, qt = hashes(query)
+        if len(h) == 0 or len(self.hashes) == 0:
+            return []
+        lo = np.searchsorted(self.hashes, h, "left")
+        counts = np.searchsorted(self.hashes, h, "right") - lo
+        counts[counts > COMMON] = 0
+        total = int(counts.sum())
+        if total == 0:
+            return []
+        idx = np.repeat(lo, counts) + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+        qt = np.repeat(qt, counts)
+        track, offset = self.tracks[idx].astype(np.int64), self.times[idx] - qt
+        cell = offset // OFFSET_BIN
+        keys, votes = np.unique(np.stack([track, cell], 1), axis=0, return_counts=True)
+        found: list[LandmarkMatch] = []
+        for k in np.argsort(-votes):
+            if votes[k] < MIN_VOTES or len(found) >= max_matches:
+                break
+            tr, c = int(keys[k, 0]), int(keys[k, 1])
+            if any(m.track == tr and abs(m.offset / FRAME_S / OFFSET_BIN - c) < 3 for m in found):
+                continue
+            near = (track == tr) & (np.abs(cell - c) <= 1)
+            m = self._stretch(tr, qt[near], offset[near])
+            if m is not None:
+                found.append(m)
+        found.sort(key=lambda m: (m.p_false, -m.votes))
+        return found
+
+    def _stretch(self, track: int, qt: np.ndarray, offset: np.ndarray) -> LandmarkMatch | None:
+        """The densest run of aligned pairs (chance agreements elsewhere in the output do not
+        stretch the match over material that is not a copy)."""
+        order = np.argsort(qt)
+        qt, offset = qt[order], offset[order]
+        breaks = np.flatnonzero(np.diff(qt) * FRAME_S > GAP_S) + 1
+        runs = np.split(np.arange(len(qt)), breaks)
+        run = max(runs, key=len)
+        q = qt[run]
+        # at most PER_SECOND_VOTES from any one second: a burst of identical pairs (a click, a
+        # held synthetic tone) is one moment of agreement, not many
+        per_second = np.bincount((q - q[0]) // round(1 / FRAME_S))
+        votes = int(np.minimum(per_second, PER_SECOND_VOTES).sum())
+        if votes < MIN_VOTES:
+            return None
+        return LandmarkMatch(track, float(q[0] * FRAME_S), float(q[-1] * FRAME_S + MAX_DT * FRAME_S / 2),
+                             float(np.median(offset[run]) * FRAME_S), votes,
+                             self.calibration.p_false(float(votes)))

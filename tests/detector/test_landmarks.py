@@ -1,0 +1,70 @@
+"""The landmark layer on real music: a copy buried under other music is found at the right
+offset, unrelated music and silence are not."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector import landmarks
+from detector.audio import Clip, decode
+from detector.matcher import Calibration
+
+CAL = Calibration(model="test", tail_start=10.0, tail_p=0.1, tail_scale=3.0)
+SR = landmarks.SAMPLE_RATE
+
+
+@pytest.fixture(scope="module")
+def tracks(music):
+    ids = ["drascula-track4", "drascula-track6", "xmoto-foxrun", "asc-frontiers"]   # the last is not indexed
+    return {i: decode(music[i].path, SR) for i in ids}
+
+
+@pytest.fixture(scope="module")
+def index(tracks):
+    return landmarks.LandmarkIndex({k: landmarks.peaks(c) for k, c in enumerate(list(tracks.values())[:3])}, CAL)
+
+
+def mix(copy: np.ndarray, other: np.ndarray, snr_db: float) -> np.ndarray:
+    """``copy`` ``snr_db`` dB louder than ``other`` (negative: quieter)."""
+    gain = np.sqrt(np.mean(copy ** 2) / np.mean(other ** 2) / 10 ** (snr_db / 10))
+    return (copy + gain * other[: len(copy)]).astype(np.float32)
+
+
+def test_peaks_are_sorted_bounded_and_silence_has_none(tracks):
+    clip = tracks["drascula-track4"]
+    p = landmarks.peaks(clip)
+    frames = p >> 8
+    assert np.all(np.diff(frames.astype(np.int64)) >= 0)
+    assert len(p) <= landmarks.PEAKS_PER_S * (clip.duration + 1)
+    assert ((p & 0xFF) < landmarks.BINS[1] - landmarks.BINS[0]).all()
+    assert len(landmarks.peaks(Clip(np.zeros(10 * SR, np.float32), SR, "silence"))) == 0
+    quiet = np.random.default_rng(0).normal(0, 1e-6, 10 * SR).astype(np.float32)
+    fade = landmarks.peaks(Clip(np.concatenate([clip.samples[:5 * SR], quiet]), SR, "fade"))
+    assert (fade >> 8).max() * landmarks.FRAME_S < 5.5     # near-silence after the music has no peaks
+
+
+@pytest.mark.parametrize("snr_db", [0.0, -5.0])
+def test_copy_under_other_music_is_found_at_its_offset(tracks, index, snr_db):
+    a, b = tracks["drascula-track6"], tracks["asc-frontiers"]         # b: new material, not in the catalog
+    copy = a.excerpt(30.0, 50.0).samples
+    other = b.excerpt(40.0, 60.0).samples
+    query = np.concatenate([b.excerpt(20.0, 25.0).samples, mix(copy, other, snr_db)])   # 5 s of new material first
+    found = index.search(landmarks.peaks(Clip(query, SR, "mix")))
+    assert found[0].track == 1
+    assert found[0].offset == pytest.approx(30.0 - 5.0, abs=0.1)
+    assert found[0].query_start >= 4.0 and found[0].query_end <= 25.5
+    assert found[0].p_false < 1e-3
+    assert all(m.track == 1 or m.votes < found[0].votes / 4 for m in found)
+
+
+def test_unrelated_music_is_not_a_landmark_copy(music, index):
+    other = decode(music["drascula-track29"].path, SR).excerpt(10.0, 30.0)
+    assert all(m.p_false > 0.01 for m in index.search(landmarks.peaks(other)))
+
+
+def test_a_match_maps_output_time_to_reference_time(index, tracks):
+    copy = tracks["drascula-track4"].excerpt(12.0, 27.0)
+    m = landmarks.to_match(index.search(landmarks.peaks(copy))[0])
+    assert m.method == "landmark" and m.tempo_ratio == 1.0
+    assert m.ref_start - m.query_start == pytest.approx(12.0, abs=0.1)
+    assert m.duration > 10.0
