@@ -20,6 +20,7 @@ TEMPO_GRID = np.exp(np.linspace(math.log(0.5), math.log(2.0), 121))   # ~1.2 % a
 OFFSET_BIN_S = 0.5
 INLIER_S = 0.6
 TEMPO_TOLERANCE = 0.03    # a measured tempo this close to 1.0 is no tempo change
+CREDIBLE_P = 0.01         # an embedding match this unlikely by chance may correct a tempo-1.0 mapping
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,9 @@ def merge(matches: list[Match]) -> list[Match]:
     Chromaprint and landmarks only align at tempo 1.0: where they and an embedding match that
     measured another tempo cover the same stretch of the same track, both found the copy, and the embedding's
     mapping is the one that holds (a tempo-1.0 alignment of a tempo-changed copy is partial at
-    best), carried with the stronger of the two scores."""
+    best), carried with the stronger of the two scores: when the embedding match covers more of
+    the output and is itself credible (``p_false`` ≤ ``CREDIBLE_P``), so that a chance alignment
+    at another tempo never displaces a full tempo-1.0 match."""
     out: list[Match] = []
     for m in sorted(matches, key=lambda m: (m.p_false, -m.duration)):
         for i, o in enumerate(out):
@@ -201,7 +204,8 @@ def merge(matches: list[Match]) -> list[Match]:
             same = abs(_offset(o) - _offset(m)) < 2.0
             if not same and _overlap(o, m) <= 0.5 * min(o.duration, m.duration):
                 continue
-            if "embedding" not in o.method and m.method == "embedding" and abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE:
+            if ("embedding" not in o.method and m.method == "embedding" and abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE
+                    and m.duration > o.duration and m.p_false <= CREDIBLE_P):
                 out[i] = _spanning(replace(m, p_false=o.p_false, method=_methods(o, m)), o if same else m)
             elif same and m.method not in o.method.split("+"):
                 out[i] = _spanning(replace(o, method=_methods(o, m)), m)

@@ -77,3 +77,9 @@ def test_merge_keeps_the_embedding_mapping_of_a_tempo_changed_copy():
     slower = Match(5, 0.0, 25.0, 37.5, 60.0, 0.9, 12.0, 1e-8, "embedding")        # nearly Chromaprint's alignment
     [merged] = merge([chroma, slower])
     assert (merged.tempo_ratio, merged.query_start, merged.query_end, merged.ref_start) == (0.9, 0.0, 25.0, 37.5)
+
+
+def test_a_chance_alignment_at_another_tempo_does_not_displace_a_full_tempo_one_match():
+    landmark = Match(4, 5.0, 25.0, 45.0, 65.0, 1.0, 120.0, 1e-6, "landmark")
+    chance = Match(4, 5.75, 19.25, 61.6, 72.0, 0.77, 0.8, 0.3, "embedding")
+    assert merge([landmark, chance]) == [landmark]

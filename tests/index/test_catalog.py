@@ -30,12 +30,12 @@ def test_reconcile_after_crash_between_steps(music, tmp_path):
     with catalog.writing() as vectors:
         clip_key = catalog.store.add_pending(external_id="ghost", title="", owner="", rights=Rights.protected,
                                              sha256="0" * 64, source_path="", duration_s=1.0, model="x",
-                                             vectors=2, fingerprint=np.zeros(3, np.uint32))
+                                             vectors=2, fingerprint=np.zeros(3, np.uint32), peaks=np.zeros(0, np.uint32))
         vectors.add(clip_key, np.eye(2, vectors.info.dim, dtype=np.float32), np.arange(2))
         vectors.save()
     # crash 2: a pending row whose vectors were never published
     catalog.store.add_pending(external_id="lost", title="", owner="", rights=Rights.protected, sha256="1" * 64,
-                              source_path="", duration_s=1.0, model="x", vectors=5, fingerprint=np.zeros(3, np.uint32))
+                              source_path="", duration_s=1.0, model="x", vectors=5, fingerprint=np.zeros(3, np.uint32), peaks=np.zeros(0, np.uint32))
 
     summary = catalog.index_paths(paths, Rights.protected)
     assert summary.skipped == [str(paths[0])] and len(summary.indexed) == 2
