@@ -46,7 +46,7 @@ def semitone_filterbank(fe: FrontEnd) -> torch.Tensor:
     centres = fe.f_min * 2.0 ** (np.arange(fe.n_bands) / 12.0)
     half = np.maximum(centres * (2 ** (1 / 12) - 1), 1.5 * bin_hz)
     fb = np.clip(1.0 - np.abs(freqs[:, None] - centres[None, :]) / half[None, :], 0.0, None)
-    fb /= fb.sum(axis=0, keepdims=True)
+    fb /= np.maximum(fb.sum(axis=0, keepdims=True), 1e-12)     # bands above Nyquist stay empty
     return torch.from_numpy(fb.astype(np.float32))
 
 

@@ -6,7 +6,7 @@ it to ignore noise, reverb, codecs, tempo changes and new material mixed on top.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -16,8 +16,7 @@ from torch import nn
 
 from detector.audio import Clip
 from detector.errors import ModelError
-from detector.features import (FrontEnd, Spectrogram, normalise, shift_bands, voiced, window_loudness,
-                               window_starts)
+from detector.features import FrontEnd, Spectrogram, normalise, voiced, window_loudness, window_starts
 
 CHECKPOINT_FORMAT = 1
 DEFAULT_WEIGHTS = "clearance-fp-v2.pt"
@@ -74,8 +73,17 @@ class Embedder:
         self.version = version
         self.dim = encoder.head[-1].out_features
         self.spectrogram = Spectrogram(fe)
+        self._transposed: dict[float, Spectrogram] = {}
         if threads:
             torch.set_num_threads(threads)
+
+    def _spectrogram(self, transpose: float) -> Spectrogram:
+        if not transpose:
+            return self.spectrogram
+        if transpose not in self._transposed:
+            fe = replace(self.fe, f_min=self.fe.f_min * 2.0 ** (-transpose / 12))
+            self._transposed[transpose] = Spectrogram(fe)
+        return self._transposed[transpose]
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "Embedder":
@@ -100,7 +108,9 @@ class Embedder:
         """Fingerprint every window of ``clip`` (window ``fe.window_s``, hop ``hop_s`` seconds).
 
         ``transpose`` shifts the clip's spectrum by that many semitones first: a query
-        transposed back towards the original pitch undoes a large pitch shift. ``batch`` windows
+        transposed back towards the original pitch undoes a large pitch shift. The bands are
+        moved, not the spectrogram: transposed up k semitones, the query is analysed from
+        ``f_min`` / 2^(k/12), so a copy pitched down keeps the bass that fell below ``f_min``. ``batch`` windows
         go through the encoder at a time: at 64 its buffers are reused from the heap, while
         batches of several hundred are mapped fresh from the kernel each time and spend a third
         of their time in page faults.
@@ -114,9 +124,7 @@ class Embedder:
         need = int(round((starts[-1] + fe.window_s) * fe.sample_rate)) + 1
         if len(wave) < need:
             wave = nn.functional.pad(wave, (0, need - len(wave)))
-        power = self.spectrogram(wave[None])[0]                       # (bands, frames)
-        if transpose:
-            power = shift_bands(power, transpose)
+        power = self._spectrogram(transpose)(wave[None])[0]           # (bands, frames)
         nf = fe.frames_per_window
         first = np.round(starts * fe.sample_rate / fe.hop_length).astype(int)
         idx = torch.from_numpy(first[:, None] + np.arange(nf)[None, :])
