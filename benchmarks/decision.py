@@ -138,9 +138,8 @@ def main(argv=None) -> None:
         d = run(x)
         neg["n"] += 1
         # a match with a track that shares material with the excerpt's is not a false match
-        unrelated = [(m, i) for m, i in d.matches if i.rights is Rights.protected
-                     and i.external_id not in C.related(t, tracks)]
-        if d.verdict is Verdict.block and unrelated:
+        unrelated = [(m, i) for m, i in d.blocking if i.external_id not in C.related(t, tracks)]
+        if unrelated:
             neg["block"] += 1
             false_blocks += [(name, m, i) for m, i in unrelated]
         elif d.verdict is Verdict.block:

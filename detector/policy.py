@@ -69,11 +69,13 @@ class Policy:
 
 @dataclass(frozen=True)
 class Decision:
-    """The verdict, the reasons a reviewer reads, and the matches that count (best first)."""
+    """The verdict, the reasons a reviewer reads, the matches that count (best first) and,
+    among them, those that block on their own."""
 
     verdict: Verdict
     reasons: tuple[str, ...]
     matches: tuple[tuple[Match, TrackInfo], ...]
+    blocking: tuple[tuple[Match, TrackInfo], ...] = ()
 
 
 def decide(matches: list[Match], tracks: dict[int, TrackInfo], duration: float, policy: Policy) -> Decision:
@@ -116,7 +118,7 @@ def decide(matches: list[Match], tracks: dict[int, TrackInfo], duration: float, 
         if not attributed:
             reasons.append("no catalog recording matched")
     kept = sorted(blocking + reviewing + attributed, key=lambda mi: (mi[0].p_false, -mi[0].duration))
-    return Decision(verdict, tuple(reasons), tuple(kept))
+    return Decision(verdict, tuple(reasons), tuple(kept), tuple(blocking))
 
 
 def _fmt(score: float) -> str:

@@ -40,7 +40,11 @@ def test_nothing_matched_allows():
 def test_uncertain_goes_to_review_and_weak_is_ignored():
     between = 1 - (POLICY.block_score + POLICY.review_score) / 2
     d = decide([match(p_false=between)], {1: info(Rights.protected)}, 30.0, POLICY)
-    assert d.verdict is Verdict.review and "needs a person" in d.reasons[0]
+    assert d.verdict is Verdict.review and "needs a person" in d.reasons[0] and d.blocking == ()
+    both = decide([match(p_false=between), match(2)], {1: info(Rights.protected), 2: info(Rights.protected, "t2")},
+                  30.0, POLICY)
+    assert both.verdict is Verdict.block and len(both.matches) == 2
+    assert [i.external_id for _, i in both.blocking] == ["t2"]        # what blocked, not what was seen
     d = decide([match(p_false=0.2)], {1: info(Rights.protected)}, 30.0, POLICY)
     assert d.verdict is Verdict.allow and d.matches == ()
 
