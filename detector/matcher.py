@@ -188,15 +188,18 @@ def from_chromaprint(m: ChromaMatch) -> Match:
 
 def merge(matches: list[Match]) -> list[Match]:
     """One match per copied stretch: where both layers found the same alignment, keep the
-    stronger one's mapping over the union of both spans and name both methods.
+    stronger one's mapping over the union of both spans, name both methods, and combine their
+    false-match probabilities (``fisher``): two layers agreeing on one alignment by chance is
+    rarer than either alone.
 
     Chromaprint and landmarks only align at tempo 1.0: where they and an embedding match that
     measured another tempo cover the same stretch of the same track, both found the copy, and the embedding's
     mapping is the one that holds (a tempo-1.0 alignment of a tempo-changed copy is partial at
-    best), carried with the stronger of the two scores: when the embedding match covers more of
+    best), carried with the combined score: when the embedding match covers more of
     the output and is itself credible (``p_false`` ≤ ``CREDIBLE_P``), so that a chance alignment
     at another tempo never displaces a full tempo-1.0 match."""
     out: list[Match] = []
+    p_values: list[list[float]] = []     # of the layers merged into each match of ``out``
     for m in sorted(matches, key=lambda m: (m.p_false, -m.duration)):
         for i, o in enumerate(out):
             if o.track != m.track or _overlap(o, m) == 0:
@@ -206,13 +209,26 @@ def merge(matches: list[Match]) -> list[Match]:
                 continue
             if ("embedding" not in o.method and m.method == "embedding" and abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE
                     and m.duration > o.duration and m.p_false <= CREDIBLE_P):
-                out[i] = _spanning(replace(m, p_false=o.p_false, method=_methods(o, m)), o if same else m)
+                p_values[i].append(m.p_false)
+                out[i] = _spanning(replace(m, p_false=fisher(p_values[i]), method=_methods(o, m)), o if same else m)
             elif same and m.method not in o.method.split("+"):
-                out[i] = _spanning(replace(o, method=_methods(o, m)), m)
+                p_values[i].append(m.p_false)
+                out[i] = _spanning(replace(o, p_false=fisher(p_values[i]), method=_methods(o, m)), m)
             break                           # else the same stretch aligned to a repeat: keep the stronger
         else:
             out.append(m)
+            p_values.append([m.p_false])
     return out
+
+
+def fisher(p_values: list[float]) -> float:
+    """Fisher's combination of the false-match probabilities of layers that found the same copy
+    independently (different features: embedding, Chromaprint bits, spectral peaks): the chance
+    that chance alone makes all of them this strong; never weaker than the strongest alone (a
+    weak second layer does not discredit a strong first one)."""
+    x = -sum(math.log(max(p, 1e-300)) for p in p_values)
+    combined = math.exp(-x) * sum(x ** j / math.factorial(j) for j in range(len(p_values)))
+    return min(1.0, combined, *p_values)
 
 
 def _spanning(m: Match, other: Match) -> Match:

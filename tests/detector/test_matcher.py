@@ -1,10 +1,12 @@
 """Alignment of nearest-neighbour hits into matches, on seeded synthetic hits."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from detector.matcher import Calibration, Hits, Match, Matcher, merge
+from detector.matcher import Calibration, Hits, Match, Matcher, fisher, merge
 
 CAL = Calibration(model="test", tail_start=5.0, tail_p=0.1, tail_scale=2.0)
 
@@ -71,7 +73,7 @@ def test_merge_keeps_the_embedding_mapping_of_a_tempo_changed_copy():
     emb = Match(5, 0.0, 14.0, 30.0, 49.6, 1.4, 12.0, 1e-8, "embedding")
     [merged] = merge([chroma, emb])
     assert (merged.tempo_ratio, merged.ref_start, merged.query_end) == (1.4, 30.0, 14.0)
-    assert merged.p_false == 1e-20 and merged.method == "chromaprint+embedding"
+    assert merged.p_false == fisher([1e-20, 1e-8]) < 1e-20 and merged.method == "chromaprint+embedding"
     same_tempo = Match(5, 0.0, 14.0, 90.0, 104.0, 1.01, 12.0, 1e-8, "embedding")   # a repeat, not a tempo change
     assert merge([chroma, same_tempo]) == [chroma]
     slower = Match(5, 0.0, 25.0, 37.5, 60.0, 0.9, 12.0, 1e-8, "embedding")        # nearly Chromaprint's alignment
@@ -83,3 +85,14 @@ def test_a_chance_alignment_at_another_tempo_does_not_displace_a_full_tempo_one_
     landmark = Match(4, 5.0, 25.0, 45.0, 65.0, 1.0, 120.0, 1e-6, "landmark")
     chance = Match(4, 5.75, 19.25, 61.6, 72.0, 0.77, 0.8, 0.3, "embedding")
     assert merge([landmark, chance]) == [landmark]
+
+
+def test_layers_that_agree_combine_their_false_match_probabilities():
+    assert fisher([0.01, 0.01]) == pytest.approx(0.01 ** 2 * (1 - math.log(0.01 ** 2)))
+    assert fisher([1e-6, 0.9]) == 1e-6                      # a weak second layer takes nothing away
+    emb = Match(6, 0.0, 20.0, 30.0, 50.0, 1.0, 2.5, 0.01, "embedding")
+    peaks = Match(6, 1.0, 19.0, 31.0, 49.0, 1.0, 30.0, 0.01, "landmark")
+    other = Match(7, 0.0, 20.0, 5.0, 25.0, 1.0, 30.0, 0.01, "landmark")        # another track: not combined
+    merged = merge([emb, peaks, other])
+    assert merged[0].method == "embedding+landmark" and merged[0].p_false == pytest.approx(fisher([0.01, 0.01]))
+    assert merged[1] == other
