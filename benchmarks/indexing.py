@@ -1,4 +1,4 @@
-"""Indexing throughput on the ``full`` corpus (301 tracks, 17.9 h): decode → embed → add, end to
+"""Indexing throughput on the ``full`` corpus (301 tracks, 17.9 h): decode → embed → peaks → add, end to
 end and per stage, with 1 and 2 workers.
 
     python -m benchmarks.indexing [--workers 2 1] [--engines local ray] [--limit N]
@@ -6,7 +6,7 @@ end and per stage, with 1 and 2 workers.
 Each run indexes every track of the corpus into a fresh catalog (exact index, SQLite) through
 ``Catalog.index_paths``, as ``clearance index`` does, after reading every file once so that all
 runs find them in the page cache. Prints, per run: wall time, audio seconds per wall second
-(end to end: hashing, decoding, embedding, Chromaprint, database, index and shard writes,
+(end to end: hashing, decoding, embedding, Chromaprint, landmarks, database, index and shard writes,
 publishing), the CPU seconds the whole job used (the writer and its worker processes) and the
 rate that CPU time allows on an idle 2-core machine (``x idle`` = min(workers, 2) × audio s /
 CPU s: the workers keep their cores busy, the writer's share is included), the
