@@ -110,8 +110,8 @@ class Embedder:
         ``transpose`` shifts the clip's spectrum by that many semitones first: a query
         transposed back towards the original pitch undoes a large pitch shift. The bands are
         moved, not the spectrogram: transposed up k semitones, the query is analysed from
-        ``f_min`` / 2^(k/12), so a copy pitched down keeps the bass that fell below ``f_min``. ``batch`` windows
-        go through the encoder at a time: at 64 its buffers are reused from the heap, while
+        ``f_min`` / 2^(k/12), so a copy pitched down keeps the bass that fell below ``f_min``.
+        ``batch`` windows go through the encoder at a time: at 64 its buffers are reused from the heap, while
         batches of several hundred are mapped fresh from the kernel each time and spend a third
         of their time in page faults.
         """

@@ -12,7 +12,7 @@ import shutil
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -284,8 +284,8 @@ class Catalog:
         if isinstance(outcome, Skipped) or source.sha256 in batch.hashes:
             summary.skipped.append(source.path)
             return source.path, "skipped", 0.0
-        for stage in ("decode", "embed", "chromaprint", "landmarks"):
-            summary.stage_s[stage] += getattr(outcome.times, f"{stage}_s")
+        for f in fields(outcome.times):
+            summary.stage_s[f.name.removesuffix("_s")] += getattr(outcome.times, f.name)
         t0 = time.perf_counter()
         path = Path(source.path)
         entry = entries.get(path.resolve()) or ManifestEntry(path.stem)

@@ -27,7 +27,7 @@ import uuid
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Union
 
@@ -302,8 +302,7 @@ def run_ray(files: Iterable[Path], fingerprinter: Fingerprinter, workers: int, i
             yield Fingerprint(source, float(row["duration_s"]), cached.ids[a:b], cached.vectors[a:b],
                               np.frombuffer(row["chromaprint"], "<u4").astype(np.uint32),
                               np.frombuffer(row["peaks"], "<u4").astype(np.uint32), cached.model,
-                              StageTimes(float(row["decode_s"]), float(row["embed_s"]), float(row["chromaprint_s"]),
-                                         float(row["landmarks_s"])))
+                              StageTimes(*(float(row[f.name]) for f in fields(StageTimes))))
     finally:
         if started:
             ray.shutdown()
@@ -352,15 +351,13 @@ class _RayFingerprinter:
         for src, r in zip(batch.itertuples(), results):
             row = {"path": src.path, "sha256": src.sha256, "size_bytes": int(src.size_bytes), "hash_s": float(src.hash_s),
                    "error": "", "shard": shard, "offset": offset, "vectors": 0, "duration_s": 0.0,
-                   "chromaprint": b"", "peaks": b"", "decode_s": 0.0, "embed_s": 0.0, "chromaprint_s": 0.0,
-                   "landmarks_s": 0.0}
+                   "chromaprint": b"", "peaks": b"", **{f.name: 0.0 for f in fields(StageTimes)}}
             if isinstance(r, Failure):
                 row["error"] = r.reason
             else:
                 row.update(vectors=len(r.windows), duration_s=r.duration_s,
                            chromaprint=r.chromaprint.astype("<u4").tobytes(), peaks=r.peaks.astype("<u4").tobytes(),
-                           decode_s=r.times.decode_s, embed_s=r.times.embed_s, chromaprint_s=r.times.chromaprint_s,
-                           landmarks_s=r.times.landmarks_s)
+                           **asdict(r.times))
                 offset += len(r.windows)
             rows.append(row)
         return pd.DataFrame(rows)

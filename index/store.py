@@ -211,16 +211,18 @@ class Store:
             return {r.id: _row_to_track(r).info for r in rows}
 
     def chromaprints(self) -> dict[int, np.ndarray]:
-        """Fingerprints of every indexed track, by track key."""
-        q = sa.select(chromaprints).join(tracks).where(tracks.c.state == "indexed")
-        with self.engine.connect() as c:
-            return {r.track_id: np.frombuffer(r.fingerprint, "<u4").astype(np.uint32) for r in c.execute(q)}
+        """Chromaprint sub-fingerprints of every indexed track, by track key."""
+        return self._uint32_arrays(chromaprints.c.fingerprint)
 
     def landmarks(self) -> dict[int, np.ndarray]:
         """Landmark peaks of every indexed track, by track key."""
-        q = sa.select(landmarks).join(tracks).where(tracks.c.state == "indexed")
+        return self._uint32_arrays(landmarks.c.peaks)
+
+    def _uint32_arrays(self, column: sa.Column) -> dict[int, np.ndarray]:
+        """A per-track array column (little-endian uint32) of every indexed track."""
+        q = sa.select(column.table.c.track_id, column).join(tracks).where(tracks.c.state == "indexed")
         with self.engine.connect() as c:
-            return {r.track_id: np.frombuffer(r.peaks, "<u4").astype(np.uint32) for r in c.execute(q)}
+            return {key: np.frombuffer(blob, "<u4").astype(np.uint32) for key, blob in c.execute(q)}
 
     # --- checks -------------------------------------------------------------------------
     def save_check(self, result: dict, submitter: str | None = None, idempotency_key: str | None = None) -> None:
