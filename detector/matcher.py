@@ -19,6 +19,9 @@ from detector.chromaprint import ITEM_S, ChromaMatch
 TEMPO_GRID = np.exp(np.linspace(math.log(0.5), math.log(2.0), 121))   # ~1.2 % apart
 OFFSET_BIN_S = 0.5
 INLIER_S = 0.6
+# an alignment slower than the original plays each reference window against several query
+# windows: its evidence is worth the reference time it covers, not the output time
+REFERENCE_SHARE = np.minimum(1.0, TEMPO_GRID)
 TEMPO_TOLERANCE = 0.03    # a measured tempo this close to 1.0 is no tempo change
 CREDIBLE_P = 0.01         # an embedding match this unlikely by chance may correct a tempo-1.0 mapping
 
@@ -138,6 +141,7 @@ class Matcher:
         votes = np.bincount(keys, weights=np.broadcast_to(w, offsets.shape).ravel(),
                             minlength=len(TEMPO_GRID) * nb).reshape(len(TEMPO_GRID), nb)
         votes = votes[:, :-2] + votes[:, 1:-1] + votes[:, 2:]                  # neighbouring bins
+        votes *= REFERENCE_SHARE[:, None]
         ti, bi = np.unravel_index(np.argmax(votes), votes.shape)
         tempo = TEMPO_GRID[ti]
         offset = lo + (bi + 0.5) * OFFSET_BIN_S
@@ -149,7 +153,8 @@ class Matcher:
         qs, best = _best_per_window(q[inl], w[inl])
         if len(qs) < self.min_windows:
             return None, None
-        evidence = float(np.sum(best) * (0.5 / hop))   # per 0.5 s of output, whatever the query hop
+        # per 0.5 s of output (whatever the query hop), of reference when the copy is slowed down
+        evidence = float(np.sum(best) * (0.5 / hop) * min(1.0, tempo))
         q0, q1 = float(qs.min()), float(qs.max() + self.window_s)
         m = Match(track=track, query_start=q0, query_end=q1, ref_start=offset + tempo * q0,
                   ref_end=offset + tempo * q1, tempo_ratio=float(tempo), evidence=evidence,

@@ -5,7 +5,10 @@
     python -m detector.train --music DIR --init base.pt --steps 500 --lr 5e-4 --mix-snr -8 10 \
         --bass-cut-p 0.35 --seed 3 --out round1.pt
     python -m detector.train --music DIR --init round1.pt --steps 500 --lr 5e-4 --mix-snr -8 10 \
-        --bass-cut-p 0.35 --seed 4            # → detector/weights/clearance-fp-v2.pt, the shipped model
+        --bass-cut-p 0.35 --seed 4 --out round2.pt
+    python -m detector.train --music DIR --init round2.pt --steps 800 --lr 5e-4 --mix-p 0.35 --mix-snr -8 10 \
+        --reverb-p 0.6 --noise-p 0.7 --noise-snr 0 20 --bass-cut-p 0.35 --seed 5
+                                          # → detector/weights/clearance-fp-v3.pt, the shipped model
 
 Positive pairs are a clean 1 s window of a ``split=train`` track and a transformed copy of the
 same moment: mixed under other music, noise, reverb, EQ and band limits on the waveform, then
@@ -102,10 +105,11 @@ class Augment:
     """Transformed copies of the moments at the centre of clean crops."""
 
     def __init__(self, fe: FrontEnd, sampler: Sampler, rng: np.random.Generator, mix_p: float, mix_snr: tuple,
-                 bass_cut_p: float = 0.0):
+                 bass_cut_p: float = 0.0, reverb_p: float = 0.4, noise_p: float = 0.5, noise_snr: tuple = (0.0, 25.0)):
         self.fe, self.sampler, self.rng = fe, sampler, rng
         self.spec = Spectrogram(fe)
         self.mix_p, self.mix_snr, self.bass_cut_p = mix_p, mix_snr, bass_cut_p
+        self.reverb_p, self.noise_p, self.noise_snr = reverb_p, noise_p, noise_snr
 
     def waveform(self, x: torch.Tensor) -> torch.Tensor:
         n, rng, sr = len(x), self.rng, self.fe.sample_rate
@@ -114,11 +118,11 @@ class Augment:
             other, _ = self.sampler.crops(int(mix.sum()), x.shape[1] / sr, min_dbfs=-60)
             snr = torch.from_numpy(rng.uniform(*self.mix_snr, int(mix.sum())).astype(np.float32))
             x[mix] = mix_at_snr(x[mix], torch.from_numpy(other), snr)
-        rev = torch.from_numpy(rng.random(n) < 0.4)
+        rev = torch.from_numpy(rng.random(n) < self.reverb_p)
         if rev.any():
             rir = synthetic_rir(int(rev.sum()), sr, rng)
             x[rev] = AF.fftconvolve(x[rev], rir)[:, : x.shape[1]]
-        noisy = torch.from_numpy(rng.random(n) < 0.5)
+        noisy = torch.from_numpy(rng.random(n) < self.noise_p)
         if noisy.any():
             m = int(noisy.sum())
             noise = torch.randn(m, x.shape[1])
@@ -126,7 +130,7 @@ class Augment:
             noise[colour == 1] = torch.cumsum(noise[colour == 1], 1) * 0.05         # brown
             noise[colour == 1] -= noise[colour == 1].mean(1, keepdim=True)
             noise[colour == 2] = AF.lowpass_biquad(noise[colour == 2], sr, 1000.0)  # dull hiss
-            snr = torch.from_numpy(rng.uniform(0, 25, m).astype(np.float32))
+            snr = torch.from_numpy(rng.uniform(*self.noise_snr, m).astype(np.float32))
             x[noisy] = mix_at_snr(x[noisy], noise, snr)
         return x
 
@@ -193,9 +197,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--music", type=Path, required=True, help="corpus folder laid out by get-music --set full")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/clearance/train-audio")
-    ap.add_argument("--out", type=Path, default=Path("detector/weights/clearance-fp-v2.pt"))
+    ap.add_argument("--out", type=Path, default=Path("detector/weights/clearance-fp-v3.pt"))
     ap.add_argument("--init", type=Path, help="start from this checkpoint (fine-tuning)")
-    ap.add_argument("--version", default="clearance-fp-v2")
+    ap.add_argument("--version", default="clearance-fp-v3")
     ap.add_argument("--steps", type=int, default=1800, help="length of the learning-rate schedule")
     ap.add_argument("--stop-after", type=int, help="stop (and save) after this many steps of the schedule")
     ap.add_argument("--batch", type=int, default=256, help="anchors per step (2x views)")
@@ -204,6 +208,9 @@ def main(argv=None) -> None:
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--mix-p", type=float, default=0.5)
     ap.add_argument("--mix-snr", type=float, nargs=2, default=(-6.0, 10.0))
+    ap.add_argument("--reverb-p", type=float, default=0.4, help="share of positives with room reverb")
+    ap.add_argument("--noise-p", type=float, default=0.5, help="share of positives with added noise")
+    ap.add_argument("--noise-snr", type=float, nargs=2, default=(0.0, 25.0), help="SNR range of the noise, dB")
     ap.add_argument("--bass-cut-p", type=float, default=0.0, help="share of positives with their lowest 1-9 bands removed")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
@@ -219,7 +226,8 @@ def main(argv=None) -> None:
     print(f"training audio: {len(tracks)} tracks, {sum(map(len, tracks)) / fe.sample_rate / 3600:.1f} h "
           f"({time.time() - t0:.0f} s)", flush=True)
     sampler = Sampler(tracks, fe.sample_rate, rng)
-    aug = Augment(fe, sampler, rng, args.mix_p, tuple(args.mix_snr), args.bass_cut_p)
+    aug = Augment(fe, sampler, rng, args.mix_p, tuple(args.mix_snr), args.bass_cut_p, args.reverb_p, args.noise_p,
+                  tuple(args.noise_snr))
     model = build(arch, fe)
     if args.init:
         model.load_state_dict(torch.load(args.init, weights_only=True)["state_dict"])
@@ -260,7 +268,8 @@ def save(model: nn.Module, fe: FrontEnd, arch: dict, args, step: int) -> None:
                 "state_dict": model.state_dict(),
                 "training": {"steps": step, "schedule_steps": args.steps, "seed": args.seed, "batch": args.batch, "tau": args.tau,
                              "lr": args.lr, "mix_p": args.mix_p, "mix_snr": list(args.mix_snr),
-                             "bass_cut_p": args.bass_cut_p, "init": str(args.init or "")}}, tmp)
+                             "bass_cut_p": args.bass_cut_p, "reverb_p": args.reverb_p, "noise_p": args.noise_p,
+                             "noise_snr": list(args.noise_snr), "init": str(args.init or "")}}, tmp)
     tmp.replace(args.out)
 
 

@@ -36,6 +36,20 @@ def test_recovers_offset_and_tempo(tempo):
     assert all(m.track == 7 for m in found)          # chance alignments of other tracks are not reported
 
 
+def test_slowed_alignment_counts_the_reference_time_it_covers():
+    # query windows every 0.25 s against reference windows every 0.5 s: at half speed each
+    # reference window answers four query windows, so 10 s of output quote 5 s of reference
+    q = np.arange(0, 10, 0.25)
+    matches = {}
+    for tempo in (1.0, 0.5):
+        ref = np.floor((40.0 + tempo * q) / 0.5) * 0.5
+        hits = Hits(q, np.full(len(q), 7), ref, np.full(len(q), 0.3))
+        (matches[tempo],) = Matcher(CAL).match(hits, 0.25, max_p_false=1.0)
+    assert matches[0.5].tempo_ratio == pytest.approx(0.5, rel=0.03)
+    assert matches[1.0].windows == matches[0.5].windows == len(q)
+    assert matches[0.5].evidence == pytest.approx(matches[1.0].evidence * 0.5, rel=0.05)
+
+
 def test_collage_of_two_tracks_gives_two_matches():
     rng = np.random.default_rng(2)
     a = hits_for(1, np.arange(0, 12, 0.25), 30.0, 1.0, rng)
