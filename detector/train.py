@@ -226,8 +226,8 @@ def main(argv=None) -> None:
     print(f"training audio: {len(tracks)} tracks, {sum(map(len, tracks)) / fe.sample_rate / 3600:.1f} h "
           f"({time.time() - t0:.0f} s)", flush=True)
     sampler = Sampler(tracks, fe.sample_rate, rng)
-    aug = Augment(fe, sampler, rng, args.mix_p, tuple(args.mix_snr), args.bass_cut_p, args.reverb_p, args.noise_p,
-                  tuple(args.noise_snr))
+    aug = Augment(fe, sampler, rng, mix_p=args.mix_p, mix_snr=tuple(args.mix_snr), bass_cut_p=args.bass_cut_p,
+                  reverb_p=args.reverb_p, noise_p=args.noise_p, noise_snr=tuple(args.noise_snr))
     model = build(arch, fe)
     if args.init:
         model.load_state_dict(torch.load(args.init, weights_only=True)["state_dict"])
