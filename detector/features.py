@@ -99,15 +99,18 @@ def voiced(loudness: np.ndarray) -> np.ndarray:
     return loudness > max(SILENCE_DBFS, float(np.quantile(loudness, 0.95)) - FADE_DB)
 
 
-def shift_bands(win: torch.Tensor, semitones: float) -> torch.Tensor:
-    """Translate band power (bands, frames) by a (fractional) number of semitone bands."""
-    bands = win.shape[0]
-    src = np.arange(bands) - semitones
-    lo = np.floor(src).astype(int)
-    w = torch.from_numpy((src - lo).astype(np.float32))[:, None]
-    valid_lo = torch.from_numpy((lo >= 0) & (lo < bands))[:, None]
-    valid_hi = torch.from_numpy((lo + 1 >= 0) & (lo + 1 < bands))[:, None]
-    a = win[np.clip(lo, 0, bands - 1)] * valid_lo
-    b = win[np.clip(lo + 1, 0, bands - 1)] * valid_hi
-    floor = win.amin() * 1e-3 + 1e-10
-    return (a * (1 - w) + b * w).clamp(min=floor)
+def shift_bands(power: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
+    """Translate band power (batch, bands, frames) by a (fractional) number of semitone bands per
+    row; bands shifted in from outside get a floor 60 dB below the row's weakest cell."""
+    n, bands, frames = power.shape
+    src = torch.arange(bands, dtype=torch.float64, device=power.device)[None, :] - semitones[:, None].double()
+    lo = torch.floor(src)
+    w = (src - lo).float()[:, :, None]
+    lo = lo.long()
+    out = 0
+    for k, weight in ((lo, 1 - w), (lo + 1, w)):
+        valid = ((k >= 0) & (k < bands))[:, :, None]
+        rows = power.gather(1, k.clamp(0, bands - 1)[:, :, None].expand(n, bands, frames))
+        out = out + rows * valid * weight
+    floor = power.amin(dim=(1, 2), keepdim=True) * 1e-3 + 1e-10
+    return torch.maximum(out, floor)

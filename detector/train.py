@@ -14,7 +14,7 @@ Positive pairs are a clean 1 s window of a ``split=train`` track and a transform
 same moment: mixed under other music, noise, reverb, EQ and band limits on the waveform, then
 pitch shift and tempo change as translations and scalings of the semitone spectrogram. Every
 other window in the batch is a negative (NT-Xent). The training audio is decoded once into a
-cache of 8 kHz float16 arrays.
+cache of 8 kHz float16 arrays. ``--device cuda`` moves the augmentation and the encoder to a GPU.
 """
 from __future__ import annotations
 
@@ -105,33 +105,40 @@ class Augment:
     """Transformed copies of the moments at the centre of clean crops."""
 
     def __init__(self, fe: FrontEnd, sampler: Sampler, rng: np.random.Generator, mix_p: float, mix_snr: tuple,
-                 bass_cut_p: float = 0.0, reverb_p: float = 0.4, noise_p: float = 0.5, noise_snr: tuple = (0.0, 25.0)):
-        self.fe, self.sampler, self.rng = fe, sampler, rng
-        self.spec = Spectrogram(fe)
+                 bass_cut_p: float = 0.0, reverb_p: float = 0.4, noise_p: float = 0.5, noise_snr: tuple = (0.0, 25.0),
+                 device: str = "cpu"):
+        self.fe, self.sampler, self.rng, self.device = fe, sampler, rng, torch.device(device)
+        self.spec = Spectrogram(fe).to(self.device)
         self.mix_p, self.mix_snr, self.bass_cut_p = mix_p, mix_snr, bass_cut_p
         self.reverb_p, self.noise_p, self.noise_snr = reverb_p, noise_p, noise_snr
 
+    def tensor(self, a: np.ndarray) -> torch.Tensor:
+        if a.dtype == np.float64:
+            a = a.astype(np.float32)
+        return torch.from_numpy(a).to(self.device)
+
     def waveform(self, x: torch.Tensor) -> torch.Tensor:
         n, rng, sr = len(x), self.rng, self.fe.sample_rate
-        mix = torch.from_numpy(rng.random(n) < self.mix_p)
+        mix = self.tensor(rng.random(n) < self.mix_p)
         if mix.any():
             other, _ = self.sampler.crops(int(mix.sum()), x.shape[1] / sr, min_dbfs=-60)
-            snr = torch.from_numpy(rng.uniform(*self.mix_snr, int(mix.sum())).astype(np.float32))
-            x[mix] = mix_at_snr(x[mix], torch.from_numpy(other), snr)
-        rev = torch.from_numpy(rng.random(n) < self.reverb_p)
+            snr = self.tensor(rng.uniform(*self.mix_snr, int(mix.sum())))
+            x[mix] = mix_at_snr(x[mix], self.tensor(other), snr)
+        rev = self.tensor(rng.random(n) < self.reverb_p)
         if rev.any():
-            rir = synthetic_rir(int(rev.sum()), sr, rng)
+            rir = synthetic_rir(int(rev.sum()), sr, rng).to(self.device)
             x[rev] = AF.fftconvolve(x[rev], rir)[:, : x.shape[1]]
-        noisy = torch.from_numpy(rng.random(n) < self.noise_p)
+        noisy = self.tensor(rng.random(n) < self.noise_p)
         if noisy.any():
             m = int(noisy.sum())
+            # made on the CPU, where lowpass_biquad runs a compiled loop rather than one per sample
             noise = torch.randn(m, x.shape[1])
             colour = torch.from_numpy(rng.integers(0, 3, m))
             noise[colour == 1] = torch.cumsum(noise[colour == 1], 1) * 0.05         # brown
             noise[colour == 1] -= noise[colour == 1].mean(1, keepdim=True)
             noise[colour == 2] = AF.lowpass_biquad(noise[colour == 2], sr, 1000.0)  # dull hiss
-            snr = torch.from_numpy(rng.uniform(*self.noise_snr, m).astype(np.float32))
-            x[noisy] = mix_at_snr(x[noisy], noise, snr)
+            snr = self.tensor(rng.uniform(*self.noise_snr, m))
+            x[noisy] = mix_at_snr(x[noisy], noise.to(self.device), snr)
         return x
 
     def spectral(self, power: torch.Tensor) -> torch.Tensor:
@@ -158,29 +165,27 @@ class Augment:
             cut = rng.random(n) < self.bass_cut_p
             k = rng.integers(1, 10, n)
             gain_db[cut] -= np.where(np.arange(bands)[None, :] < k[cut, None], 80.0, 0.0)
-        return power * torch.from_numpy(10 ** (gain_db / 10))[:, :, None]
+        return power * self.tensor(10 ** (gain_db / 10))[:, :, None]
 
     def positives(self, crops: np.ndarray, centre_s: float) -> torch.Tensor:
         """Transformed 1 s windows (n, bands, frames) around ``centre_s`` of each crop."""
         fe, rng, n = self.fe, self.rng, len(crops)
-        x = self.waveform(torch.from_numpy(crops.copy()))
+        x = self.waveform(self.tensor(crops.copy()))
         power = self.spectral(self.spec(x))                                  # (n, bands, T)
         fps = fe.sample_rate / fe.hop_length
         nf = fe.frames_per_window
         tempo = np.where(rng.random(n) < 0.35, 1.0, np.exp(rng.uniform(math.log(0.68), math.log(1.45), n)))
         pitch = np.where(rng.random(n) < 0.35, 0.0, rng.uniform(-7.5, 7.5, n))
         jitter = rng.uniform(-0.3, 0.3, n)
-        out = torch.empty(n, fe.n_bands, nf)
-        for i in range(n):
-            # the output window covers `tempo` seconds of the original around the centre
-            span = tempo[i] * fe.window_s
-            a = (centre_s + jitter[i] * tempo[i] - span / 2) * fps
-            pos = a + np.arange(nf) * span * fps / nf
-            lo = np.clip(np.floor(pos).astype(int), 0, power.shape[2] - 2)
-            w = torch.from_numpy((pos - lo).clip(0, 1).astype(np.float32))
-            win = power[i][:, lo] * (1 - w) + power[i][:, lo + 1] * w       # (bands, nf)
-            out[i] = shift_bands(win, pitch[i])
-        return out
+        # the output window covers `tempo` seconds of the original around the centre
+        span = tempo * fe.window_s
+        a = (centre_s + jitter * tempo - span / 2) * fps
+        pos = a[:, None] + np.arange(nf)[None, :] * span[:, None] * fps / nf
+        lo = np.clip(np.floor(pos).astype(int), 0, power.shape[2] - 2)
+        w = self.tensor((pos - lo).clip(0, 1))[:, None, :]
+        idx = self.tensor(lo)[:, None, :].expand(n, fe.n_bands, nf)
+        win = power.gather(2, idx) * (1 - w) + power.gather(2, idx + 1) * w   # (n, bands, nf)
+        return shift_bands(win, torch.from_numpy(pitch).to(self.device))
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
@@ -189,7 +194,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
     sim = z @ z.T / tau
     sim.fill_diagonal_(-1e9)
     n = len(z1)
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return nn.functional.cross_entropy(sim, target)
 
 
@@ -214,6 +219,7 @@ def main(argv=None) -> None:
     ap.add_argument("--bass-cut-p", type=float, default=0.0, help="share of positives with their lowest 1-9 bands removed")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -227,22 +233,27 @@ def main(argv=None) -> None:
           f"({time.time() - t0:.0f} s)", flush=True)
     sampler = Sampler(tracks, fe.sample_rate, rng)
     aug = Augment(fe, sampler, rng, mix_p=args.mix_p, mix_snr=tuple(args.mix_snr), bass_cut_p=args.bass_cut_p,
-                  reverb_p=args.reverb_p, noise_p=args.noise_p, noise_snr=tuple(args.noise_snr))
+                  reverb_p=args.reverb_p, noise_p=args.noise_p, noise_snr=tuple(args.noise_snr), device=args.device)
     model = build(arch, fe)
     if args.init:
-        model.load_state_dict(torch.load(args.init, weights_only=True)["state_dict"])
+        model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["state_dict"])
+    model.to(aug.device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
-    spec = Spectrogram(fe)
+    spec = aug.spec
     crop_s, centre = 3.0, 2.0    # reverb needs the second before the window
     nf, fps = fe.frames_per_window, fe.sample_rate / fe.hop_length
     a0 = int(round((centre - fe.window_s / 2) * fps))
+    # the anchor's frames, computed from only the samples they see: `pad` frames either side
+    # keep the STFT's edge padding away from them (same values, a third of the work)
+    pad = -(-fe.n_fft // 2 // fe.hop_length)
+    anchor_samples = slice((a0 - pad) * fe.hop_length, (a0 + nf + pad) * fe.hop_length)
     t0 = time.time()
     last = min(args.stop_after or args.steps, args.steps)
     for step in range(1, last + 1):
         crops, _ = sampler.crops(args.batch, crop_s)
         with torch.no_grad():
-            anchor = spec(torch.from_numpy(crops))[:, :, a0:a0 + nf]
+            anchor = spec(aug.tensor(crops[:, anchor_samples]))[:, :, pad:pad + nf]
             positive = aug.positives(crops, centre)
         model.train()
         z1, z2 = model(normalise(anchor)), model(normalise(positive))
@@ -253,7 +264,7 @@ def main(argv=None) -> None:
         sched.step()
         if step % 25 == 0 or step == last:
             with torch.no_grad():
-                acc = ((z1 @ z2.T).argmax(1) == torch.arange(len(z1))).float().mean().item()
+                acc = ((z1 @ z2.T).argmax(1).cpu() == torch.arange(len(z1))).float().mean().item()
             el = time.time() - t0
             print(f"step {step}/{args.steps} loss {loss.item():.3f} top1 {acc:.3f} "
                   f"{el / step:.2f} s/step eta {el / step * (last - step) / 60:.0f} min", flush=True)
@@ -265,7 +276,7 @@ def save(model: nn.Module, fe: FrontEnd, arch: dict, args, step: int) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     torch.save({"format": CHECKPOINT_FORMAT, "version": args.version, "front_end": fe.to_dict(), "arch": arch,
-                "state_dict": model.state_dict(),
+                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                 "training": {"steps": step, "schedule_steps": args.steps, "seed": args.seed, "batch": args.batch, "tau": args.tau,
                              "lr": args.lr, "mix_p": args.mix_p, "mix_snr": list(args.mix_snr),
                              "bass_cut_p": args.bass_cut_p, "reverb_p": args.reverb_p, "noise_p": args.noise_p,
