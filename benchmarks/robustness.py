@@ -26,6 +26,7 @@ from detector import chromaprint, landmarks
 from detector.audio import Clip, decode
 from detector.matcher import from_chromaprint
 from index.catalog import QUERY_HOP_S, REF_HOP_S
+from index.vectors import split_ids
 
 
 def evidence(catalog, x: np.ndarray, name: str):
@@ -154,8 +155,6 @@ def segment_top1(catalog, x, track_id, start) -> bool:
     sims, ids = catalog.vectors.search(emb.vectors[:1], 1)
     if ids.size == 0 or ids[0, 0] < 0:
         return False
-    from index.vectors import split_ids
-
     key, window = split_ids(ids[0])
     return catalog_ids(catalog).get(int(key[0])) == track_id and abs(window[0] * REF_HOP_S - start) <= 1.0
 

@@ -43,8 +43,9 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 class Encoder(nn.Module):
     """(batch, n_bands, frames) normalised log power → (batch, dim) L2-normalised."""
 
-    def __init__(self, n_bands: int = 64, frames: int = 50, width: int = 32, dim: int = 128):
+    def __init__(self, n_bands: int = 64, frames: int = 50, width: int = 32, dim: int = 128, freq_groups: int = 1):
         super().__init__()
+        self.freq_groups = freq_groups
         self.conv = nn.Sequential(
             _block(1, width // 2), nn.MaxPool2d(2),
             _block(width // 2, width), nn.MaxPool2d(2),
@@ -52,11 +53,14 @@ class Encoder(nn.Module):
             _block(width * 2, width * 4),
         )
         t = frames // 8
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(width * 4 * t, 256), nn.ReLU(inplace=True), nn.Linear(256, dim))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(width * 4 * freq_groups * t, 256), nn.ReLU(inplace=True),
+                                  nn.Linear(256, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x.unsqueeze(1))          # (b, c, bands/8, frames/8)
-        h = h.amax(dim=2)                      # pitch shift = translation along bands
+        b, c, f, t = h.shape
+        # pitch shift = translation along bands: max over each of `freq_groups` equal ranges of bands
+        h = h.reshape(b, c, self.freq_groups, f // self.freq_groups, t).amax(dim=3)
         return nn.functional.normalize(self.head(h), dim=1)
 
 

@@ -210,7 +210,9 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=256, help="anchors per step (2x views)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--tau", type=float, default=0.05)
-    ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--width", type=int, default=32, help="channels of the second conv block (new models)")
+    ap.add_argument("--freq-groups", type=int, default=1,
+                    help="pool the encoder's features over this many ranges of bands (1: all bands)")
     ap.add_argument("--mix-p", type=float, default=0.5)
     ap.add_argument("--mix-snr", type=float, nargs=2, default=(-6.0, 10.0))
     ap.add_argument("--reverb-p", type=float, default=0.4, help="share of positives with room reverb")
@@ -226,7 +228,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     fe = FrontEnd()
-    arch = {"width": args.width, "dim": 128}
+    init = torch.load(args.init, map_location="cpu", weights_only=True) if args.init else None
+    arch = init["arch"] if init else {"width": args.width, "dim": 128, "freq_groups": args.freq_groups}
     t0 = time.time()
     tracks = load_training_audio(args.music, fe.sample_rate, args.cache)
     print(f"training audio: {len(tracks)} tracks, {sum(map(len, tracks)) / fe.sample_rate / 3600:.1f} h "
@@ -235,8 +238,8 @@ def main(argv=None) -> None:
     aug = Augment(fe, sampler, rng, mix_p=args.mix_p, mix_snr=tuple(args.mix_snr), bass_cut_p=args.bass_cut_p,
                   reverb_p=args.reverb_p, noise_p=args.noise_p, noise_snr=tuple(args.noise_snr), device=args.device)
     model = build(arch, fe)
-    if args.init:
-        model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["state_dict"])
+    if init:
+        model.load_state_dict(init["state_dict"])
     model.to(aug.device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)

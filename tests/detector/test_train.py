@@ -44,9 +44,9 @@ def corpus(music, tmp_path_factory) -> Path:
     return folder
 
 
-def run(corpus: Path, cache: Path, out: Path, seed: int) -> dict:
+def run(corpus: Path, cache: Path, out: Path, seed: int, *extra: str) -> dict:
     train.main(["--music", str(corpus), "--cache", str(cache), "--out", str(out), "--steps", "3", "--batch", "16",
-                "--seed", str(seed), "--version", "test-fp"])
+                "--seed", str(seed), "--version", "test-fp", *extra])
     return torch.load(out, weights_only=True)
 
 
@@ -70,3 +70,12 @@ def test_seeded_training_reproduces_and_loads(corpus, tmp_path):
     samples = np.random.default_rng(0).standard_normal(3 * 8000).astype(np.float32) * 0.1
     vectors = embedder.embed(Clip(samples, 8000, "noise"), hop_s=0.5).vectors
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_fine_tuning_keeps_the_architecture(corpus, tmp_path):
+    cache = tmp_path / "cache"
+    base = run(corpus, cache, tmp_path / "base.pt", 1, "--freq-groups", "2")
+    tuned = run(corpus, cache, tmp_path / "tuned.pt", 2, "--init", str(tmp_path / "base.pt"), "--lr", "5e-4")
+    assert base["arch"]["freq_groups"] == tuned["arch"]["freq_groups"] == 2
+    assert tuned["training"]["init"] == str(tmp_path / "base.pt")
+    assert Embedder.load(tmp_path / "tuned.pt").encoder.freq_groups == 2
