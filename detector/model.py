@@ -1,8 +1,9 @@
 """Stage 3, ``Clip`` → ``Embeddings``: one L2-normalised vector per 1 s window.
 
-The encoder is a small CNN over the semitone spectrogram. Max-pooling over the whole frequency
-axis makes it insensitive to pitch shifts; contrastive training (``detector/train.py``) teaches
-it to ignore noise, reverb, codecs, tempo changes and new material mixed on top.
+The encoder is a small CNN over the semitone spectrogram. Max-pooling over wide ranges of the
+frequency axis (the whole axis, or each half in the shipped model) makes it insensitive to pitch
+shifts; contrastive training (``detector/train.py``) teaches it to ignore noise, reverb, codecs,
+tempo changes and new material mixed on top.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from detector.errors import ModelError
 from detector.features import FrontEnd, Spectrogram, normalise, voiced, window_loudness, window_starts
 
 CHECKPOINT_FORMAT = 1
-DEFAULT_WEIGHTS = "clearance-fp-v3.pt"
+DEFAULT_WEIGHTS = "clearance-fp-v4.pt"
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,11 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    """(batch, n_bands, frames) normalised log power → (batch, dim) L2-normalised."""
+    """(batch, n_bands, frames) normalised log power → (batch, dim) L2-normalised.
+
+    ``freq_groups``: the conv features are max-pooled over this many equal ranges of bands
+    (1: the whole axis; 2: the low and high half, which tells more windows apart).
+    """
 
     def __init__(self, n_bands: int = 64, frames: int = 50, width: int = 32, dim: int = 128, freq_groups: int = 1):
         super().__init__()
