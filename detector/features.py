@@ -101,7 +101,7 @@ def voiced(loudness: np.ndarray) -> np.ndarray:
 
 def shift_bands(power: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
     """Translate band power (batch, bands, frames) by a (fractional) number of semitone bands per
-    row; bands shifted in from outside get a floor 60 dB below the row's weakest cell."""
+    row; bands shifted in from outside get a floor 30 dB below the row's weakest cell."""
     n, bands, frames = power.shape
     src = torch.arange(bands, dtype=torch.float64, device=power.device)[None, :] - semitones[:, None].double()
     lo = torch.floor(src)

@@ -212,7 +212,7 @@ def main(argv=None) -> None:
     ap.add_argument("--tau", type=float, default=0.05)
     ap.add_argument("--width", type=int, default=32, help="channels of the second conv block (new models)")
     ap.add_argument("--freq-groups", type=int, default=1,
-                    help="pool the encoder's features over this many ranges of bands (1: all bands)")
+                    help="pool the encoder's features over this many ranges of bands (1: all bands; new models)")
     ap.add_argument("--mix-p", type=float, default=0.5)
     ap.add_argument("--mix-snr", type=float, nargs=2, default=(-6.0, 10.0))
     ap.add_argument("--reverb-p", type=float, default=0.4, help="share of positives with room reverb")
