@@ -20,7 +20,7 @@ from detector.errors import ModelError
 from detector.features import FrontEnd, Spectrogram, normalise, voiced, window_loudness, window_starts
 
 CHECKPOINT_FORMAT = 1
-DEFAULT_WEIGHTS = "clearance-fp-v4.pt"
+DEFAULT_WEIGHTS = "clearance-fp-v5.pt"
 
 
 @dataclass(frozen=True)

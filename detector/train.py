@@ -1,14 +1,9 @@
 """Contrastive training of the fingerprint encoder (see detector/MODEL.md).
 
-    python -m detector.train --music DIR --steps 1800 --stop-after 1500 --mix-snr -8 10 --seed 1 \
-        --freq-groups 2 --out base.pt
-    python -m detector.train --music DIR --init base.pt --steps 500 --lr 5e-4 --mix-snr -8 10 \
-        --bass-cut-p 0.35 --seed 3 --out round1.pt
-    python -m detector.train --music DIR --init round1.pt --steps 500 --lr 5e-4 --mix-snr -8 10 \
-        --bass-cut-p 0.35 --seed 4 --out round2.pt
-    python -m detector.train --music DIR --init round2.pt --steps 800 --lr 5e-4 --mix-p 0.35 --mix-snr -8 10 \
-        --reverb-p 0.6 --noise-p 0.7 --noise-snr 0 20 --bass-cut-p 0.35 --seed 5
-                                          # → detector/weights/clearance-fp-v4.pt, the shipped model
+    python -m detector.train --music DIR [--init CHECKPOINT] [--steps N] [--seed S] [--out PATH]
+
+``scripts/train-model`` runs the five seeded rounds (a base model and four fine-tunings) that
+make the shipped model, detector/weights/clearance-fp-v5.pt.
 
 Positive pairs are a clean 1 s window of a ``split=train`` track and a transformed copy of the
 same moment: mixed under other music, noise, reverb, EQ and band limits on the waveform, then
@@ -202,9 +197,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--music", type=Path, required=True, help="corpus folder laid out by get-music --set full")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/clearance/train-audio")
-    ap.add_argument("--out", type=Path, default=Path("detector/weights/clearance-fp-v4.pt"))
+    ap.add_argument("--out", type=Path, default=Path("detector/weights/clearance-fp-v5.pt"))
     ap.add_argument("--init", type=Path, help="start from this checkpoint (fine-tuning)")
-    ap.add_argument("--version", default="clearance-fp-v4")
+    ap.add_argument("--version", default="clearance-fp-v5")
     ap.add_argument("--steps", type=int, default=1800, help="length of the learning-rate schedule")
     ap.add_argument("--stop-after", type=int, help="stop (and save) after this many steps of the schedule")
     ap.add_argument("--batch", type=int, default=256, help="anchors per step (2x views)")
