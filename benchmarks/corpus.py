@@ -30,6 +30,7 @@ class Track:
     stem_group: str
     stem: str
     related: frozenset[str]
+    sets: frozenset[str]           # the get-music sets that hold it: test, full
 
 
 def related(track: Track, tracks: list[Track]) -> set[str]:
@@ -49,7 +50,7 @@ def music_folder(which: str = "full") -> Path:
 def manifest(folder: Path) -> list[Track]:
     with open(folder / "manifest.csv", newline="") as f:
         return [Track(r["track_id"], folder / r["path"], r["split"], r["bench_role"], r["deb_package"],
-                      r["stem_group"], r["stem"], frozenset(r["related"].split()))
+                      r["stem_group"], r["stem"], frozenset(r["related"].split()), frozenset(r["sets"].split()))
                 for r in csv.DictReader(f)]
 
 

@@ -38,7 +38,7 @@ def run(*args: str) -> None:
 
 
 def main(music: Path) -> None:
-    tracks = {t.track_id: t for t in C.manifest(music)}
+    tracks = {t.track_id: t for t in C.manifest(music) if "test" in t.sets}   # the folder may hold the full corpus too
     catalog = [str(t.path) for t in tracks.values() if t.role == "catalog"]
     print(f"Indexing {len(catalog)} catalog tracks of the sample corpus as protected recordings.", flush=True)
     run("index", *catalog, "--rights", "protected", "--owner", "sample corpus", "--manifest", str(music / "manifest.csv"))
