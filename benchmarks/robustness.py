@@ -95,7 +95,7 @@ def main(argv=None) -> None:
 
     # --- 1. segment-level top-1 under noise + reverb ----------------------------------------
     if args.segments:
-        print("Segment-level top-1 hit rate, noise 0–10 dB SNR + reverb RT60 0.3–1.0 s (no threshold): the\n"
+        print("\nSegment-level top-1 hit rate, noise 0–10 dB SNR + reverb RT60 0.3–1.0 s (no threshold): the\n"
               "best match names the track and the place the query was cut from (within 1 s), or also a\n"
               f"verbatim repeat of that passage elsewhere in the track (waveform correlation >= {REPEAT_CORR}):")
         print(f"{'query':>8} {'top-1':>7} {'or repeat':>10}")
@@ -113,8 +113,8 @@ def main(argv=None) -> None:
             for layer, found in zip(null, evidence(catalog, x, name)):
                 layer.append(best_unrelated(found, C.related(t, tracks)))
         thresholds = [max(layer) for layer in null]
-        print(f"{len(negs)} negatives ({time.time() - t0:.0f} s): zero-false-match thresholds: embedding evidence > "
-              f"{thresholds[0]:.2f}, Chromaprint -log10 p > {thresholds[1]:.2f}, landmark votes > {thresholds[2]:.0f}\n")
+        print(f"\n{len(negs)} negatives ({time.time() - t0:.0f} s): zero-false-match thresholds: embedding evidence > "
+              f"{thresholds[0]:.2f}, Chromaprint -log10 p > {thresholds[1]:.2f}, landmark votes > {thresholds[2]:.0f}")
 
         names = args.only or [*C.TRANSFORMS, "guitar-over-backing", "splice-in-new"]
         print(f"\nTrack-level identification at zero false matches ({args.per_transform} queries per cell):")
