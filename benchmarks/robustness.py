@@ -41,12 +41,18 @@ def evidence(catalog, x: np.ndarray, name: str):
     (external_id, strength, Match)."""
     clip = Clip(x.astype(np.float32), C.SR, name)
     ids = catalog_ids(catalog)
-    emb = [(ids.get(m.track), m.evidence, m) for m in catalog.embedding_matches(clip, max_p_false=1.0)]
+    emb = embedding_evidence(catalog, clip)
     chroma = [(ids.get(m.track), -math.log10(max(m.p_false, 1e-300)), from_chromaprint(m))
               for m in catalog.chroma.search(chromaprint.fingerprint(clip))]
     lm = [(ids.get(m.track), float(m.votes), landmarks.to_match(m))
           for m in catalog.landmark_index.search(landmarks.peaks(clip))]
     return emb, chroma, lm
+
+
+def embedding_evidence(catalog, clip: Clip):
+    """Matches of a query by the embedding layer, as (external_id, evidence, Match)."""
+    ids = catalog_ids(catalog)
+    return [(ids.get(m.track), m.evidence, m) for m in catalog.embedding_matches(clip, max_p_false=1.0)]
 
 
 _IDS = {}
@@ -154,7 +160,7 @@ def segment_hit(catalog, cat_tracks, secs: int, rng) -> np.ndarray:
         start = C.loud_start(clip, secs + 2, rng)
     x = C.reverb(clip.excerpt(start, start + secs + 1).samples, float(rng.uniform(0.3, 1.0)), rng)
     x = C.noise(x[: int(secs * C.SR)], float(rng.uniform(0, 10)), rng)
-    emb = evidence(catalog, x, "seg")[0]
+    emb = embedding_evidence(catalog, Clip(x.astype(np.float32), C.SR, "seg"))
     if emb:
         eid, _, m = max(emb, key=lambda f: f[1])
         right, found = eid == t.track_id, m.ref_start - m.query_start
@@ -192,6 +198,7 @@ def repeats(clip: Clip, start: float, found: float, secs: float) -> bool:
     sq = np.concatenate([[0.0], np.cumsum(b ** 2)])
     energy = np.sqrt((sq[len(a):] - sq[:-len(a)]) * (a @ a)) + 1e-12
     return float((xcorr / energy).max()) >= REPEAT_CORR
+
 
 if __name__ == "__main__":
     main()
