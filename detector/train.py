@@ -26,7 +26,7 @@ from torch import nn
 
 from detector.audio import decode
 from detector.features import FrontEnd, Spectrogram, normalise, shift_bands
-from detector.model import CHECKPOINT_FORMAT, build
+from detector.model import CHECKPOINT_FORMAT, DEFAULT_WEIGHTS, build
 
 
 def load_training_audio(music: Path, sample_rate: int, cache: Path) -> list[np.ndarray]:
@@ -197,9 +197,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--music", type=Path, required=True, help="corpus folder laid out by get-music --set full")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/clearance/train-audio")
-    ap.add_argument("--out", type=Path, default=Path("detector/weights/clearance-fp-v5.pt"))
+    ap.add_argument("--out", type=Path, default=Path("detector/weights") / DEFAULT_WEIGHTS)
     ap.add_argument("--init", type=Path, help="start from this checkpoint (fine-tuning)")
-    ap.add_argument("--version", default="clearance-fp-v5")
+    ap.add_argument("--version", default=Path(DEFAULT_WEIGHTS).stem)
     ap.add_argument("--steps", type=int, default=1800, help="length of the learning-rate schedule")
     ap.add_argument("--stop-after", type=int, help="stop (and save) after this many steps of the schedule")
     ap.add_argument("--batch", type=int, default=256, help="anchors per step (2x views)")
