@@ -7,6 +7,7 @@ tempo changes and new material mixed on top.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from detector.audio import Clip
 from detector.errors import ModelError
@@ -41,6 +43,16 @@ def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+class Pool2(nn.Module):
+    """2×2 max pooling, odd rows and columns dropped: what ``nn.MaxPool2d(2)`` computes, about
+    eight times faster on CPU, where ``MaxPool2d`` also works out the argmax of every cell."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+        rows = torch.maximum(x[..., 0:h:2, :w], x[..., 1:h:2, :w])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
 class Encoder(nn.Module):
     """(batch, n_bands, frames) normalised log power → (batch, dim) L2-normalised.
 
@@ -52,9 +64,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.freq_groups = freq_groups
         self.conv = nn.Sequential(
-            _block(1, width // 2), nn.MaxPool2d(2),
-            _block(width // 2, width), nn.MaxPool2d(2),
-            _block(width, width * 2), nn.MaxPool2d(2),
+            _block(1, width // 2), Pool2(),
+            _block(width // 2, width), Pool2(),
+            _block(width, width * 2), Pool2(),
             _block(width * 2, width * 4),
         )
         t = frames // 8
@@ -73,11 +85,22 @@ def build(arch: dict, fe: FrontEnd) -> Encoder:
     return Encoder(n_bands=fe.n_bands, frames=fe.frames_per_window, **arch)
 
 
+def for_inference(encoder: Encoder) -> Encoder:
+    """A copy of ``encoder`` in eval mode with each batch norm folded into the convolution before
+    it: the same function (to float rounding), about a third less time per window on CPU."""
+    enc = copy.deepcopy(encoder).eval()
+    for block in enc.conv:
+        if isinstance(block, nn.Sequential):
+            block[0] = fuse_conv_bn_eval(block[0], block[1])
+            block[1] = nn.Identity()
+    return enc
+
+
 class Embedder:
     """A loaded checkpoint: front end + encoder + version, ready to fingerprint clips."""
 
     def __init__(self, encoder: Encoder, fe: FrontEnd, version: str, threads: int | None = None):
-        self.encoder = encoder.eval()
+        self.encoder = for_inference(encoder)
         self.fe = fe
         self.version = version
         self.dim = encoder.head[-1].out_features
