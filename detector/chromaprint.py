@@ -31,26 +31,43 @@ def fingerprint(clip: Clip) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ChromaMatch:
-    """An aligned stretch: item positions (query, reference), length in items, bit error rate."""
+    """An aligned stretch: item positions (query, reference), length in items, bit error rate;
+    ``observations``, the independent bits the stretch holds (``independent_bits``), and ``varying_error_rate``,
+    the error rate of the query on the reference bits that change within the stretch."""
 
     track: int
     query_item: int
     ref_item: int
     items: int
     bit_error_rate: float
+    observations: int
+    varying_error_rate: float
 
     @property
     def p_false(self) -> float:
-        """Chance that unrelated audio agrees this well: a binomial tail, bits being fair coins.
-        Sub-fingerprints overlap (each spans ~3 items), so only a third are counted as independent."""
-        n = 32 * max(self.items // 3, 1)
-        k = self.bit_error_rate * n
+        """Chance that unrelated audio agrees this well: a binomial tail over the stretch's
+        independent bits, taken as fair coins."""
+        n = self.observations
+        k = self.varying_error_rate * n
         # Chernoff bound on P[Binomial(n, 1/2) <= k]
-        if k >= n / 2:
+        if n == 0 or k >= n / 2:
             return 1.0
         q = k / n
         kl = q * math.log(q / 0.5 + 1e-300) + (1 - q) * math.log((1 - q) / 0.5)
         return math.exp(-n * kl)
+
+
+def independent_bits(ref: np.ndarray) -> tuple[int, np.ndarray]:
+    """Independent bits of a reference stretch of sub-fingerprints, and which of the 32 bit
+    positions change in it. Sub-fingerprints overlap (each spans ~3 items), so at most a third
+    of the items are independent; and a bit that holds its value over a run of items is one
+    observation, not one per item: a sustained chord keeps most bits still, and two unrelated
+    recordings holding similar chords agree on all of those at once. Bits that never change in
+    the stretch are left out altogether."""
+    bits = np.unpackbits(ref.astype("<u4").view(np.uint8).reshape(-1, 4), axis=1)
+    varying = bits.min(axis=0) != bits.max(axis=0)
+    flips = int(np.abs(np.diff(bits[:, varying].astype(np.int8), axis=0)).sum())
+    return min(int(varying.sum()) + flips, int(varying.sum()) * max(len(ref) // 3, 1)), varying
 
 
 class ChromaIndex:
@@ -112,4 +129,7 @@ class ChromaIndex:
         if (b - a) * ITEM_S < MIN_MATCH_S:
             return None
         ber = errors[a:b].sum() / (32 * (b - a))
-        return ChromaMatch(track, q0 + a, q0 + a + offset, int(b - a), float(ber))
+        observations, varying = independent_bits(ref[q0 + a + offset:q0 + b + offset])
+        wrong = np.unpackbits(x[a:b].astype("<u4").view(np.uint8).reshape(-1, 4), axis=1)[:, varying]
+        return ChromaMatch(track, q0 + a, q0 + a + offset, int(b - a), float(ber), observations,
+                           float(wrong.mean()) if wrong.size else 0.5)
