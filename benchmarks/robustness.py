@@ -8,9 +8,10 @@ Indexes every held-out ``catalog`` track of the full corpus, then prints:
      music loops: about one in five 5 s passages of the held-out catalog plays again in its track);
   2. track-level identification per transform for 10 s and 30 s copies, at the zero-false-match
      threshold (the strongest evidence any of the negatives produced against an unrelated
-     track): the embedding, Chromaprint and landmark layers side by side, and all three together
+     track): the embedding, Chromaprint and landmark layers side by side; all three together
      (a copy found by any layer above its own threshold: on the negatives none of them, and so
-     none of the three together, made a false match);
+     none of the three together, made a false match); and the layers' matches merged as the
+     check merges them, with one threshold on the combined false-match probability;
   3. embedding throughput.
 ``--segments 0`` skips part 1, ``--per-transform 0`` part 2.
 """
@@ -29,8 +30,8 @@ from benchmarks import corpus as C
 from benchmarks.calibrate import WEIGHTS, negative_queries
 from detector import chromaprint, landmarks
 from detector.audio import Clip, decode
-from detector.matcher import from_chromaprint
-from index.catalog import QUERY_HOP_S, REF_HOP_S
+from detector.matcher import from_chromaprint, merge
+from index.catalog import QUERY_HOP_S
 from index.vectors import split_ids
 
 REPEAT_CORR = 0.9   # waveform correlation of two passages of a track that are the same audio
@@ -38,7 +39,8 @@ REPEAT_CORR = 0.9   # waveform correlation of two passages of a track that are t
 
 def evidence(catalog, x: np.ndarray, name: str):
     """Matches of a query by the embedding, Chromaprint and landmark layers, each a list of
-    (external_id, strength, Match)."""
+    (external_id, strength, Match), and the three merged as the check merges them (strength
+    −log10 of the combined false-match probability)."""
     clip = Clip(x.astype(np.float32), C.SR, name)
     ids = catalog_ids(catalog)
     emb = embedding_evidence(catalog, clip)
@@ -46,7 +48,9 @@ def evidence(catalog, x: np.ndarray, name: str):
               for m in catalog.chroma.search(chromaprint.fingerprint(clip))]
     lm = [(ids.get(m.track), float(m.votes), landmarks.to_match(m))
           for m in catalog.landmark_index.search(landmarks.peaks(clip))]
-    return emb, chroma, lm
+    merged = [(ids.get(m.track), -math.log10(max(m.p_false, 1e-300)), m)
+              for m in merge([f[2] for f in emb + chroma + lm])]
+    return emb, chroma, lm, merged
 
 
 def embedding_evidence(catalog, clip: Clip):
@@ -114,27 +118,28 @@ def main(argv=None) -> None:
     if args.per_transform:
         t0 = time.time()
         negs = negative_queries(tracks, args.negatives, np.random.default_rng(args.seed + 1))
-        null = [[], [], []]
+        null = [[], [], [], []]
         for name, x, t in negs:
             for layer, found in zip(null, evidence(catalog, x, name)):
                 layer.append(best_unrelated(found, C.related(t, tracks)))
         thresholds = [max(layer) for layer in null]
         print(f"\n{len(negs)} negatives ({time.time() - t0:.0f} s): zero-false-match thresholds: embedding evidence > "
-              f"{thresholds[0]:.2f}, Chromaprint -log10 p > {thresholds[1]:.2f}, landmark votes > {thresholds[2]:.0f}")
+              f"{thresholds[0]:.2f}, Chromaprint -log10 p > {thresholds[1]:.2f}, landmark votes > {thresholds[2]:.0f}, "
+              f"merged -log10 p > {thresholds[3]:.2f}")
 
         names = args.only or [*C.TRANSFORMS, "guitar-over-backing", "splice-in-new"]
         print(f"\nTrack-level identification at zero false matches ({args.per_transform} queries per cell):")
-        layers = ("emb", "chroma", "landm", "any")
+        layers = ("emb", "chroma", "landm", "any", "merged")
         print(f"{'transform':<22}" + "".join(f"{f'{layer} {d:g}s':>11}" for d in args.durations for layer in layers))
         for name in names:
             row = f"{name:<22}"
             for secs in args.durations:
-                ok = np.zeros(4)
+                ok = np.zeros(5)
                 for _ in range(args.per_transform):
                     q = C.make_query(name, secs, cat_tracks, songs, new_material, rng)
                     hit = [identified(found, C.related(q.truth, tracks), thr)
                            for found, thr in zip(evidence(catalog, q.samples, name), thresholds)]
-                    ok += [*hit, any(hit)]
+                    ok += [*hit[:3], any(hit[:3]), hit[3]]
                 row += "".join(f"{100 * k / args.per_transform:10.0f}%" for k in ok)
             print(row, flush=True)
 
@@ -143,9 +148,10 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     clip = decode(t.path, C.SR)
     t1 = time.perf_counter()
-    engine.embedder.embed(clip, hop_s=REF_HOP_S)
+    hop = engine.embedder.ref_hop_s
+    engine.embedder.embed(clip, hop_s=hop)
     t2 = time.perf_counter()
-    print(f"\nEmbedding throughput ({clip.duration:.0f} s track, hop {REF_HOP_S} s): "
+    print(f"\nEmbedding throughput ({clip.duration:.0f} s track, hop {hop:g} s): "
           f"{clip.duration / (t2 - t1):.0f}x real time (decode excluded), "
           f"{clip.duration / (t2 - t0):.0f}x (decode included)")
 
@@ -182,7 +188,7 @@ def segment_top1(catalog, x, track_id) -> tuple[bool, float]:
     if ids.size == 0 or ids[0, 0] < 0:
         return False, 0.0
     key, window = split_ids(ids[0])
-    return catalog_ids(catalog).get(int(key[0])) == track_id, float(window[0] * REF_HOP_S)
+    return catalog_ids(catalog).get(int(key[0])) == track_id, float(window[0] * catalog.vectors.info.hop_s)
 
 
 def repeats(clip: Clip, start: float, found: float, secs: float) -> bool:

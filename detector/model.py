@@ -22,7 +22,8 @@ from detector.errors import ModelError
 from detector.features import FrontEnd, Spectrogram, normalise, voiced, window_loudness, window_starts
 
 CHECKPOINT_FORMAT = 1
-DEFAULT_WEIGHTS = "clearance-fp-v5.pt"
+DEFAULT_WEIGHTS = "clearance-fp-v6.pt"
+REF_HOP_S = 0.25          # seconds between reference windows, of new checkpoints
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,18 @@ def for_inference(encoder: Encoder) -> Encoder:
 
 
 class Embedder:
-    """A loaded checkpoint: front end + encoder + version, ready to fingerprint clips."""
+    """A loaded checkpoint: front end + encoder + version, ready to fingerprint clips.
 
-    def __init__(self, encoder: Encoder, fe: FrontEnd, version: str, threads: int | None = None):
+    ``ref_hop_s``: seconds between the windows a catalog track is indexed at with this model;
+    part of what its ``version`` names, since vectors at another hop cannot share an index.
+    """
+
+    def __init__(self, encoder: Encoder, fe: FrontEnd, version: str, ref_hop_s: float = REF_HOP_S,
+                 threads: int | None = None):
         self.encoder = for_inference(encoder)
         self.fe = fe
         self.version = version
+        self.ref_hop_s = ref_hop_s
         self.dim = encoder.head[-1].out_features
         self.spectrogram = Spectrogram(fe)
         self._transposed: dict[float, Spectrogram] = {}
@@ -134,7 +141,8 @@ class Embedder:
         fe = FrontEnd(**ckpt["front_end"])
         enc = build(ckpt["arch"], fe)
         enc.load_state_dict(ckpt["state_dict"])
-        return cls(enc, fe, ckpt["version"])
+        # checkpoints before the reference hop was stored were indexed every 0.5 s
+        return cls(enc, fe, ckpt["version"], ckpt.get("ref_hop_s", 0.5))
 
     @torch.inference_mode()
     def embed(self, clip: Clip, hop_s: float = 0.5, batch: int = 64, transpose: float = 0.0) -> Embeddings:

@@ -3,7 +3,7 @@
     python -m detector.train --music DIR [--init CHECKPOINT] [--steps N] [--seed S] [--out PATH]
 
 ``scripts/train-model`` runs the five seeded rounds (a base model and four fine-tunings) that
-make the shipped model, detector/weights/clearance-fp-v5.pt.
+make the shipped model, detector/weights/clearance-fp-v6.pt.
 
 Positive pairs are a clean 1 s window of a ``split=train`` track and a transformed copy of the
 same moment: mixed under other music, noise, reverb, EQ and band limits on the waveform, then
@@ -26,7 +26,7 @@ from torch import nn
 
 from detector.audio import decode
 from detector.features import FrontEnd, Spectrogram, normalise, shift_bands
-from detector.model import CHECKPOINT_FORMAT, DEFAULT_WEIGHTS, build
+from detector.model import CHECKPOINT_FORMAT, DEFAULT_WEIGHTS, REF_HOP_S, build
 
 
 def load_training_audio(music: Path, sample_rate: int, cache: Path) -> list[np.ndarray]:
@@ -200,6 +200,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path("detector/weights") / DEFAULT_WEIGHTS)
     ap.add_argument("--init", type=Path, help="start from this checkpoint (fine-tuning)")
     ap.add_argument("--version", default=Path(DEFAULT_WEIGHTS).stem)
+    ap.add_argument("--ref-hop", type=float, default=REF_HOP_S,
+                    help="seconds between the windows catalog tracks are indexed at with this model")
     ap.add_argument("--steps", type=int, default=1800, help="length of the learning-rate schedule")
     ap.add_argument("--stop-after", type=int, help="stop (and save) after this many steps of the schedule")
     ap.add_argument("--batch", type=int, default=256, help="anchors per step (2x views)")
@@ -274,6 +276,7 @@ def save(model: nn.Module, fe: FrontEnd, arch: dict, args, step: int) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     torch.save({"format": CHECKPOINT_FORMAT, "version": args.version, "front_end": fe.to_dict(), "arch": arch,
+                "ref_hop_s": args.ref_hop,
                 "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                 "training": {"steps": step, "schedule_steps": args.steps, "seed": args.seed, "batch": args.batch, "tau": args.tau,
                              "lr": args.lr, "mix_p": args.mix_p, "mix_snr": list(args.mix_snr),

@@ -30,7 +30,6 @@ from index.store import CatalogError, Store, Track
 from index.vectors import (AUTO, IndexMismatch, VectorIndex, auto_factory, measure_recall, min_training_vectors,
                            needs_training, new_index, split_ids, vector_ids)
 
-REF_HOP_S = 0.5
 QUERY_HOP_S = 0.25
 NEIGHBOURS = 8
 TRANSPOSE_ST = 6.0
@@ -69,11 +68,12 @@ class RebuildReport:
     bytes: int
     recall: float
     elapsed_s: float
+    hop_s: float
 
     @property
     def mb_per_hour(self) -> float:
-        """MB of index per hour of catalog audio (vectors every ``REF_HOP_S`` seconds)."""
-        return self.bytes / max(self.vectors, 1) * (3600 / REF_HOP_S) / 1e6
+        """MB of index per hour of catalog audio (vectors every ``hop_s`` seconds)."""
+        return self.bytes / max(self.vectors, 1) * (3600 / self.hop_s) / 1e6
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ class Catalog:
         stamp = current.stat().st_mtime_ns if current.exists() else None
         if self._vectors is None or stamp != self._loaded:
             self._vectors = VectorIndex.open(self.home / "index", self.embedder.version, self.embedder.dim,
-                                             REF_HOP_S, self.nprobe)
+                                             self.embedder.ref_hop_s, self.nprobe)
             self._chroma = self._landmarks = None
             self._loaded = stamp
         return self._vectors
@@ -267,7 +267,7 @@ class Catalog:
 
     def _outcomes(self, files: list[Path], workers: int, engine: str, ray_address: str | None,
                   is_known: Callable[[str], bool] | None = None) -> Iterator[Outcome]:
-        fingerprinter = Fingerprinter(self.embedder, REF_HOP_S, self.limits)
+        fingerprinter = Fingerprinter(self.embedder, self.embedder.ref_hop_s, self.limits)
         is_known = is_known or (lambda sha: self.store.find_by_hash(sha) is not None)
         if engine == "ray":
             return run_ray(files, fingerprinter, workers or 1, is_known, new_job_folder(self.home / "incoming"),
@@ -374,7 +374,7 @@ class Catalog:
         if needs_training(factory) and total < min_training_vectors(factory):
             factory = "Flat"           # too few vectors to train it: exact search until there are enough
         sample = self._sample(where, 4 * min_training_vectors(factory)) if needs_training(factory) else None
-        new = VectorIndex.trained(self.home / "index", model, dim, REF_HOP_S, factory,
+        new = VectorIndex.trained(self.home / "index", model, dim, self.embedder.ref_hop_s, factory,
                                   sample if sample is not None else np.zeros((0, dim), np.float32), self.nprobe)
         before = self.shards.paths()
         written: list[Path] = []
@@ -401,7 +401,7 @@ class Catalog:
         self._vectors = None
         self._chroma = self._landmarks = None
         return RebuildReport(factory, len(counts), new.size, len(missing), new.bytes, new.info.recall,
-                             time.perf_counter() - t0)
+                             time.perf_counter() - t0, new.info.hop_s)
 
     def _stored_tracks(self, rows: dict[int, Track]) -> dict[int, tuple[Path, int]]:
         """Track key → (the shard holding its vectors of the loaded model, vector count), for

@@ -143,9 +143,10 @@ class VectorIndex:
         if meta is None:
             return cls(root, IndexInfo(model, dim, hop_s, "Flat"), new_index(dim, "Flat"), 0)
         info = IndexInfo(meta["model"], meta["dim"], meta["hop_s"], meta["factory"], meta.get("recall", 1.0))
-        if info.model != model or info.dim != dim:
-            raise IndexMismatch(f"index at {root} holds vectors of model {info.model} ({info.dim}-d); the loaded "
-                                f"model is {model} ({dim}-d): rebuild the index with `clearance index --rebuild`")
+        if info.model != model or info.dim != dim or info.hop_s != hop_s:
+            raise IndexMismatch(f"index at {root} holds vectors of model {info.model} ({info.dim}-d, every "
+                                f"{info.hop_s:g} s); the loaded model is {model} ({dim}-d, every {hop_s:g} s): "
+                                "rebuild the index with `clearance index --rebuild`")
         index = faiss.read_index(str(root / f"gen-{meta['generation']:06d}" / "vectors.faiss"))
         return cls(root, info, index, meta["generation"], nprobe)
 

@@ -1,11 +1,14 @@
 """The shipped fingerprint model: what it computes is pinned, and what it must ignore it ignores."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from detector.audio import Clip
-from detector.model import Embedder
+from detector.model import DEFAULT_WEIGHTS, Embedder
 from tests.detector.golden import GOLDEN, SR, embed_all, signals
 
 
@@ -57,3 +60,11 @@ def test_transposing_the_query_recovers_bass_that_fell_below_the_lowest_band(emb
     same = np.median(np.sum(a * b, axis=1))
     assert same > 0.85, same                  # 0.82 when the shifted spectrogram left the bass bands empty
     assert same > np.median(np.sum(other * b, axis=1)) + 0.2
+
+
+def test_the_checkpoint_names_its_reference_hop(embedder, tmp_path):
+    assert embedder.ref_hop_s == 0.25
+    ckpt = torch.load(Path(__file__).parents[2] / "detector" / "weights" / DEFAULT_WEIGHTS, weights_only=True)
+    del ckpt["ref_hop_s"]
+    torch.save(ckpt, tmp_path / "older.pt")
+    assert Embedder.load(tmp_path / "older.pt").ref_hop_s == 0.5     # indexed every 0.5 s before it was stored

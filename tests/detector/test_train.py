@@ -66,7 +66,7 @@ def test_seeded_training_reproduces_and_loads(corpus, tmp_path):
     assert a["version"] == "test-fp" and a["front_end"] == FrontEnd().to_dict()
     assert a["training"]["seed"] == 7 and a["training"]["steps"] == 3
     embedder = Embedder.load(tmp_path / "a.pt")
-    assert embedder.version == "test-fp"
+    assert embedder.version == "test-fp" and embedder.ref_hop_s == a["ref_hop_s"] == 0.25
     samples = np.random.default_rng(0).standard_normal(3 * 8000).astype(np.float32) * 0.1
     vectors = embedder.embed(Clip(samples, 8000, "noise"), hop_s=0.5).vectors
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

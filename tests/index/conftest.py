@@ -67,7 +67,7 @@ class Seen:
 
 def seen(home: Path, db_url: str, embedder: Embedder) -> Seen:
     rows = {t.id: t for t in Store(db_url).list_tracks(state=None)}
-    index = VectorIndex.open(home / "index", embedder.version, embedder.dim, 0.5)
+    index = VectorIndex.open(home / "index", embedder.version, embedder.dim, embedder.ref_hop_s)
     return Seen(rows, index.tracks())
 
 

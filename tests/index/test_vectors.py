@@ -39,6 +39,8 @@ def test_refuses_vectors_of_another_model(tmp_path):
     idx.save()
     with pytest.raises(IndexMismatch, match="rebuild"):
         VectorIndex.open(tmp_path, "m2", 16, 0.5)
+    with pytest.raises(IndexMismatch, match=r"every 0.5 s.*every 0.25 s.*rebuild"):
+        VectorIndex.open(tmp_path, "m1", 16, 0.25)          # the same vectors at another hop
 
 
 def near_copies(x, cos, seed):
