@@ -57,6 +57,11 @@ class ChromaMatch:
         return math.exp(-n * kl)
 
 
+def bits(values: np.ndarray) -> np.ndarray:
+    """(n, 32) uint8: the bits of ``n`` sub-fingerprints."""
+    return np.unpackbits(values.astype("<u4").view(np.uint8).reshape(-1, 4), axis=1)
+
+
 def independent_bits(ref: np.ndarray) -> tuple[int, np.ndarray]:
     """Independent bits of a reference stretch of sub-fingerprints, and which of the 32 bit
     positions change in it. Sub-fingerprints overlap (each spans ~3 items), so at most a third
@@ -64,9 +69,9 @@ def independent_bits(ref: np.ndarray) -> tuple[int, np.ndarray]:
     observation, not one per item: a sustained chord keeps most bits still, and two unrelated
     recordings holding similar chords agree on all of those at once. Bits that never change in
     the stretch are left out altogether."""
-    bits = np.unpackbits(ref.astype("<u4").view(np.uint8).reshape(-1, 4), axis=1)
-    varying = bits.min(axis=0) != bits.max(axis=0)
-    flips = int(np.abs(np.diff(bits[:, varying].astype(np.int8), axis=0)).sum())
+    held = bits(ref)
+    varying = held.min(axis=0) != held.max(axis=0)
+    flips = int(np.abs(np.diff(held[:, varying].astype(np.int8), axis=0)).sum())
     return min(int(varying.sum()) + flips, int(varying.sum()) * max(len(ref) // 3, 1)), varying
 
 
@@ -116,8 +121,8 @@ class ChromaIndex:
         q0, q1 = max(0, -offset), min(len(query), len(ref) - offset)
         if q1 - q0 < MIN_MATCH_S / ITEM_S:
             return None
-        x = np.bitwise_xor(query[q0:q1], ref[q0 + offset:q1 + offset])
-        errors = np.unpackbits(x.view(np.uint8).reshape(-1, 4), axis=1).sum(1)
+        wrong = bits(np.bitwise_xor(query[q0:q1], ref[q0 + offset:q1 + offset]))
+        errors = wrong.sum(1)
         good = np.convolve(errors < MAX_BIT_ERRORS, np.ones(9) / 9, "same") > 0.5
         if not good.any():
             return None
@@ -130,6 +135,6 @@ class ChromaIndex:
             return None
         ber = errors[a:b].sum() / (32 * (b - a))
         observations, varying = independent_bits(ref[q0 + a + offset:q0 + b + offset])
-        wrong = np.unpackbits(x[a:b].astype("<u4").view(np.uint8).reshape(-1, 4), axis=1)[:, varying]
+        on_varying = wrong[a:b][:, varying]
         return ChromaMatch(track, q0 + a, q0 + a + offset, int(b - a), float(ber), observations,
-                           float(wrong.mean()) if wrong.size else 0.5)
+                           float(on_varying.mean()) if on_varying.size else 0.5)

@@ -1,13 +1,12 @@
 import numpy as np
 
-from detector.chromaprint import ChromaIndex
+from detector.chromaprint import ChromaIndex, bits
 
 
 def _flip(prints: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
     """``prints`` with each of their bits flipped with probability ``rate``."""
-    bits = np.unpackbits(prints.view(np.uint8).reshape(-1, 4), axis=1)
-    bits ^= (rng.random(bits.shape) < rate).astype(np.uint8)
-    return np.packbits(bits, axis=1).reshape(-1).view(np.uint32)
+    flipped = bits(prints) ^ (rng.random((len(prints), 32)) < rate).astype(np.uint8)
+    return np.packbits(flipped, axis=1).reshape(-1).view(np.uint32)
 
 
 def test_a_changing_passage_copied_with_bit_errors_is_overwhelming_evidence():
