@@ -24,6 +24,12 @@ INLIER_S = 0.6
 REFERENCE_SHARE = np.minimum(1.0, TEMPO_GRID)
 TEMPO_TOLERANCE = 0.03    # a measured tempo this close to 1.0 is no tempo change
 CREDIBLE_P = 0.01         # an embedding match this unlikely by chance may correct a tempo-1.0 mapping
+# a query window's background: its BACKGROUND_RANK-th nearest reference window, where the
+# verbatim repeats of a looping track count BACKGROUND_PER_LOOP times at most (``window_background``)
+BACKGROUND_RANK = 8
+BACKGROUND_PER_LOOP = 2
+LOOP_DENSITY = 0.35
+REPEAT_WITHIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -32,8 +38,8 @@ class Hits:
 
     ``query_t``/``ref_t``: window start times in seconds; ``track``: catalog track key;
     ``weight``: how far the hit's cosine similarity stands above the query window's background
-    (the similarity of its k-th nearest neighbour), so that windows similar to everything, and
-    windows buried under new material, count by how much the right reference stands out.
+    (``window_background``), so that windows similar to everything, and windows buried under
+    new material, count by how much the right reference stands out.
     """
 
     query_t: np.ndarray
@@ -172,6 +178,56 @@ class Matcher:
         if 0.5 <= t <= 2.0:
             return float(t), float(o)
         return tempo, offset
+
+
+def window_background(sims: np.ndarray, tracks: np.ndarray, windows: np.ndarray, rank: int = BACKGROUND_RANK,
+                      per_loop: int = BACKGROUND_PER_LOOP, loop_density: float = LOOP_DENSITY,
+                      repeat_within: float = REPEAT_WITHIN) -> np.ndarray:
+    """Background similarity of each query window: that of its ``rank``-th nearest reference
+    window, where the windows of a track that loops count ``per_loop`` times at most.
+
+    ``sims``, ``tracks``, ``windows``: (query windows, k) neighbours, nearest first, with their
+    track and window number; track −1 where the index had fewer than k vectors.
+
+    Music loops: a window of a looping track has its passage again and again among its nearest
+    neighbours, and a background taken among those repeats would erase the very match it should
+    measure. A sustained texture (a held chord, a drone) also fills the nearest neighbours with
+    one track, and there the background must stay high: such windows match anywhere in the
+    texture, at any tempo. The two differ in how the track's neighbours lie: a loop's repeats are
+    a few places far apart that answer the query about equally well, a texture's windows a dense
+    run. A track's repeats are its neighbours within ``repeat_within`` of its nearest one's
+    similarity, and they are taken for a loop when they are fewer than ``loop_density`` of the
+    windows between the first and the last of them; every other neighbour counts.
+    Where the neighbours hold fewer than ``rank`` countable windows, the background is the last
+    neighbour's similarity (the countable one would be no nearer), and 0 for a window without
+    neighbours.
+    """
+    n, k = sims.shape
+    if k == 0:
+        return np.zeros(n, np.float32)
+    valid = tracks >= 0
+    rows, cols = np.arange(n), np.arange(k)
+    # each track's neighbours side by side, nearest first (a stable sort keeps the similarity order)
+    order = np.argsort(tracks, axis=1, kind="stable")
+    t, w, s = (np.take_along_axis(a, order, 1) for a in (tracks, windows, sims))
+    first = np.ones((n, k), bool)
+    first[:, 1:] = t[:, 1:] != t[:, :-1]
+    start = np.maximum.accumulate(np.where(first, cols, 0), axis=1)
+    nearer = cols - start                                                      # nearer windows of its track
+    repeat = s >= s[rows[:, None], start] - repeat_within                      # as near as its track's nearest
+    group = (np.cumsum(first, 1) - 1 + k * rows[:, None]).ravel()             # (window, track) → one number
+    size = np.bincount(group, weights=repeat.ravel(), minlength=n * k)
+    lo = np.full(n * k, np.iinfo(np.int64).max)
+    hi = np.full(n * k, -1)
+    np.minimum.at(lo, group, np.where(repeat, w, lo[0]).ravel())
+    np.maximum.at(hi, group, np.where(repeat, w, -1).ravel())
+    looping = repeat & (size < loop_density * (hi - lo + 1))[group].reshape(n, k)
+    counted = np.empty((n, k), bool)
+    np.put_along_axis(counted, order, ~looping | (nearer < per_loop), 1)
+    counted &= valid
+    at = counted & (np.cumsum(counted, 1) == rank)
+    lowest = np.where(valid.any(1), sims[rows, np.maximum(valid.sum(1) - 1, 0)], 0.0)
+    return np.where(at.any(1), sims[rows, at.argmax(1)], lowest).astype(np.float32)
 
 
 def _best_per_window(q: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

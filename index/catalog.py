@@ -21,7 +21,7 @@ import numpy as np
 from detector import chromaprint, landmarks
 from detector.audio import Clip, DecodeLimits, find_audio
 from detector.errors import ClearanceError
-from detector.matcher import Calibration, Hits, Match, Matcher, from_chromaprint, merge
+from detector.matcher import Calibration, Hits, Match, Matcher, from_chromaprint, merge, window_background
 from detector.model import Embedder
 from detector.policy import Rights
 from index.pipeline import Failure, Fingerprinter, Outcome, Skipped, new_job_folder, run_local, run_ray
@@ -31,7 +31,8 @@ from index.vectors import (AUTO, IndexMismatch, VectorIndex, auto_factory, measu
                            needs_training, new_index, split_ids, vector_ids)
 
 QUERY_HOP_S = 0.25
-NEIGHBOURS = 8
+NEIGHBOURS = 8              # hits per query window
+BACKGROUND_SEARCH = 64      # neighbours searched for each query window's background
 TRANSPOSE_ST = 6.0
 
 
@@ -173,9 +174,11 @@ class Catalog:
     def _hits(self, clip: Clip, transpose: float) -> Hits:
         emb = self.embedder.embed(clip, hop_s=QUERY_HOP_S, transpose=transpose)
         voiced = np.flatnonzero(emb.voiced)
-        sims, ids = self.vectors.search(emb.vectors[voiced], NEIGHBOURS)
+        sims, ids = self.vectors.search(emb.vectors[voiced], BACKGROUND_SEARCH)
+        tracks, windows = split_ids(ids)
+        background = window_background(sims, np.where(ids >= 0, tracks, -1), windows)[:, None]
+        sims, ids = sims[:, :NEIGHBOURS], ids[:, :NEIGHBOURS]
         valid = ids >= 0
-        background = np.where(ids[:, -1:] >= 0, sims[:, -1:], 0.0) if ids.size else sims
         track, window = split_ids(ids[valid])
         return Hits(query_t=np.repeat(emb.starts[voiced], valid.sum(1)), track=track,
                     ref_t=window * self.vectors.info.hop_s, weight=(sims - background)[valid])

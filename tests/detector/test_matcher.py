@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from detector.matcher import Calibration, Hits, Match, Matcher, fisher, merge
+from detector.matcher import Calibration, Hits, Match, Matcher, fisher, merge, window_background
 
 CAL = Calibration(model="test", tail_start=5.0, tail_p=0.1, tail_scale=2.0)
 
@@ -110,3 +110,29 @@ def test_layers_that_agree_combine_their_false_match_probabilities():
     merged = merge([emb, peaks, other])
     assert merged[0].method == "embedding+landmark" and merged[0].p_false == pytest.approx(fisher([0.01, 0.01]))
     assert merged[1] == other
+
+
+def test_background_looks_past_the_repeats_of_a_looping_track():
+    # a window of a track that plays its passage six times, 40 s apart (near-equal similarities),
+    # then one window of each of ten other tracks
+    sims = np.array([[0.9, 0.895, 0.89, 0.89, 0.885, 0.885] + [0.5 - 0.01 * i for i in range(10)]], np.float32)
+    tracks = np.array([[7] * 6 + list(range(10, 20))])
+    windows = np.array([[12, 172, 332, 492, 652, 812] + [50] * 10])
+    # the loop counts twice: the 8th countable neighbour is the 6th other track
+    assert window_background(sims, tracks, windows) == pytest.approx(0.45)
+    # a sustained texture: the same six windows of track 7 side by side count in full
+    texture = np.array([[12, 14, 13, 15, 11, 17] + [50] * 10])
+    assert window_background(sims, tracks, texture) == pytest.approx(0.49)
+    # far apart but not alike: windows of one track that resemble the query to different degrees
+    # are no verbatim repeats, and count in full
+    graded = np.array([[0.9, 0.8, 0.7, 0.6, 0.55, 0.52] + [0.5 - 0.01 * i for i in range(10)]], np.float32)
+    assert window_background(graded, tracks, windows) == pytest.approx(0.49)
+
+
+def test_background_without_enough_neighbours():
+    sims = np.array([[0.9, 0.8, 0.7, 0.0], [0.6, 0.0, 0.0, 0.0]], np.float32)
+    tracks = np.array([[1, 2, 3, -1], [2, -1, -1, -1]])
+    windows = np.array([[5, 9, 3, -1], [4, -1, -1, -1]])
+    # fewer countable windows than the rank: the last neighbour found, which the missing one would not exceed
+    assert window_background(sims, tracks, windows, rank=8).tolist() == pytest.approx([0.7, 0.6])
+    assert window_background(np.zeros((2, 0), np.float32), np.zeros((2, 0), int), np.zeros((2, 0), int)).tolist() == [0.0, 0.0]

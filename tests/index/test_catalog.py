@@ -168,3 +168,26 @@ def test_copy_under_louder_new_music_is_found_by_the_landmark_layer(engine, musi
     assert "landmark" in top.method.split("+")
     assert abs(top.ref_start - top.query_start - 40.0) < 0.2 and top.duration > 15.0
     assert top.p_false < 1e-3
+
+
+def test_a_copy_of_a_looping_track_is_found_by_the_embedding(music, excerpts, tmp_path):
+    # game music loops: a catalog track that plays one 6 s passage eight times has that passage
+    # again and again among each query window's nearest neighbours
+    import torch
+    import torchaudio.functional as AF
+
+    from detector.audio import Clip, decode, encode
+
+    sr = 8000
+    passage = decode(music["drascula-track11"].path, sr).excerpt(40.0, 46.0).samples
+    loop = np.tile(passage, 8)
+    (tmp_path / "loop.ogg").write_bytes(encode(Clip(loop, sr, "loop"), "ogg"))
+    catalog = catalog_of(tmp_path / "home")
+    catalog.index_paths([tmp_path / "loop.ogg", *sorted(excerpts.iterdir())[:8]], Rights.protected)
+    # pitched up 2 semitones, so that only the embedding finds it
+    copy = AF.pitch_shift(torch.from_numpy(loop[int(13.3 * sr): int(23.3 * sr)])[None], sr, 2)[0].numpy()
+    top = catalog.find_matches(Clip(copy, sr, "copy"))[0]
+    assert catalog.store.infos([top.track])[top.track].external_id == "loop"
+    assert top.method == "embedding" and top.duration > 9.0 and abs(top.tempo_ratio - 1.0) < 0.03
+    assert (top.ref_start - 13.3) % 6.0 < 0.3 or (top.ref_start - 13.3) % 6.0 > 5.7     # at a repeat of the passage
+    assert top.p_false < 1e-6
