@@ -184,7 +184,7 @@ def window_background(sims: np.ndarray, tracks: np.ndarray, windows: np.ndarray,
                       per_loop: int = BACKGROUND_PER_LOOP, loop_density: float = LOOP_DENSITY,
                       repeat_within: float = REPEAT_WITHIN) -> np.ndarray:
     """Background similarity of each query window: that of its ``rank``-th nearest reference
-    window, where the windows of a track that loops count ``per_loop`` times at most.
+    window, where the verbatim repeats of a looping track count ``per_loop`` times at most.
 
     ``sims``, ``tracks``, ``windows``: (query windows, k) neighbours, nearest first, with their
     track and window number; track −1 where the index had fewer than k vectors.
@@ -217,9 +217,10 @@ def window_background(sims: np.ndarray, tracks: np.ndarray, windows: np.ndarray,
     repeat = s >= s[rows[:, None], start] - repeat_within                      # as near as its track's nearest
     group = (np.cumsum(first, 1) - 1 + k * rows[:, None]).ravel()             # (window, track) → one number
     size = np.bincount(group, weights=repeat.ravel(), minlength=n * k)
-    lo = np.full(n * k, np.iinfo(np.int64).max)
+    far = np.iinfo(np.int64).max
+    lo = np.full(n * k, far)
     hi = np.full(n * k, -1)
-    np.minimum.at(lo, group, np.where(repeat, w, lo[0]).ravel())
+    np.minimum.at(lo, group, np.where(repeat, w, far).ravel())
     np.maximum.at(hi, group, np.where(repeat, w, -1).ravel())
     looping = repeat & (size < loop_density * (hi - lo + 1))[group].reshape(n, k)
     counted = np.empty((n, k), bool)

@@ -136,3 +136,4 @@ def test_background_without_enough_neighbours():
     # fewer countable windows than the rank: the last neighbour found, which the missing one would not exceed
     assert window_background(sims, tracks, windows, rank=8).tolist() == pytest.approx([0.7, 0.6])
     assert window_background(np.zeros((2, 0), np.float32), np.zeros((2, 0), int), np.zeros((2, 0), int)).tolist() == [0.0, 0.0]
+    assert window_background(np.zeros((0, 64), np.float32), np.zeros((0, 64), int), np.zeros((0, 64), int)).shape == (0,)
