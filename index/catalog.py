@@ -176,12 +176,12 @@ class Catalog:
         voiced = np.flatnonzero(emb.voiced)
         sims, ids = self.vectors.search(emb.vectors[voiced], BACKGROUND_SEARCH)
         tracks, windows = split_ids(ids)
-        background = window_background(sims, np.where(ids >= 0, tracks, -1), windows)[:, None]
-        sims, ids = sims[:, :NEIGHBOURS], ids[:, :NEIGHBOURS]
-        valid = ids >= 0
-        track, window = split_ids(ids[valid])
-        return Hits(query_t=np.repeat(emb.starts[voiced], valid.sum(1)), track=track,
-                    ref_t=window * self.vectors.info.hop_s, weight=(sims - background)[valid])
+        tracks[ids < 0] = -1
+        background = window_background(sims, tracks, windows)[:, None]
+        valid = ids[:, :NEIGHBOURS] >= 0
+        return Hits(query_t=np.repeat(emb.starts[voiced], valid.sum(1)), track=tracks[:, :NEIGHBOURS][valid],
+                    ref_t=windows[:, :NEIGHBOURS][valid] * self.vectors.info.hop_s,
+                    weight=(sims[:, :NEIGHBOURS] - background)[valid])
 
     # --- writing ------------------------------------------------------------------------
     @contextmanager
@@ -270,7 +270,7 @@ class Catalog:
 
     def _outcomes(self, files: list[Path], workers: int, engine: str, ray_address: str | None,
                   is_known: Callable[[str], bool] | None = None) -> Iterator[Outcome]:
-        fingerprinter = Fingerprinter(self.embedder, self.embedder.ref_hop_s, self.limits)
+        fingerprinter = Fingerprinter(self.embedder, self.limits)
         is_known = is_known or (lambda sha: self.store.find_by_hash(sha) is not None)
         if engine == "ray":
             return run_ray(files, fingerprinter, workers or 1, is_known, new_job_folder(self.home / "incoming"),

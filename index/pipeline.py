@@ -113,17 +113,17 @@ def identify(path: str | Path) -> Source | Failure:
 class Fingerprinter:
     """Stage 2, decode → embed → Chromaprint → landmarks, with the model it holds (loaded once per worker).
 
-    ``hop_s``: seconds between reference windows; ``limits``: decoding caps per file."""
+    Reference windows are ``embedder.ref_hop_s`` apart; ``limits``: decoding caps per file."""
 
-    def __init__(self, embedder: Embedder, hop_s: float, limits: DecodeLimits):
-        self.embedder, self.hop_s, self.limits = embedder, hop_s, limits
+    def __init__(self, embedder: Embedder, limits: DecodeLimits):
+        self.embedder, self.limits = embedder, limits
 
     def __call__(self, source: Source) -> Fingerprint | Failure:
         try:
             t0 = time.thread_time()
             clip = decode(source.path, self.embedder.fe.sample_rate, limits=self.limits)
             t1 = time.thread_time()
-            emb = self.embedder.embed(clip, hop_s=self.hop_s)
+            emb = self.embedder.embed(clip, hop_s=self.embedder.ref_hop_s)
             windows = np.flatnonzero(emb.voiced).astype(np.int64)
             t2 = time.thread_time()
             prints = chromaprint.fingerprint(clip)
