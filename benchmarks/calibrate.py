@@ -67,14 +67,14 @@ def null_evidence(catalog, queries, related_ids) -> tuple[np.ndarray, np.ndarray
     from detector.audio import Clip
 
     ids = {t.id: t.external_id for t in catalog.store.list_tracks()}
-    peaks = landmarks.LandmarkIndex(catalog.store.landmarks(), UNCALIBRATED)
+    lm_index = landmarks.LandmarkIndex(catalog.store.landmarks(), UNCALIBRATED)
     emb, lm = [], []
     for name, x, track in queries:
         clip = Clip(x, C.SR, name)
         unrelated = [m for m in catalog.embedding_matches(clip, max_p_false=1.0)
                      if ids.get(m.track) not in related_ids(track)]
         emb.append(max((m.evidence for m in unrelated), default=0.0))
-        unrelated = [m for m in peaks.search(landmarks.peaks(clip)) if ids.get(m.track) not in related_ids(track)]
+        unrelated = [m for m in lm_index.search(clip) if ids.get(m.track) not in related_ids(track)]
         lm.append(max((m.votes for m in unrelated), default=0.0))
     return np.array(emb), np.array(lm, float)
 

@@ -47,7 +47,7 @@ def evidence(catalog, x: np.ndarray, name: str):
     chroma = [(ids.get(m.track), -math.log10(max(m.p_false, 1e-300)), from_chromaprint(m))
               for m in catalog.chroma.search(chromaprint.fingerprint(clip))]
     lm = [(ids.get(m.track), float(m.votes), landmarks.to_match(m))
-          for m in catalog.landmark_index.search(landmarks.peaks(clip))]
+          for m in catalog.landmark_index.search(clip)]
     merged = [(ids.get(m.track), -math.log10(max(m.p_false, 1e-300)), m)
               for m in merge([f[2] for f in emb + chroma + lm])]
     return emb, chroma, lm, merged

@@ -21,16 +21,31 @@ import torch
 from detector.audio import Clip
 from detector.matcher import Calibration, Match
 
-VERSION = "landmarks-v1"          # the settings below; recorded in the landmark calibration
+VERSION = "landmarks-v2"          # the settings below; recorded in the landmark calibration
 SAMPLE_RATE = 8000
 N_FFT, HOP = 512, 128             # 64 ms frames every 16 ms
 FRAME_S = HOP / SAMPLE_RATE
 BINS = (3, 200)                   # 47 Hz … 3.1 kHz
-NEIGHBOURHOOD = (15, 21)          # a peak is the maximum of ±7 bins × ±10 frames (±0.16 s)
-PEAKS_PER_S = 30                  # the strongest peaks of every second are kept
 DYNAMIC_RANGE = 7.0               # natural-log units (~60 dB) below the clip's loudest bin
-FAN_OUT = 10                      # pairs per anchor peak
 MAX_DT, MAX_DF = 63, 31           # frames (~1 s) and bins (~480 Hz) to a paired peak
+
+
+@dataclass(frozen=True)
+class Picking:
+    """How peaks are picked and paired."""
+
+    neighbourhood: tuple[int, int]  # a peak is the maximum of this many bins × frames around it
+    per_second: int                 # the strongest peaks of every second are kept
+    fan_out: int                    # pairs per anchor peak
+
+
+# Catalog tracks are indexed sparsely: ±7 bins × ±10 frames (±0.16 s), 10 pairs per peak.
+CATALOG = Picking((15, 21), 30, 10)
+# Outputs are searched densely. Under new material a recording's peak is often not the maximum
+# of its wide neighbourhood any more, and the new material's peaks between its own push a catalog
+# pair out of an anchor's first 10. A query's peaks include the sparse settings' (all but a few
+# tenths of a percent, where a second holds more than 90) and each anchor pairs twice as far.
+QUERY = Picking((9, 11), 90, 20)
 OFFSET_BIN = 4                    # frames: alignments this close vote together
 COMMON = 1000                     # hashes found this often in the catalog carry no evidence
 MIN_VOTES = 6
@@ -39,7 +54,7 @@ GAP_S = 3.0                       # a stretch of aligned pairs ends at a gap thi
 CALIBRATION = "landmarks.calibration.json"
 
 
-def peaks(clip: Clip) -> np.ndarray:
+def peaks(clip: Clip, picking: Picking = CATALOG) -> np.ndarray:
     """(n,) uint32 spectral peaks of ``clip`` sorted by time, each ``frame << 8 | bin``."""
     if clip.sample_rate != SAMPLE_RATE:
         raise ValueError(f"landmarks need {SAMPLE_RATE} Hz audio, got {clip.sample_rate}")
@@ -50,15 +65,15 @@ def peaks(clip: Clip) -> np.ndarray:
     logm = torch.log(mag[BINS[0]:BINS[1]] + 1e-9)
     loud = logm > logm.max() - DYNAMIC_RANGE
     rel = logm - logm.mean(dim=1, keepdim=True)          # every band on its own footing
-    top = _window_max(_window_max(rel, NEIGHBOURHOOD[0], 0), NEIGHBOURHOOD[1], 1)
+    top = _window_max(_window_max(rel, picking.neighbourhood[0], 0), picking.neighbourhood[1], 1)
     f, t = torch.nonzero((rel == top) & loud & (rel > 0.5), as_tuple=True)
     f, t, v = f.numpy(), t.numpy(), rel[f, t].numpy()
-    # the strongest PEAKS_PER_S of every second, so quiet passages keep their share
+    # the strongest of every second, so quiet passages keep their share
     second = t // round(1 / FRAME_S)
     order = np.lexsort((-v, second))
     f, t, second = f[order], t[order], second[order]
     first = np.searchsorted(second, second, "left")
-    keep = np.arange(len(second)) - first < PEAKS_PER_S
+    keep = np.arange(len(second)) - first < picking.per_second
     f, t = f[keep], t[keep]
     order = np.argsort(t, kind="stable")
     return ((t[order].astype(np.uint32) << 8) | f[order].astype(np.uint32)).astype(np.uint32)
@@ -77,7 +92,7 @@ def _window_max(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     return torch.maximum(m.narrow(dim, 0, n), m.narrow(dim, k - span, n))
 
 
-def hashes(prints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def hashes(prints: np.ndarray, fan_out: int = CATALOG.fan_out) -> tuple[np.ndarray, np.ndarray]:
     """(hashes, anchor frames) of the peak pairs of ``prints`` (from ``peaks``), int64 each."""
     t = (prints >> 8).astype(np.int64)
     f = (prints & 0xFF).astype(np.int64)
@@ -85,10 +100,10 @@ def hashes(prints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if n < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     i = np.arange(n)[:, None]
-    j = np.minimum(i + np.arange(1, 3 * FAN_OUT + 1)[None, :], n - 1)
+    j = np.minimum(i + np.arange(1, 3 * fan_out + 1)[None, :], n - 1)
     dt, df = t[j] - t[i], f[j] - f[i]
     ok = (j > i) & (dt >= 1) & (dt <= MAX_DT) & (np.abs(df) <= MAX_DF)
-    ok &= np.cumsum(ok, axis=1) <= FAN_OUT
+    ok &= np.cumsum(ok, axis=1) <= fan_out
     h = (f[i] << 12) | ((df + MAX_DF + 1) << 6) | dt
     return h[ok], np.broadcast_to(t[:, None], ok.shape)[ok]
 
@@ -138,9 +153,9 @@ class LandmarkIndex:
     def __len__(self) -> int:
         return len(self.hashes)
 
-    def search(self, query: np.ndarray, max_matches: int = 5) -> list[LandmarkMatch]:
-        """Stretches of catalog tracks aligned with the peaks ``query`` (from ``peaks``), best first."""
-        h, qt = hashes(query)
+    def search(self, clip: Clip, max_matches: int = 5) -> list[LandmarkMatch]:
+        """Stretches of catalog tracks aligned with ``clip``'s peaks (picked densely), best first."""
+        h, qt = hashes(peaks(clip, QUERY), QUERY.fan_out)
         if len(h) == 0 or len(self.hashes) == 0:
             return []
         lo = np.searchsorted(self.hashes, h, "left")

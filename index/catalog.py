@@ -158,7 +158,7 @@ class Catalog:
         """Matches of ``clip`` from the three layers, merged, strongest first."""
         found = self.embedding_matches(clip)
         found += [from_chromaprint(m) for m in self.chroma.search(chromaprint.fingerprint(clip))]
-        found += [landmarks.to_match(m) for m in self.landmark_index.search(landmarks.peaks(clip))]
+        found += [landmarks.to_match(m) for m in self.landmark_index.search(clip)]
         return merge(found)
 
     def embedding_matches(self, clip: Clip, max_p_false: float = 0.5) -> list[Match]:
