@@ -28,6 +28,7 @@ FRAME_S = HOP / SAMPLE_RATE
 BINS = (3, 200)                   # 47 Hz … 3.1 kHz
 DYNAMIC_RANGE = 7.0               # natural-log units (~60 dB) below the clip's loudest bin
 MAX_DT, MAX_DF = 63, 31           # frames (~1 s) and bins (~480 Hz) to a paired peak
+HASHES = 1 << 20                  # distinct pair hashes
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def hashes(prints: np.ndarray, fan_out: int = CATALOG.fan_out) -> tuple[np.ndarr
     dt, df = t[j] - t[i], f[j] - f[i]
     ok = (j > i) & (dt >= 1) & (dt <= MAX_DT) & (np.abs(df) <= MAX_DF)
     ok &= np.cumsum(ok, axis=1) <= fan_out
-    h = (f[i] << 12) | ((df + MAX_DF + 1) << 6) | dt
+    h = (f[i] << 12) | ((df + MAX_DF + 1) << 6) | dt       # < HASHES: 197 bins, 63 differences, 63 frames
     return h[ok], np.broadcast_to(t[:, None], ok.shape)[ok]
 
 
@@ -149,6 +150,8 @@ class LandmarkIndex:
         self.hashes = h[order].astype(np.int32)
         self.tracks = np.concatenate(tracks)[order].astype(np.int32) if tracks else np.zeros(0, np.int32)
         self.times = np.concatenate(times)[order].astype(np.int32) if times else np.zeros(0, np.int32)
+        # where each hash's pairs start (8 MB): a lookup is two reads, not a binary search
+        self.starts = np.searchsorted(self.hashes, np.arange(HASHES + 1))
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -158,8 +161,8 @@ class LandmarkIndex:
         h, qt = hashes(peaks(clip, QUERY), QUERY.fan_out)
         if len(h) == 0 or len(self.hashes) == 0:
             return []
-        lo = np.searchsorted(self.hashes, h, "left")
-        counts = np.searchsorted(self.hashes, h, "right") - lo
+        lo = self.starts[h]
+        counts = self.starts[h + 1] - lo
         counts[counts > COMMON] = 0
         total = int(counts.sum())
         if total == 0:
@@ -168,12 +171,13 @@ class LandmarkIndex:
         qt = np.repeat(qt, counts)
         track, offset = self.tracks[idx].astype(np.int64), self.times[idx] - qt
         cell = offset // OFFSET_BIN
-        keys, votes = np.unique(np.stack([track, cell], 1), axis=0, return_counts=True)
+        first = int(cell.min())
+        keys, votes = np.unique(track << 32 | (cell - first), return_counts=True)
         found: list[LandmarkMatch] = []
         for k in np.argsort(-votes):
             if votes[k] < MIN_VOTES or len(found) >= max_matches:
                 break
-            tr, c = int(keys[k, 0]), int(keys[k, 1])
+            tr, c = int(keys[k] >> 32), int(keys[k] & 0xFFFFFFFF) + first
             if any(m.track == tr and abs(m.offset / FRAME_S / OFFSET_BIN - c) < 3 for m in found):
                 continue
             near = (track == tr) & (np.abs(cell - c) <= 1)
