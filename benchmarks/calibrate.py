@@ -67,15 +67,15 @@ def null_evidence(catalog, queries, related_ids) -> tuple[np.ndarray, np.ndarray
     from detector.audio import Clip
 
     ids = {t.id: t.external_id for t in catalog.store.list_tracks()}
-    lm_index = landmarks.LandmarkIndex(catalog.store.landmarks(), UNCALIBRATED)
     emb, lm = [], []
     for name, x, track in queries:
         clip = Clip(x, C.SR, name)
-        unrelated = [m for m in catalog.embedding_matches(clip, max_p_false=1.0)
-                     if ids.get(m.track) not in related_ids(track)]
+        matches = catalog.embedding_matches(clip, max_p_false=1.0)
+        unrelated = [m for m in matches if ids.get(m.track) not in related_ids(track)]
         emb.append(max((m.evidence for m in unrelated), default=0.0))
-        unrelated = [m for m in lm_index.search(clip) if ids.get(m.track) not in related_ids(track)]
-        lm.append(max((m.votes for m in unrelated), default=0.0))
+        # landmark votes do not depend on the calibration the catalog's landmark index holds
+        unrelated = [m for m in catalog.landmark_matches(clip, matches) if ids.get(m.track) not in related_ids(track)]
+        lm.append(max((m.evidence for m in unrelated), default=0.0))
     return np.array(emb), np.array(lm, float)
 
 

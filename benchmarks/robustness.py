@@ -28,7 +28,7 @@ import torchaudio.functional as AF
 
 from benchmarks import corpus as C
 from benchmarks.calibrate import WEIGHTS, negative_queries
-from detector import chromaprint, landmarks
+from detector import chromaprint
 from detector.audio import Clip, decode
 from detector.matcher import from_chromaprint, merge
 from index.catalog import QUERY_HOP_S
@@ -46,8 +46,7 @@ def evidence(catalog, x: np.ndarray, name: str):
     emb = embedding_evidence(catalog, clip)
     chroma = [(ids.get(m.track), -math.log10(max(m.p_false, 1e-300)), from_chromaprint(m))
               for m in catalog.chroma.search(chromaprint.fingerprint(clip))]
-    lm = [(ids.get(m.track), float(m.votes), landmarks.to_match(m))
-          for m in catalog.landmark_index.search(clip)]
+    lm = [(ids.get(m.track), m.evidence, m) for m in catalog.landmark_matches(clip, [f[2] for f in emb])]
     merged = [(ids.get(m.track), -math.log10(max(m.p_false, 1e-300)), m)
               for m in merge([f[2] for f in emb + chroma + lm])]
     return emb, chroma, lm, merged

@@ -3,12 +3,15 @@
 A recording mixed under new vocals or instruments keeps many of its own spectral peaks wherever
 it is locally the loudest thing in the spectrum. Pairs of nearby peaks, hashed as (frequency,
 frequency difference, time difference), come back at one constant time offset when the output
-plays the recording at its original pitch and tempo (Wang 2003, the method behind Shazam).
+plays the recording at its original pitch and tempo (Wang 2003, the method behind Shazam), and
+also at another tempo once the output's peak times are scaled by it (a tempo change moves the
+peaks, not their frequencies; the catalog asks at the tempo an embedding match measured).
 Candidates are voted by offset; the votes at the best offset are the evidence, calibrated on
 music that is not in the catalog like the embedding's (``benchmarks/calibrate.py``).
 
 The three layers divide the work: Chromaprint confirms near-exact copies, the embedding finds
-pitch-shifted, tempo-changed and degraded ones, and landmarks find copies under new material.
+pitch-shifted, tempo-changed and degraded ones, and landmarks find copies under new material
+and confirm tempo-changed ones.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import torch
 from detector.audio import Clip
 from detector.matcher import Calibration, Match
 
-VERSION = "landmarks-v2"          # the settings below; recorded in the landmark calibration
+VERSION = "landmarks-v3"          # the settings below and the search; recorded in the landmark calibration
 SAMPLE_RATE = 8000
 N_FFT, HOP = 512, 128             # 64 ms frames every 16 ms
 FRAME_S = HOP / SAMPLE_RATE
@@ -111,7 +114,8 @@ def hashes(prints: np.ndarray, fan_out: int = CATALOG.fan_out) -> tuple[np.ndarr
 
 @dataclass(frozen=True)
 class LandmarkMatch:
-    """A stretch of the output aligned with a catalog track at tempo 1.0 (seconds)."""
+    """A stretch of the output aligned with a catalog track (seconds): reference time =
+    ``offset`` + ``tempo`` × output time."""
 
     track: int
     query_start: float
@@ -119,13 +123,15 @@ class LandmarkMatch:
     offset: float                 # reference time at output time 0
     votes: int
     p_false: float
+    tempo: float = 1.0            # the tempo the output was searched at (``LandmarkIndex.search``)
 
 
 def to_match(m: LandmarkMatch) -> Match:
-    """A landmark stretch as a ``Match`` (landmarks only align copies at tempo 1.0)."""
+    """A landmark stretch as a ``Match``."""
     return Match(track=m.track, query_start=m.query_start, query_end=m.query_end,
-                 ref_start=m.offset + m.query_start, ref_end=m.offset + m.query_end, tempo_ratio=1.0,
-                 evidence=float(m.votes), p_false=m.p_false, method="landmark", windows=m.votes)
+                 ref_start=m.offset + m.tempo * m.query_start, ref_end=m.offset + m.tempo * m.query_end,
+                 tempo_ratio=m.tempo, evidence=float(m.votes), p_false=m.p_false, method="landmark",
+                 windows=m.votes)
 
 
 def default_calibration() -> Calibration:
@@ -156,9 +162,19 @@ class LandmarkIndex:
     def __len__(self) -> int:
         return len(self.hashes)
 
-    def search(self, clip: Clip, max_matches: int = 5) -> list[LandmarkMatch]:
-        """Stretches of catalog tracks aligned with ``clip``'s peaks (picked densely), best first."""
-        h, qt = hashes(peaks(clip, QUERY), QUERY.fan_out)
+    def search(self, query: np.ndarray, max_matches: int = 5, tempo: float = 1.0,
+               track: int | None = None) -> list[LandmarkMatch]:
+        """Stretches of catalog tracks aligned with the output's peaks ``query`` (``peaks(clip,
+        QUERY)``), best first.
+
+        ``tempo`` (reference seconds per output second) searches for a copy played that much
+        faster: it keeps the frequencies of its peaks but not their spacing, so the output's peak
+        times are scaled to the reference's first. ``track`` searches that catalog track alone.
+        """
+        p = query
+        if tempo != 1.0:
+            p = np.sort(np.round((p >> 8) * tempo).astype(np.uint32) << 8 | (p & 0xFF))
+        h, qt = hashes(p, QUERY.fan_out)
         if len(h) == 0 or len(self.hashes) == 0:
             return []
         lo = self.starts[h]
@@ -169,10 +185,15 @@ class LandmarkIndex:
             return []
         idx = np.repeat(lo, counts) + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
         qt = np.repeat(qt, counts)
-        track, offset = self.tracks[idx].astype(np.int64), self.times[idx] - qt
+        if track is not None:
+            mine = self.tracks[idx] == track
+            idx, qt = idx[mine], qt[mine]
+            if len(idx) == 0:
+                return []
+        which, offset = self.tracks[idx].astype(np.int64), self.times[idx] - qt
         cell = offset // OFFSET_BIN
         first = int(cell.min())
-        keys, votes = np.unique(track << 32 | (cell - first), return_counts=True)
+        keys, votes = np.unique(which << 32 | (cell - first), return_counts=True)
         found: list[LandmarkMatch] = []
         for k in np.argsort(-votes):
             if votes[k] < MIN_VOTES or len(found) >= max_matches:
@@ -180,16 +201,16 @@ class LandmarkIndex:
             tr, c = int(keys[k] >> 32), int(keys[k] & 0xFFFFFFFF) + first
             if any(m.track == tr and abs(m.offset / FRAME_S / OFFSET_BIN - c) < 3 for m in found):
                 continue
-            near = (track == tr) & (np.abs(cell - c) <= 1)
-            m = self._stretch(tr, qt[near], offset[near])
+            near = (which == tr) & (np.abs(cell - c) <= 1)
+            m = self._stretch(tr, qt[near], offset[near], tempo)
             if m is not None:
                 found.append(m)
         found.sort(key=lambda m: (m.p_false, -m.votes))
         return found
 
-    def _stretch(self, track: int, qt: np.ndarray, offset: np.ndarray) -> LandmarkMatch | None:
+    def _stretch(self, track: int, qt: np.ndarray, offset: np.ndarray, tempo: float) -> LandmarkMatch | None:
         """The densest run of aligned pairs (chance agreements elsewhere in the output do not
-        stretch the match over material that is not a copy)."""
+        stretch the match over material that is not a copy); ``qt`` on the reference's time scale."""
         order = np.argsort(qt)
         qt, offset = qt[order], offset[order]
         breaks = np.flatnonzero(np.diff(qt) * FRAME_S > GAP_S) + 1
@@ -202,6 +223,6 @@ class LandmarkIndex:
         votes = int(np.minimum(per_second, PER_SECOND_VOTES).sum())
         if votes < MIN_VOTES:
             return None
-        return LandmarkMatch(track, float(q[0] * FRAME_S), float(q[-1] * FRAME_S + MAX_DT * FRAME_S / 2),
+        return LandmarkMatch(track, float(q[0] * FRAME_S / tempo), float((q[-1] + MAX_DT / 2) * FRAME_S / tempo),
                              float(np.median(offset[run]) * FRAME_S), votes,
-                             self.calibration.p_false(float(votes)))
+                             self.calibration.p_false(float(votes)), tempo)

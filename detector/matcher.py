@@ -254,8 +254,8 @@ def merge(matches: list[Match]) -> list[Match]:
     false-match probabilities (``fisher``): two layers agreeing on one alignment by chance is
     rarer than either alone.
 
-    Chromaprint and landmarks only align at tempo 1.0: where they and an embedding match that
-    measured another tempo cover the same stretch of the same track, both found the copy, and the embedding's
+    Chromaprint (and landmarks searched at tempo 1.0) align at tempo 1.0 only: where they and an
+    embedding match that measured another tempo cover the same stretch of the same track, both found the copy, and the embedding's
     mapping is the one that holds (a tempo-1.0 alignment of a tempo-changed copy is partial at
     best), carried with the combined score: when the embedding match covers more of
     the output and is itself credible (``p_false`` ≤ ``CREDIBLE_P``), so that a chance alignment

@@ -21,7 +21,8 @@ import numpy as np
 from detector import chromaprint, landmarks
 from detector.audio import Clip, DecodeLimits, find_audio
 from detector.errors import ClearanceError
-from detector.matcher import Calibration, Hits, Match, Matcher, from_chromaprint, merge, window_background
+from detector.matcher import (TEMPO_TOLERANCE, Calibration, Hits, Match, Matcher, from_chromaprint, merge,
+                              window_background)
 from detector.model import Embedder
 from detector.policy import Rights
 from index.pipeline import Failure, Fingerprinter, Outcome, Skipped, new_job_folder, run_local, run_ray
@@ -34,6 +35,7 @@ QUERY_HOP_S = 0.25
 NEIGHBOURS = 8              # hits per query window
 BACKGROUND_SEARCH = 64      # neighbours searched for each query window's background
 TRANSPOSE_ST = 6.0
+REPORTED_P = 0.5            # embedding matches less likely than this by chance are reported
 
 
 @dataclass
@@ -156,12 +158,25 @@ class Catalog:
 
     def find_matches(self, clip: Clip) -> list[Match]:
         """Matches of ``clip`` from the three layers, merged, strongest first."""
-        found = self.embedding_matches(clip)
+        embedding = self.embedding_matches(clip, max_p_false=1.0)
+        found = [m for m in embedding if m.p_false <= REPORTED_P]
         found += [from_chromaprint(m) for m in self.chroma.search(chromaprint.fingerprint(clip))]
-        found += [landmarks.to_match(m) for m in self.landmark_index.search(clip)]
+        found += self.landmark_matches(clip, embedding)
         return merge(found)
 
-    def embedding_matches(self, clip: Clip, max_p_false: float = 0.5) -> list[Match]:
+    def landmark_matches(self, clip: Clip, embedding: list[Match]) -> list[Match]:
+        """Landmark stretches of ``clip`` at tempo 1.0, and at the tempo each of the
+        ``embedding`` matches measured where that is not 1.0, on its track: landmarks find a copy
+        played faster or slower once they know how much (its peaks keep their frequencies), and
+        the embedding measures that even where its own evidence is weak."""
+        index, query = self.landmark_index, landmarks.peaks(clip, landmarks.QUERY)
+        found = index.search(query)
+        for m in embedding:
+            if abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE:
+                found += index.search(query, tempo=m.tempo_ratio, track=m.track)
+        return [landmarks.to_match(m) for m in found]
+
+    def embedding_matches(self, clip: Clip, max_p_false: float = REPORTED_P) -> list[Match]:
         """Matches of ``clip`` found by the embedding layer alone.
 
         The query is also searched transposed by ±``TRANSPOSE_ST`` semitones, so copies shifted

@@ -49,7 +49,7 @@ def test_copy_under_other_music_is_found_at_its_offset(tracks, index, snr_db):
     copy = a.excerpt(30.0, 50.0).samples
     other = b.excerpt(40.0, 60.0).samples
     query = np.concatenate([b.excerpt(20.0, 25.0).samples, mix(copy, other, snr_db)])   # 5 s of new material first
-    found = index.search(Clip(query, SR, "mix"))
+    found = index.search(landmarks.peaks(Clip(query, SR, "mix"), landmarks.QUERY))
     assert found[0].track == 1
     assert found[0].offset == pytest.approx(30.0 - 5.0, abs=0.1)
     assert found[0].query_start >= 4.0 and found[0].query_end <= 25.5
@@ -61,7 +61,7 @@ def test_a_copy_10_db_under_other_music_is_found_by_dense_query_peaks(tracks, in
     # the catalog's sparse peaks and pairs, used for the query too, give this mix 13 votes
     copy = tracks["xmoto-foxrun"].excerpt(20.0, 40.0).samples
     other = tracks["asc-frontiers"].excerpt(100.0, 120.0).samples
-    found = index.search(Clip(mix(copy, other, -10.0), SR, "mix"))
+    found = index.search(landmarks.peaks(Clip(mix(copy, other, -10.0), SR, "mix"), landmarks.QUERY))
     assert found[0].track == 2 and found[0].p_false < 1e-3
     assert found[0].offset == pytest.approx(20.0, abs=0.1)
     dense = landmarks.peaks(tracks["xmoto-foxrun"], landmarks.QUERY)
@@ -70,12 +70,12 @@ def test_a_copy_10_db_under_other_music_is_found_by_dense_query_peaks(tracks, in
 
 def test_unrelated_music_is_not_a_landmark_copy(music, index):
     other = decode(music["drascula-track29"].path, SR).excerpt(10.0, 30.0)
-    assert all(m.p_false > 0.01 for m in index.search(other))
+    assert all(m.p_false > 0.01 for m in index.search(landmarks.peaks(other, landmarks.QUERY)))
 
 
 def test_a_match_maps_output_time_to_reference_time(index, tracks):
     copy = tracks["drascula-track4"].excerpt(12.0, 27.0)
-    m = landmarks.to_match(index.search(copy)[0])
+    m = landmarks.to_match(index.search(landmarks.peaks(copy, landmarks.QUERY))[0])
     assert m.method == "landmark" and m.tempo_ratio == 1.0
     assert m.ref_start - m.query_start == pytest.approx(12.0, abs=0.1)
     assert m.duration > 10.0

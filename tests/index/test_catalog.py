@@ -170,6 +170,31 @@ def test_copy_under_louder_new_music_is_found_by_the_landmark_layer(engine, musi
     assert top.p_false < 1e-3
 
 
+def test_a_copy_played_faster_is_confirmed_by_landmarks_at_the_tempo_the_embedding_measured(engine, music):
+    import torch
+    import torchaudio
+
+    from detector import landmarks
+    from detector.audio import Clip, decode
+
+    sr = engine.embedder.fe.sample_rate
+    original = torch.from_numpy(decode(music["drascula-track11"].path, sr).excerpt(40.0, 65.0).samples)
+    window = torch.hann_window(1024)
+    spec = torch.stft(original, 1024, 256, window=window, return_complex=True)
+    stretch = torchaudio.transforms.TimeStretch(hop_length=256, n_freq=513, fixed_rate=1.25)
+    copy = Clip(torch.istft(stretch(spec), 1024, 256, window=window).numpy()[: 16 * sr], sr, "faster")  # 20 s in 16
+    catalog = engine.catalog
+    # searched at tempo 1.0, the landmark layer finds no more than a few seconds of it
+    assert all(m.p_false > 0.01 for m in catalog.landmark_index.search(landmarks.peaks(copy, landmarks.QUERY)))
+    hypotheses = catalog.embedding_matches(copy, max_p_false=1.0)
+    best = min(catalog.landmark_matches(copy, hypotheses), key=lambda m: m.p_false)
+    assert catalog.store.infos([best.track])[best.track].external_id == "drascula-track11"
+    assert abs(best.tempo_ratio - 1.25) < 0.03 and best.duration > 12.0 and best.p_false < 1e-3
+    assert abs(best.ref_start - (40.0 + best.tempo_ratio * best.query_start)) < 0.3
+    top = catalog.find_matches(copy)[0]
+    assert top.track == best.track and "landmark" in top.method.split("+") and top.p_false < 1e-6
+
+
 def test_a_copy_of_a_looping_track_is_found_by_the_embedding(music, excerpts, tmp_path):
     # game music loops: a catalog track that plays one 6 s passage eight times has that passage
     # again and again among each query window's nearest neighbours
