@@ -8,8 +8,8 @@ clean and transformed) of held-out ``unseen`` tracks (same games, same composers
 negatives) and of training-package tracks. The strongest evidence each negative produces
 against any unrelated catalog track is a sample of the null distribution; an exponential tail
 fitted to its top decile gives ``p_false(evidence)``. The embedding's is written beside the
-model weights, the landmark layer's (which no model changes) to
-``detector/weights/landmarks.calibration.json``.
+model weights, the landmark layer's (searched as the check searches it: at tempo 1.0, and at the
+tempo each embedding match measured) to ``detector/weights/landmarks.calibration.json``.
 """
 from __future__ import annotations
 
