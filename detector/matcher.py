@@ -17,8 +17,6 @@ import numpy as np
 from detector.chromaprint import ITEM_S, ChromaMatch
 
 TEMPO_GRID = np.exp(np.linspace(math.log(0.5), math.log(2.0), 121))   # ~1.2 % apart
-OFFSET_BIN_S = 0.5
-INLIER_S = 0.6
 # an alignment slower than the original plays each reference window against several query
 # windows: its evidence is worth the reference time it covers, not the output time
 REFERENCE_SHARE = np.minimum(1.0, TEMPO_GRID)
@@ -105,10 +103,19 @@ class Calibration:
 
 
 class Matcher:
-    """Aligns hits into matches."""
+    """Aligns hits into matches.
 
-    def __init__(self, calibration: Calibration, window_s: float = 1.0, max_matches: int = 8, min_windows: int = 3):
+    ``ref_hop_s``: seconds between the reference windows. It sets how finely the vote bins
+    offsets and how far a hit may lie from its alignment line and still count: one reference
+    hop, the most a query window can fall from the nearest reference window plus the error of
+    the measured tempo. A wider band lets the chance hits of neighbouring reference windows add
+    to every alignment, true or not.
+    """
+
+    def __init__(self, calibration: Calibration, ref_hop_s: float, window_s: float = 1.0, max_matches: int = 8,
+                 min_windows: int = 3):
         self.cal = calibration
+        self.inlier_s = self.offset_bin_s = ref_hop_s
         self.window_s = window_s
         self.max_matches = max_matches
         self.min_windows = min_windows
@@ -141,7 +148,7 @@ class Matcher:
             return None, None
         offsets = r[None, :] - TEMPO_GRID[:, None] * q[None, :]               # (tempi, hits)
         lo = offsets.min()
-        bins = np.floor((offsets - lo) / OFFSET_BIN_S).astype(np.int64)
+        bins = np.floor((offsets - lo) / self.offset_bin_s).astype(np.int64)
         nb = int(bins.max()) + 3
         keys = (np.arange(len(TEMPO_GRID))[:, None] * nb + bins + 1).ravel()
         votes = np.bincount(keys, weights=np.broadcast_to(w, offsets.shape).ravel(),
@@ -150,11 +157,11 @@ class Matcher:
         votes *= REFERENCE_SHARE[:, None]
         ti, bi = np.unravel_index(np.argmax(votes), votes.shape)
         tempo = TEMPO_GRID[ti]
-        offset = lo + (bi + 0.5) * OFFSET_BIN_S
+        offset = lo + (bi + 0.5) * self.offset_bin_s
         for _ in range(2):
-            inl = np.abs(r - (offset + tempo * q)) <= INLIER_S
+            inl = np.abs(r - (offset + tempo * q)) <= self.inlier_s
             tempo, offset = self._refine(q[inl], r[inl], w[inl], tempo, offset)
-        inl = np.abs(r - (offset + tempo * q)) <= INLIER_S
+        inl = np.abs(r - (offset + tempo * q)) <= self.inlier_s
         # one vote per query window: its best inlier
         qs, best = _best_per_window(q[inl], w[inl])
         if len(qs) < self.min_windows:

@@ -123,7 +123,7 @@ class Catalog:
         self.factory = factory
         self.nprobe = nprobe
         self.shards = ShardStore(self.home / "vectors")
-        self.matcher = Matcher(calibration, window_s=embedder.fe.window_s)
+        self.matcher = Matcher(calibration, embedder.ref_hop_s, window_s=embedder.fe.window_s)
         self._vectors: VectorIndex | None = None
         self._chroma: chromaprint.ChromaIndex | None = None
         self._landmarks: landmarks.LandmarkIndex | None = None

@@ -26,7 +26,7 @@ def hits_for(track, q, ref_offset, tempo, rng, weight=0.3, noise_hits=6, n_track
 def test_recovers_offset_and_tempo(tempo):
     rng = np.random.default_rng(1)
     q = np.arange(0, 20, 0.25)
-    found = Matcher(CAL).match(hits_for(7, q, 61.0, tempo, rng), 0.25)
+    found = Matcher(CAL, ref_hop_s=0.25).match(hits_for(7, q, 61.0, tempo, rng), 0.25)
     top = found[0]
     assert top.track == 7
     assert abs(top.tempo_ratio - tempo) / tempo < 0.03
@@ -44,7 +44,7 @@ def test_slowed_alignment_counts_the_reference_time_it_covers():
     for tempo in (1.0, 0.5):
         ref = np.floor((40.0 + tempo * q) / 0.5) * 0.5
         hits = Hits(q, np.full(len(q), 7), ref, np.full(len(q), 0.3))
-        (matches[tempo],) = Matcher(CAL).match(hits, 0.25, max_p_false=1.0)
+        (matches[tempo],) = Matcher(CAL, ref_hop_s=0.5).match(hits, 0.25, max_p_false=1.0)
     assert matches[0.5].tempo_ratio == pytest.approx(0.5, rel=0.03)
     assert matches[1.0].windows == matches[0.5].windows == len(q)
     assert matches[0.5].evidence == pytest.approx(matches[1.0].evidence * 0.5, rel=0.05)
@@ -55,7 +55,7 @@ def test_collage_of_two_tracks_gives_two_matches():
     a = hits_for(1, np.arange(0, 12, 0.25), 30.0, 1.0, rng)
     b = hits_for(2, np.arange(12, 25, 0.25), 100.0, 1.0, rng)
     both = Hits(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in ("query_t", "track", "ref_t", "weight")))
-    found = {m.track: m for m in Matcher(CAL).match(both, 0.25)}
+    found = {m.track: m for m in Matcher(CAL, ref_hop_s=0.25).match(both, 0.25)}
     assert set(found) == {1, 2}
     assert found[1].query_end <= 13.5 and found[2].query_start >= 11.5
     assert abs(found[2].ref_start - (100.0 + found[2].query_start)) < 0.5
@@ -65,7 +65,7 @@ def test_scattered_hits_are_no_confident_match():
     rng = np.random.default_rng(3)
     n = 400
     hits = Hits(rng.uniform(0, 30, n), rng.integers(0, 20, n), rng.uniform(0, 300, n), rng.uniform(0.0, 0.2, n))
-    found = Matcher(CAL).match(hits, 0.25)
+    found = Matcher(CAL, ref_hop_s=0.25).match(hits, 0.25)
     assert all(m.p_false > 0.1 and m.windows <= 6 for m in found)
 
 
@@ -137,3 +137,21 @@ def test_background_without_enough_neighbours():
     assert window_background(sims, tracks, windows, rank=8).tolist() == pytest.approx([0.7, 0.6])
     assert window_background(np.zeros((2, 0), np.float32), np.zeros((2, 0), int), np.zeros((2, 0), int)).tolist() == [0.0, 0.0]
     assert window_background(np.zeros((0, 64), np.float32), np.zeros((0, 64), int), np.zeros((0, 64), int)).shape == (0,)
+
+
+def test_a_texture_that_answers_every_window_somewhere_weighs_far_less_than_a_copy():
+    # a sustained texture: each output window's 8 hits land anywhere in 10 s of one track. Only
+    # hits within a reference hop of an alignment line count, so chance lines through such a
+    # cloud collect less than half of what a copy's line does (a band of 0.6 s collected ~2/3)
+    q = np.arange(0, 10, 0.25)
+    matcher = Matcher(CAL, ref_hop_s=0.25)
+    copy = matcher.match(Hits(q, np.full(len(q), 3), 70.0 + q, np.full(len(q), 0.3)), 0.25, max_p_false=1.0)[0]
+    texture = []
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        ref = np.round(rng.uniform(50, 60, 8 * len(q)) / 0.25) * 0.25
+        found = matcher.match(Hits(np.repeat(q, 8), np.full(len(ref), 3), ref, np.full(len(ref), 0.3)), 0.25,
+                              max_p_false=1.0)
+        texture.append(max((m.evidence for m in found), default=0.0))
+    assert copy.windows == len(q)
+    assert np.mean(texture) < 0.5 * copy.evidence
