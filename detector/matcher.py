@@ -115,7 +115,7 @@ class Matcher:
     def __init__(self, calibration: Calibration, ref_hop_s: float, window_s: float = 1.0, max_matches: int = 8,
                  min_windows: int = 3):
         self.cal = calibration
-        self.inlier_s = self.offset_bin_s = ref_hop_s
+        self.ref_hop_s = ref_hop_s
         self.window_s = window_s
         self.max_matches = max_matches
         self.min_windows = min_windows
@@ -148,7 +148,7 @@ class Matcher:
             return None, None
         offsets = r[None, :] - TEMPO_GRID[:, None] * q[None, :]               # (tempi, hits)
         lo = offsets.min()
-        bins = np.floor((offsets - lo) / self.offset_bin_s).astype(np.int64)
+        bins = np.floor((offsets - lo) / self.ref_hop_s).astype(np.int64)
         nb = int(bins.max()) + 3
         keys = (np.arange(len(TEMPO_GRID))[:, None] * nb + bins + 1).ravel()
         votes = np.bincount(keys, weights=np.broadcast_to(w, offsets.shape).ravel(),
@@ -157,11 +157,11 @@ class Matcher:
         votes *= REFERENCE_SHARE[:, None]
         ti, bi = np.unravel_index(np.argmax(votes), votes.shape)
         tempo = TEMPO_GRID[ti]
-        offset = lo + (bi + 0.5) * self.offset_bin_s
+        offset = lo + (bi + 0.5) * self.ref_hop_s
         for _ in range(2):
-            inl = np.abs(r - (offset + tempo * q)) <= self.inlier_s
+            inl = np.abs(r - (offset + tempo * q)) <= self.ref_hop_s
             tempo, offset = self._refine(q[inl], r[inl], w[inl], tempo, offset)
-        inl = np.abs(r - (offset + tempo * q)) <= self.inlier_s
+        inl = np.abs(r - (offset + tempo * q)) <= self.ref_hop_s
         # one vote per query window: its best inlier
         qs, best = _best_per_window(q[inl], w[inl])
         if len(qs) < self.min_windows:
