@@ -6,13 +6,15 @@ projection to 10⁸.
 
 Synthetic vectors follow the statistics of real embeddings of the corpus (mean, covariance and
 the correlation of consecutive windows, fitted on 40 tracks of the ``full`` corpus with the
-shipped model), grouped in tracks of 480 windows (4 min at the 0.5 s reference hop). Queries
+shipped model at its reference hop), grouped in tracks of 4 min (960 windows at clearance-fp-v6's
+0.25 s). Queries
 are windows of random catalog tracks with noise added down to cosine 0.85 with their source
 (``index.vectors.COPY_COSINE``; real MP3-32k + 10 dB noise copies keep about 0.96, so this is
 the harder case).
 
 For each index it prints: build time (training and adding), its size in memory (= its file),
-bytes per vector (ids included), MB of index per hour of audio (7,200 windows), search latency per query window and per 30 s
+bytes per vector (ids included), MB of index per hour of audio (14,400 windows at the 0.25 s hop), search
+latency per query window and per 30 s
 output (117 windows at the 0.25 s query hop, k = 8, one FAISS thread, measured as the CPU
 time of the searching thread: the latency on an idle core), and recall
 against exact search: ``recall@1`` (same top id), ``track@1`` (top hit on the same track as the
@@ -35,42 +37,60 @@ import numpy as np
 from index.vectors import COPY_COSINE, auto_factory, index_ids, min_training_vectors, new_index
 
 OUT = Path(__file__).resolve().parent / "out"
-TRACK_WINDOWS = 480
-CHUNK = 100 * TRACK_WINDOWS          # vectors generated per seed
-WINDOWS_PER_HOUR = 7200
+TRACK_S = 240.0                      # a synthetic track's length
+TRACKS_PER_CHUNK = 100               # tracks generated per seed
 QUERY_WINDOWS = 117                  # 30 s output at the 0.25 s query hop
 K = 8
 
 
 @dataclass(frozen=True)
 class Stats:
-    """Fitted statistics of real embeddings: ``mean`` (dim,), ``chol`` (dim, dim) Cholesky factor
-    of the covariance, ``rho`` lag-1 correlation in whitened space, ``copy_cos`` mean cosine of a
-    copied window to its reference window."""
+    """Fitted statistics of real embeddings of model ``version`` at its reference hop ``hop_s``:
+    ``mean`` (dim,), ``chol`` (dim, dim) Cholesky factor of the covariance, ``rho`` lag-1
+    correlation in whitened space, ``copy_cos`` mean cosine of a copied window to its reference
+    window."""
 
+    version: str
+    hop_s: float
     mean: np.ndarray
     chol: np.ndarray
     rho: float
     copy_cos: float
 
+    @property
+    def track_windows(self) -> int:
+        return round(TRACK_S / self.hop_s)
+
+    @property
+    def chunk(self) -> int:
+        """Vectors generated per seed."""
+        return TRACKS_PER_CHUNK * self.track_windows
+
+    @property
+    def windows_per_hour(self) -> float:
+        return 3600 / self.hop_s
+
 
 def real_stats(n_tracks: int = 40) -> Stats:
-    """Fit (once; cached in benchmarks/out/) the statistics of real embeddings."""
-    cache = OUT / "embedding-stats.npz"
-    if cache.exists():
-        z = np.load(cache)
-        return Stats(z["mean"], z["chol"], float(z["rho"]), float(z["copy_cos"]))
-    from benchmarks import corpus as C
-    from detector.audio import Clip
+    """Fit (once per model; cached in benchmarks/out/) the statistics of the shipped model's
+    real embeddings at its reference hop."""
     from detector.model import Embedder
 
     emb = Embedder.load()
+    hop = emb.ref_hop_s
+    cache = OUT / f"embedding-stats-{emb.version}.npz"
+    if cache.exists():
+        z = np.load(cache)
+        return Stats(emb.version, hop, z["mean"], z["chol"], float(z["rho"]), float(z["copy_cos"]))
+    from benchmarks import corpus as C
+    from detector.audio import Clip
+
     tracks = C.manifest(C.music_folder("full"))[::7][:n_tracks]
     rng = np.random.default_rng(0)
     vecs, lag_a, lag_b, copy = [], [], [], []
     for t in tracks:
         clip = C.load(t)
-        e = emb.embed(clip, hop_s=0.5)
+        e = emb.embed(clip, hop_s=hop)
         v = e.vectors[e.voiced]
         vecs.append(v)
         pairs = e.voiced[:-1] & e.voiced[1:]
@@ -79,8 +99,8 @@ def real_stats(n_tracks: int = 40) -> Stats:
         s = C.loud_start(clip, 10.0, rng)
         if s is not None:
             x = C.noise(C.codec(clip.excerpt(s, s + 10).samples, "mp3", 32), 10, rng)
-            q = emb.embed(Clip(x[: 10 * C.SR], C.SR, "copy"), hop_s=0.5).vectors
-            r = emb.embed(clip.excerpt(s, s + 10), hop_s=0.5).vectors
+            q = emb.embed(Clip(x[: 10 * C.SR], C.SR, "copy"), hop_s=hop).vectors
+            r = emb.embed(clip.excerpt(s, s + 10), hop_s=hop).vectors
             n = min(len(q), len(r))
             copy.append(np.sum(q[:n] * r[:n], 1))
     v = np.concatenate(vecs)
@@ -90,26 +110,28 @@ def real_stats(n_tracks: int = 40) -> Stats:
     white = lambda x: np.linalg.solve(chol, (x - mean).T).T          # noqa: E731
     a, b = white(np.concatenate(lag_a)), white(np.concatenate(lag_b))
     rho = float(np.mean(np.sum(a * b, 1)) / np.mean(np.sum(a * a, 1)))
-    stats = Stats(mean.astype(np.float32), chol.astype(np.float32), rho, float(np.mean(np.concatenate(copy))))
+    stats = Stats(emb.version, hop, mean.astype(np.float32), chol.astype(np.float32), rho,
+                  float(np.mean(np.concatenate(copy))))
     OUT.mkdir(exist_ok=True)
     np.savez(cache, mean=stats.mean, chol=stats.chol, rho=stats.rho, copy_cos=stats.copy_cos)
     return stats
 
 
 def chunk(stats: Stats, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) of chunk ``seed``: 100 synthetic tracks of ``TRACK_WINDOWS`` windows, ids
-    laid out as the catalog does (track << 22 | window), vectors (CHUNK, dim) float32 unit."""
+    """(ids, vectors) of chunk ``seed``: ``TRACKS_PER_CHUNK`` synthetic tracks of
+    ``stats.track_windows`` windows, ids laid out as the catalog does (track << 22 | window),
+    vectors (``stats.chunk``, dim) float32 unit."""
     rng = np.random.default_rng(seed)
-    dim = len(stats.mean)
-    z = np.empty((100, TRACK_WINDOWS, dim), np.float32)
-    z[:, 0] = rng.standard_normal((100, dim))
+    dim, n, w = len(stats.mean), TRACKS_PER_CHUNK, stats.track_windows
+    z = np.empty((n, w, dim), np.float32)
+    z[:, 0] = rng.standard_normal((n, dim))
     innov = math.sqrt(1 - stats.rho ** 2)
-    for i in range(1, TRACK_WINDOWS):
-        z[:, i] = stats.rho * z[:, i - 1] + innov * rng.standard_normal((100, dim))
+    for i in range(1, w):
+        z[:, i] = stats.rho * z[:, i - 1] + innov * rng.standard_normal((n, dim))
     x = z.reshape(-1, dim) @ stats.chol.T + stats.mean
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    tracks = seed * 100 + np.repeat(np.arange(100), TRACK_WINDOWS)
-    ids = (tracks.astype(np.int64) << 22) + np.tile(np.arange(TRACK_WINDOWS), 100)
+    tracks = seed * n + np.repeat(np.arange(n), w)
+    ids = (tracks.astype(np.int64) << 22) + np.tile(np.arange(w), n)
     return ids, x.astype(np.float32)
 
 
@@ -136,7 +158,7 @@ def queries(stats: Stats, n_chunks: int, n: int, cos: float) -> tuple[np.ndarray
 def exact_top(stats: Stats, n_chunks: int, q: np.ndarray) -> np.ndarray:
     """(n,) ids of the exact top-1 inner-product neighbours, streamed over the chunks
     (cached per size in benchmarks/out/)."""
-    cache = OUT / f"exact-top1-{n_chunks}-{len(q)}-{COPY_COSINE}.npy"
+    cache = OUT / f"exact-top1-{stats.version}-{n_chunks}-{len(q)}-{COPY_COSINE}.npy"
     if cache.exists():
         return np.load(cache)
     best_s = np.full(len(q), -np.inf, np.float32)
@@ -159,7 +181,7 @@ def build(stats: Stats, factory: str, n_chunks: int) -> tuple[faiss.Index, float
         # as a rebuild does: a uniform sample of 4× the vectors the factory needs
         want = 4 * min_training_vectors(factory)
         rng = np.random.default_rng(1)
-        train = np.concatenate([x[rng.random(len(x)) < want / (n_chunks * CHUNK)]
+        train = np.concatenate([x[rng.random(len(x)) < want / (n_chunks * stats.chunk)]
                                 for x in (chunk(stats, s)[1] for s in range(n_chunks))])
         t0 = time.perf_counter()
         index.train(train)
@@ -213,7 +235,8 @@ def main(argv=None) -> None:
     ap.add_argument("--nprobe", type=int, default=32)
     args = ap.parse_args(argv)
     stats = real_stats()
-    print(f"synthetic vectors: {len(stats.mean)}-d, lag-1 correlation {stats.rho:.3f} (fitted on real embeddings); "
+    print(f"synthetic vectors: {len(stats.mean)}-d, one per {stats.hop_s:g} s ({stats.version}'s reference hop), "
+          f"lag-1 correlation {stats.rho:.3f} (fitted on real embeddings); "
           f"queries at cosine {COPY_COSINE} to their source (real MP3-32k + 10 dB noise copies: {stats.copy_cos:.3f}); "
           f"search on one thread, k={K}, nprobe={args.nprobe}")
     head = (f"{'vectors':>9} {'factory':<30} {'build s':>8} {'RAM GB':>6} {'B/vec':>6} {'MB/h':>6} "
@@ -222,8 +245,8 @@ def main(argv=None) -> None:
     print("-" * len(head))
     rows = []
     for size in args.sizes:
-        n_chunks = max(1, round(size / CHUNK))
-        n = n_chunks * CHUNK
+        n_chunks = max(1, round(size / stats.chunk))
+        n = n_chunks * stats.chunk
         src, q = queries(stats, n_chunks, args.queries, COPY_COSINE)
         exact = exact_top(stats, n_chunks, q)
         for spec in args.factories:
@@ -236,7 +259,7 @@ def main(argv=None) -> None:
             nbytes = faiss.serialize_index(index).size
             r = measure(index, src, q, exact, args.nprobe)
             row = {"vectors": n, "factory": factory, "label": spec, "build_s": build_s, "bytes_per_vector": nbytes / n,
-                   "mb_per_hour": nbytes / n * WINDOWS_PER_HOUR / 1e6, "index_gb": nbytes / 1e9, **r}
+                   "mb_per_hour": nbytes / n * stats.windows_per_hour / 1e6, "index_gb": nbytes / 1e9, **r}
             rows.append(row)
             print(_line(row, f"{n:>9.0e}"), flush=True)
             del index
