@@ -151,10 +151,11 @@ class LandmarkIndex:
             tracks.append(np.full(len(h), track, np.int64))
             times.append(t)
         h = np.concatenate(hs) if hs else np.zeros(0, np.int64)
-        order = np.argsort(h, kind="stable")
+        tr = np.concatenate(tracks) if tracks else np.zeros(0, np.int64)
+        order = np.lexsort((tr, h))      # by hash, and each hash's pairs by track (``_of_track``)
         # 12 bytes per hash: hashes have 20 bits, frames 24
         self.hashes = h[order].astype(np.int32)
-        self.tracks = np.concatenate(tracks)[order].astype(np.int32) if tracks else np.zeros(0, np.int32)
+        self.tracks = tr[order].astype(np.int32)
         self.times = np.concatenate(times)[order].astype(np.int32) if times else np.zeros(0, np.int32)
         # where each hash's pairs start (8 MB): a lookup is two reads, not a binary search
         self.starts = np.searchsorted(self.hashes, np.arange(HASHES + 1))
@@ -180,16 +181,14 @@ class LandmarkIndex:
         lo = self.starts[h]
         counts = self.starts[h + 1] - lo
         counts[counts > COMMON] = 0
+        if track is not None:
+            lo, hi = self._of_track(lo, lo + counts, track)
+            counts = hi - lo
         total = int(counts.sum())
         if total == 0:
             return []
         idx = np.repeat(lo, counts) + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
         qt = np.repeat(qt, counts)
-        if track is not None:
-            mine = self.tracks[idx] == track
-            idx, qt = idx[mine], qt[mine]
-            if len(idx) == 0:
-                return []
         which, offset = self.tracks[idx].astype(np.int64), self.times[idx] - qt
         cell = offset // OFFSET_BIN
         first = int(cell.min())
@@ -207,6 +206,24 @@ class LandmarkIndex:
                 found.append(m)
         found.sort(key=lambda m: (m.p_false, -m.votes))
         return found
+
+    def _of_track(self, lo: np.ndarray, hi: np.ndarray, track: int) -> tuple[np.ndarray, np.ndarray]:
+        """The pairs of ``track`` within each range ``[lo, hi)`` of one hash's pairs, found by
+        bisection (a hash's pairs are sorted by track): a search of one track reads only its own
+        pairs, however large the catalog."""
+        first, last = lo.copy(), lo.copy()
+        some = np.flatnonzero(hi > lo)
+        a = np.concatenate([lo[some], lo[some]])            # lower bounds, then upper bounds
+        b = np.concatenate([hi[some], hi[some]])
+        upper = np.arange(2 * some.size) >= some.size
+        while (open_ := np.flatnonzero(a < b)).size:
+            mid = (a[open_] + b[open_]) // 2
+            t = self.tracks[mid]
+            after = np.where(upper[open_], t <= track, t < track)
+            a[open_[after]] = mid[after] + 1
+            b[open_[~after]] = mid[~after]
+        first[some], last[some] = a[:some.size], a[some.size:]
+        return first, last
 
     def _stretch(self, track: int, qt: np.ndarray, offset: np.ndarray, tempo: float) -> LandmarkMatch | None:
         """The densest run of aligned pairs (chance agreements elsewhere in the output do not

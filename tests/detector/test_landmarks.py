@@ -79,3 +79,21 @@ def test_a_match_maps_output_time_to_reference_time(index, tracks):
     assert m.method == "landmark" and m.tempo_ratio == 1.0
     assert m.ref_start - m.query_start == pytest.approx(12.0, abs=0.1)
     assert m.duration > 10.0
+
+
+def test_a_search_of_one_track_finds_there_what_the_whole_catalog_search_finds(tracks, index):
+    copy = tracks["drascula-track6"].excerpt(30.0, 45.0)
+    query = landmarks.peaks(copy, landmarks.QUERY)
+    whole = index.search(query)
+    assert whole[0].track == 1
+    mine = index.search(query, track=1)
+    assert mine[0] == whole[0] and {m.track for m in mine} == {1}
+    chance = index.search(query, track=0)
+    assert all(m.track == 0 and m.votes < whole[0].votes / 4 for m in chance)
+    # each hash's pairs of one track, found by bisection, are the pairs a scan of the hash finds
+    h, _ = landmarks.hashes(query, landmarks.QUERY.fan_out)
+    lo, hi = index.starts[h], index.starts[h + 1]
+    for track in range(3):
+        first, last = index._of_track(lo, hi, track)
+        assert [index.tracks[a:b].tolist() for a, b in zip(first, last)] == \
+               [[track] * int(np.sum(index.tracks[a:b] == track)) for a, b in zip(lo, hi)]
