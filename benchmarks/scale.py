@@ -34,7 +34,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index.vectors import COPY_COSINE, auto_factory, index_ids, min_training_vectors, new_index
+from index.vectors import COPY_COSINE, auto_factory, index_ids, min_training_vectors, new_index, split_ids, vector_ids
 
 OUT = Path(__file__).resolve().parent / "out"
 TRACK_S = 240.0                      # a synthetic track's length
@@ -119,7 +119,7 @@ def real_stats(n_tracks: int = 40) -> Stats:
 
 def chunk(stats: Stats, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids, vectors) of chunk ``seed``: ``TRACKS_PER_CHUNK`` synthetic tracks of
-    ``stats.track_windows`` windows, ids laid out as the catalog does (track << 22 | window),
+    ``stats.track_windows`` windows, ids laid out as the catalog does (``vector_ids``),
     vectors (``stats.chunk``, dim) float32 unit."""
     rng = np.random.default_rng(seed)
     dim, n, w = len(stats.mean), TRACKS_PER_CHUNK, stats.track_windows
@@ -131,7 +131,7 @@ def chunk(stats: Stats, seed: int) -> tuple[np.ndarray, np.ndarray]:
     x = z.reshape(-1, dim) @ stats.chol.T + stats.mean
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     tracks = seed * n + np.repeat(np.arange(n), w)
-    ids = (tracks.astype(np.int64) << 22) + np.tile(np.arange(w), n)
+    ids = vector_ids(tracks, np.tile(np.arange(w), n))
     return ids, x.astype(np.float32)
 
 
@@ -214,8 +214,8 @@ def measure(index: faiss.Index, src: np.ndarray, q: np.ndarray, exact: np.ndarra
         "ms_per_window": 1000 * per_output / QUERY_WINDOWS,
         "ms_per_30s": 1000 * per_output,
         "recall@1": float(np.mean(ids[:, 0] == exact[:n])),
-        "track@1": float(np.mean((ids[:, 0] >> 22) == (exact[:n] >> 22))),
-        "src@8": float(np.mean(np.any((ids >> 22) == (src[:n, None] >> 22), 1))),
+        "track@1": float(np.mean(split_ids(ids[:, 0])[0] == split_ids(exact[:n])[0])),
+        "src@8": float(np.mean(np.any(split_ids(ids)[0] == split_ids(src[:n, None])[0], 1))),
     }
 
 
