@@ -24,7 +24,6 @@ import math
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 import torchaudio.functional as AF
@@ -35,7 +34,7 @@ from detector import chromaprint
 from detector.audio import Clip, decode
 from detector.matcher import from_chromaprint, merge
 from index.catalog import QUERY_HOP_S
-from index.vectors import split_ids
+from index.vectors import index_ids, split_ids
 
 REPEAT_CORR = 0.9   # waveform correlation of two passages of a track that are the same audio
 SEQUENCE_NEIGHBOURS = 10   # nearest reference windows per query window in the sequence search
@@ -197,9 +196,9 @@ def reference_vectors(catalog) -> dict[int, np.ndarray]:
     """Every catalog track's reference vectors, (windows, dim) by window number (silent
     windows, which are not indexed, as zeros), read back from the held-out catalog's index (exact
     at its size)."""
-    index = faiss.downcast_index(catalog.vectors.index)
-    keys, windows = split_ids(faiss.vector_to_array(index.id_map).astype(np.int64))
-    stored = index.index.reconstruct_n(0, index.ntotal)
+    ids = index_ids(catalog.vectors.index)
+    keys, windows = split_ids(ids)
+    stored = catalog.vectors.index.reconstruct_batch(ids)
     out = {}
     for key in np.unique(keys):
         mine = keys == key
