@@ -2,8 +2,8 @@
 
     python -m detector.train --music DIR [--init CHECKPOINT] [--steps N] [--seed S] [--out PATH]
 
-``scripts/train-model`` runs the five seeded rounds (a base model and four fine-tunings) that
-make the shipped model, detector/weights/clearance-fp-v6.pt.
+``scripts/train-model`` runs the six seeded rounds (a base model and five fine-tunings) that
+make the shipped model, detector/weights/clearance-fp-v7.pt.
 
 Positive pairs are a clean 1 s window of a ``split=train`` track and a transformed copy of the
 same moment: mixed under other music, noise, reverb, EQ and band limits on the waveform, then
@@ -101,11 +101,12 @@ class Augment:
 
     def __init__(self, fe: FrontEnd, sampler: Sampler, rng: np.random.Generator, mix_p: float, mix_snr: tuple,
                  bass_cut_p: float = 0.0, reverb_p: float = 0.4, noise_p: float = 0.5, noise_snr: tuple = (0.0, 25.0),
-                 device: str = "cpu"):
+                 pitch_st: float = 7.5, device: str = "cpu"):
         self.fe, self.sampler, self.rng, self.device = fe, sampler, rng, torch.device(device)
         self.spec = Spectrogram(fe).to(self.device)
         self.mix_p, self.mix_snr, self.bass_cut_p = mix_p, mix_snr, bass_cut_p
         self.reverb_p, self.noise_p, self.noise_snr = reverb_p, noise_p, noise_snr
+        self.pitch_st = pitch_st
 
     def tensor(self, a: np.ndarray) -> torch.Tensor:
         if a.dtype == np.float64:
@@ -170,7 +171,7 @@ class Augment:
         fps = fe.sample_rate / fe.hop_length
         nf = fe.frames_per_window
         tempo = np.where(rng.random(n) < 0.35, 1.0, np.exp(rng.uniform(math.log(0.68), math.log(1.45), n)))
-        pitch = np.where(rng.random(n) < 0.35, 0.0, rng.uniform(-7.5, 7.5, n))
+        pitch = np.where(rng.random(n) < 0.35, 0.0, rng.uniform(-self.pitch_st, self.pitch_st, n))
         jitter = rng.uniform(-0.3, 0.3, n)
         # the output window covers `tempo` seconds of the original around the centre
         span = tempo * fe.window_s
@@ -215,6 +216,7 @@ def main(argv=None) -> None:
     ap.add_argument("--reverb-p", type=float, default=0.4, help="share of positives with room reverb")
     ap.add_argument("--noise-p", type=float, default=0.5, help="share of positives with added noise")
     ap.add_argument("--noise-snr", type=float, nargs=2, default=(0.0, 25.0), help="SNR range of the noise, dB")
+    ap.add_argument("--pitch-st", type=float, default=7.5, help="largest pitch shift of the positives, semitones")
     ap.add_argument("--bass-cut-p", type=float, default=0.0, help="share of positives with their lowest 1-9 bands removed")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
@@ -233,7 +235,8 @@ def main(argv=None) -> None:
           f"({time.time() - t0:.0f} s)", flush=True)
     sampler = Sampler(tracks, fe.sample_rate, rng)
     aug = Augment(fe, sampler, rng, mix_p=args.mix_p, mix_snr=tuple(args.mix_snr), bass_cut_p=args.bass_cut_p,
-                  reverb_p=args.reverb_p, noise_p=args.noise_p, noise_snr=tuple(args.noise_snr), device=args.device)
+                  reverb_p=args.reverb_p, noise_p=args.noise_p, noise_snr=tuple(args.noise_snr), pitch_st=args.pitch_st,
+                  device=args.device)
     model = build(arch, fe)
     if init:
         model.load_state_dict(init["state_dict"])
@@ -281,7 +284,8 @@ def save(model: nn.Module, fe: FrontEnd, arch: dict, args, step: int) -> None:
                 "training": {"steps": step, "schedule_steps": args.steps, "seed": args.seed, "batch": args.batch, "tau": args.tau,
                              "lr": args.lr, "mix_p": args.mix_p, "mix_snr": list(args.mix_snr),
                              "bass_cut_p": args.bass_cut_p, "reverb_p": args.reverb_p, "noise_p": args.noise_p,
-                             "noise_snr": list(args.noise_snr), "init": str(args.init or "")}}, tmp)
+                             "noise_snr": list(args.noise_snr), "pitch_st": args.pitch_st,
+                             "init": str(args.init or "")}}, tmp)
     tmp.replace(args.out)
 
 

@@ -79,3 +79,19 @@ def test_fine_tuning_keeps_the_architecture(corpus, tmp_path):
     assert base["arch"]["freq_groups"] == tuned["arch"]["freq_groups"] == 2
     assert tuned["training"]["init"] == str(tmp_path / "base.pt")
     assert Embedder.load(tmp_path / "tuned.pt").encoder.freq_groups == 2
+
+
+@pytest.mark.parametrize("pitch_st", [0.0, 3.5])
+def test_positives_are_pitch_shifted_within_the_range(pitch_st):
+    """A tone's transformed copies keep their strongest band within ``pitch_st`` bands of the
+    tone's (one band per semitone); with a range, some do move."""
+    fe, sr = FrontEnd(), 8000
+    band = 30
+    tone = 0.3 * np.sin(2 * np.pi * fe.f_min * 2 ** (band / 12) * np.arange(10 * sr) / sr).astype(np.float32)
+    rng = np.random.default_rng(3)
+    sampler = train.Sampler([tone], sr, rng)
+    aug = train.Augment(fe, sampler, rng, mix_p=0.0, mix_snr=(0.0, 0.0), reverb_p=0.0, noise_p=0.0, pitch_st=pitch_st)
+    crops, _ = sampler.crops(64, 3.0)
+    peak = aug.positives(crops, 2.0).mean(2).argmax(1).numpy()
+    assert np.abs(peak - band).max() <= np.ceil(pitch_st)
+    assert (peak != band).any() == (pitch_st > 0)
