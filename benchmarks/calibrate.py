@@ -1,7 +1,7 @@
 """Fit the score calibrations of the embedding and landmark layers from music that is not in
 the catalog.
 
-    python -m benchmarks.calibrate [--model detector/weights/clearance-fp-v7.pt] [--negatives 600]
+    python -m benchmarks.calibrate [--model detector/weights/clearance-fp-v6.pt] [--negatives 600]
 
 Indexes the held-out ``catalog`` tracks of the full corpus, then checks excerpts (10–30 s,
 clean and transformed) of held-out ``unseen`` tracks (same games, same composers: the hard
