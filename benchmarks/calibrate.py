@@ -1,7 +1,7 @@
 """Fit the score calibrations of the embedding and landmark layers from music that is not in
 the catalog.
 
-    python -m benchmarks.calibrate [--model detector/weights/clearance-fp-v6.pt] [--negatives 600]
+    python -m benchmarks.calibrate [--model detector/weights/clearance-fp-v7.pt] [--negatives 600]
 
 Indexes the held-out ``catalog`` tracks of the full corpus, then checks excerpts (10–30 s,
 clean and transformed) of held-out ``unseen`` tracks (same games, same composers: the hard
@@ -9,7 +9,7 @@ negatives) and of training-package tracks. The strongest evidence each negative 
 against any unrelated catalog track is a sample of the null distribution; an exponential tail
 fitted to its top decile gives ``p_false(evidence)``. The embedding's is written beside the
 model weights, the landmark layer's (searched as the check searches it: at tempo 1.0, and at the
-tempo each embedding match measured) to ``detector/weights/landmarks.calibration.json``.
+tempo the strongest embedding matches measured) to ``detector/weights/landmarks.calibration.json``.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ projection to 10⁸.
 
 Synthetic vectors follow the statistics of real embeddings of the corpus (mean, covariance and
 the correlation of consecutive windows, fitted on 40 tracks of the ``full`` corpus with the
-shipped model at its reference hop), grouped in tracks of 4 min (960 windows at clearance-fp-v6's
+shipped model at its reference hop), grouped in tracks of 4 min (960 windows at the shipped model's
 0.25 s). Queries
 are windows of random catalog tracks with noise added down to cosine 0.85 with their source
 (``index.vectors.COPY_COSINE``; real MP3-32k + 10 dB noise copies keep about 0.96, so this is

@@ -22,7 +22,7 @@ from detector.errors import ModelError
 from detector.features import FrontEnd, Spectrogram, normalise, voiced, window_loudness, window_starts
 
 CHECKPOINT_FORMAT = 1
-DEFAULT_WEIGHTS = "clearance-fp-v6.pt"
+DEFAULT_WEIGHTS = "clearance-fp-v7.pt"
 REF_HOP_S = 0.25          # seconds between reference windows, of new checkpoints
 
 

@@ -2,8 +2,8 @@
 
     python -m detector.train --music DIR [--init CHECKPOINT] [--steps N] [--seed S] [--out PATH]
 
-``scripts/train-model`` runs the five seeded rounds (a base model and four fine-tunings) that
-make the shipped model, detector/weights/clearance-fp-v6.pt.
+``scripts/train-model`` runs the six seeded rounds (a base model and five fine-tunings) that
+make the shipped model, detector/weights/clearance-fp-v7.pt.
 
 Positive pairs are a clean 1 s window of a ``split=train`` track and a transformed copy of the
 same moment: mixed under other music, noise, reverb, EQ and band limits on the waveform, then

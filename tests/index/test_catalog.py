@@ -7,13 +7,14 @@ import multiprocessing
 import os
 import shutil
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from detector.policy import Rights
-from index.catalog import Catalog, RebuildError
+from index.catalog import TEMPO_LOOKS, Catalog, RebuildError
 from index.vectors import IndexMismatch
 from service.engine import Engine
 from service.settings import Settings
@@ -193,6 +194,12 @@ def test_a_copy_played_faster_is_confirmed_by_landmarks_at_the_tempo_the_embeddi
     assert abs(best.ref_start - (40.0 + best.tempo_ratio * best.query_start)) < 0.3
     top = catalog.find_matches(copy)[0]
     assert top.track == best.track and "landmark" in top.method.split("+") and top.p_false < 1e-6
+    # each tempo searched is another chance for unrelated music: only the strongest hypotheses are asked
+    true = min(hypotheses, key=lambda m: abs(m.tempo_ratio - 1.25) + (m.track != best.track))
+    stronger = [replace(true, track=other, tempo_ratio=0.8, evidence=true.evidence + 1.0)
+                for other in sorted({t.id for t in catalog.store.list_tracks()} - {best.track})[:TEMPO_LOOKS]]
+    assert not [m for m in catalog.landmark_matches(copy, [true, *stronger]) if m.track == best.track and m.tempo_ratio != 1.0]
+    assert [m for m in catalog.landmark_matches(copy, [true, *stronger[1:]]) if m.track == best.track and m.p_false < 1e-3]
 
 
 def test_a_copy_of_a_looping_track_is_found_by_the_embedding(music, excerpts, tmp_path):
