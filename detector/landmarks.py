@@ -5,7 +5,8 @@ it is locally the loudest thing in the spectrum. Pairs of nearby peaks, hashed a
 frequency difference, time difference), come back at one constant time offset when the output
 plays the recording at its original pitch and tempo (Wang 2003, the method behind Shazam), and
 also at another tempo once the output's peak times are scaled by it (a tempo change moves the
-peaks, not their frequencies; the catalog asks at the tempo an embedding match measured).
+peaks, not their frequencies; the catalog asks at the tempo its strongest embedding matches
+measured).
 Candidates are voted by offset; the votes at the best offset are the evidence, calibrated on
 music that is not in the catalog like the embedding's (``benchmarks/calibrate.py``).
 
