@@ -7,7 +7,9 @@ Indexes the held-out ``catalog`` tracks of the full corpus, then checks excerpts
 clean and transformed) of held-out ``unseen`` tracks (same games, same composers: the hard
 negatives) and of training-package tracks. The strongest evidence each negative produces
 against any unrelated catalog track is a sample of the null distribution; an exponential tail
-fitted to its top decile gives ``p_false(evidence)``. The embedding's is written beside the
+fitted to its top decile gives ``p_false(evidence)``, for outputs at least as long as the
+shortest negative (``shortest_s``; shorter ones have fewer chances: ``Calibration.length_factor``).
+The embedding's is written beside the
 model weights, the landmark layer's (searched as the check searches it: at tempo 1.0, and at the
 tempo the strongest embedding matches measured) to ``detector/weights/landmarks.calibration.json``.
 """
@@ -79,12 +81,13 @@ def null_evidence(catalog, queries, related_ids) -> tuple[np.ndarray, np.ndarray
     return np.array(emb), np.array(lm, float)
 
 
-def fit(evidence: np.ndarray, model: str, tail_fraction: float = 0.1) -> Calibration:
+def fit(evidence: np.ndarray, model: str, shortest_s: float, tail_fraction: float = 0.1) -> Calibration:
+    """The tail of the null over negatives the shortest of which lasts ``shortest_s`` seconds."""
     start = float(np.quantile(evidence, 1 - tail_fraction))
     excess = evidence[evidence > start] - start
     scale = float(excess.mean()) if len(excess) else 1.0
     return Calibration(model=model, tail_start=start, tail_p=tail_fraction, tail_scale=max(scale, 1e-3),
-                       negatives=len(evidence))
+                       negatives=len(evidence), shortest_s=round(shortest_s, 2))
 
 
 def report(name: str, ev: np.ndarray, cal: Calibration, out: Path) -> None:
@@ -123,11 +126,12 @@ def main(argv=None) -> None:
     queries = negative_queries(tracks, args.negatives, rng)
 
     emb, lm = null_evidence(catalog, queries, lambda t: C.related(t, tracks))
-    cal = fit(emb, engine.embedder.version)
+    shortest = min(len(x) for _, x, _ in queries) / C.SR
+    cal = fit(emb, engine.embedder.version, shortest)
     cal.save(out)
     report("embedding", emb, cal, out)
     out = C.REPO / "detector" / "weights" / landmarks.CALIBRATION
-    cal = fit(lm, landmarks.VERSION)
+    cal = fit(lm, landmarks.VERSION, shortest)
     cal.save(out)
     report("landmarks", lm, cal, out)
 

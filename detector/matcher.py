@@ -80,7 +80,9 @@ class Calibration:
     """Maps embedding evidence to a false-match probability: an exponential tail fitted to the
     evidence of music that is not in the catalog (``benchmarks/calibrate.py`` writes it).
 
-    ``p_false(e) = tail_p * exp(-(e - tail_start) / tail_scale)`` above ``tail_start``.
+    ``p_false(e) = tail_p * exp(-(e - tail_start) / tail_scale)`` above ``tail_start``, for an
+    output at least ``shortest_s`` long (the shortest of those negatives); ``length_factor``
+    scales it down for a shorter one.
     """
 
     model: str
@@ -88,6 +90,14 @@ class Calibration:
     tail_p: float
     tail_scale: float
     negatives: int = 0
+    shortest_s: float = 10.0
+
+    def length_factor(self, duration_s: float) -> float:
+        """What an output of ``duration_s`` seconds multiplies ``p_false`` by: chance matches come
+        from the alignments an output offers, and an output shorter than the shortest negative
+        offers proportionally fewer (a Bonferroni count; outputs cut to 3 s had an embedding null
+        lower than this assumes, see detector/MODEL.md, "Short copies")."""
+        return min(1.0, max(duration_s, 1.0) / self.shortest_s)   # no output is shorter than one window
 
     def p_false(self, evidence: float) -> float:
         if evidence <= self.tail_start:

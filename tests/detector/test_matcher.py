@@ -155,3 +155,11 @@ def test_a_texture_that_answers_every_window_somewhere_weighs_far_less_than_a_co
         texture.append(max((m.evidence for m in found), default=0.0))
     assert copy.windows == len(q)
     assert np.mean(texture) < 0.5 * copy.evidence
+
+
+def test_a_calibration_counts_fewer_chances_in_an_output_shorter_than_its_negatives(tmp_path):
+    cal = Calibration(model="test", tail_start=5.0, tail_p=0.1, tail_scale=2.0, shortest_s=8.0)
+    assert [cal.length_factor(s) for s in (30.0, 8.0, 4.0, 2.0, 0.0)] == [1.0, 1.0, 0.5, 0.25, 0.125]
+    # a calibration written before outputs' lengths counted was fitted on negatives of 10 s and more
+    (tmp_path / "old.json").write_text('{"model": "m", "tail_start": 1.0, "tail_p": 0.1, "tail_scale": 0.3}')
+    assert Calibration.load(tmp_path / "old.json").length_factor(3.0) == pytest.approx(0.3)

@@ -223,3 +223,21 @@ def test_a_copy_of_a_looping_track_is_found_by_the_embedding(music, excerpts, tm
     assert top.method == "embedding" and top.duration > 9.0 and abs(top.tempo_ratio - 1.0) < 0.03
     assert (top.ref_start - 13.3) % 6.0 < 0.3 or (top.ref_start - 13.3) % 6.0 > 5.7     # at a repeat of the passage
     assert top.p_false < 1e-6
+
+
+def test_a_short_output_has_fewer_chances_of_a_false_match(engine, music):
+    # the same 3 s copy, bare and followed by 12 s of silence (never evidence): the 15 s output
+    # offers chance as many alignments as the calibration's negatives, the bare copy fewer
+    from detector.audio import Clip, decode
+
+    sr = engine.embedder.fe.sample_rate
+    copy = decode(music["drascula-track11"].path, sr).excerpt(40.0, 43.0).samples
+    bare, padded = Clip(copy, sr, "bare"), Clip(np.concatenate([copy, np.zeros(12 * sr, np.float32)]), sr, "padded")
+    catalog = engine.catalog
+    layers = ((catalog.embedding_matches, catalog.matcher.cal),
+              (lambda clip: catalog.landmark_matches(clip, []), catalog.landmark_index.calibration))
+    for matches, cal in layers:
+        short, long = min(matches(bare), key=lambda m: m.p_false), min(matches(padded), key=lambda m: m.p_false)
+        assert {catalog.store.infos([m.track])[m.track].external_id for m in (short, long)} == {"drascula-track11"}
+        assert short.p_false == pytest.approx(cal.p_false(short.evidence) * 3.0 / cal.shortest_s)
+        assert long.p_false == pytest.approx(cal.p_false(long.evidence)) and short.p_false < long.p_false
