@@ -27,6 +27,7 @@ from detector.matcher import Calibration
 from detector.model import DEFAULT_WEIGHTS
 
 WEIGHTS = C.REPO / "detector" / "weights" / DEFAULT_WEIGHTS
+NEGATIVE_S = (10.0, 30.0)   # lengths of the negative excerpts, before a transform changes them
 
 
 def negative_queries(tracks, n: int, rng: np.random.Generator):
@@ -37,7 +38,7 @@ def negative_queries(tracks, n: int, rng: np.random.Generator):
     while len(out) < n:
         t = pool[rng.choice(len(pool), p=weights / weights.sum())]
         clip = C.load(t)
-        secs = float(rng.uniform(10, 30))
+        secs = float(rng.uniform(*NEGATIVE_S))
         start = C.loud_start(clip, secs, rng)
         if start is None:
             continue

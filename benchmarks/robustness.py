@@ -30,7 +30,7 @@ import torch
 import torchaudio.functional as AF
 
 from benchmarks import corpus as C
-from benchmarks.calibrate import WEIGHTS, negative_queries
+from benchmarks.calibrate import NEGATIVE_S, WEIGHTS, negative_queries
 from detector import chromaprint
 from detector.audio import Clip, decode
 from detector.matcher import from_chromaprint, merge
@@ -39,7 +39,6 @@ from index.vectors import index_ids, split_ids
 
 REPEAT_CORR = 0.9   # waveform correlation of two passages of a track that are the same audio
 SEQUENCE_NEIGHBOURS = 10   # nearest reference windows per query window in the sequence search
-SHORTEST_NEGATIVE_S = 10.0  # negatives are 10–30 s excerpts (some then played faster)
 
 
 def evidence(catalog, x: np.ndarray, name: str):
@@ -142,7 +141,7 @@ def main(argv=None) -> None:
     if args.per_transform:
         negs = negative_queries(tracks, args.negatives, np.random.default_rng(args.seed + 1))
         # copies shorter than the negatives (10–30 s) are held to negatives cut to their length
-        cut = {secs: secs if secs < SHORTEST_NEGATIVE_S else None for secs in args.durations}
+        cut = {secs: secs if secs < NEGATIVE_S[0] else None for secs in args.durations}
         null = {c: zero_false_match(catalog, negs, tracks, c) for c in dict.fromkeys(cut.values())}
         thresholds = {secs: null[c] for secs, c in cut.items()}
 
