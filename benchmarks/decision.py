@@ -1,13 +1,17 @@
 """Decision quality of the whole check (matcher + calibration + policy) on held-out music.
 
     python -m benchmarks.decision [--per-transform 12] [--negatives 400] [--model PATH]
-                                  [--factory FAISS-FACTORY --nprobe N]
+                                  [--factory FAISS-FACTORY --nprobe N] [--seconds 10 30]
 
 The held-out ``catalog`` tracks are indexed; every fourth is then made *licensed* with
 ``Review.change_rights`` (metadata only, as in production) and the rest stay *protected*.
 Queries: transformed copies (10–30 s) of protected tracks under every transform, copies spliced
 inside new music, collages of two protected tracks, excerpts of licensed tracks, and negatives
 (excerpts of held-out ``unseen`` tracks and training-package tracks, clean and transformed).
+``--seconds 3 8`` draws every output 3–8 s long instead, for generators of short clips: copies
+and licensed excerpts that long, collages of two parts of 3–4.25 s, and, where the whole range
+is shorter than the 10–30 s negatives, each negative cut to its first 3–8 s (the same negatives
+as the default run).
 Prints block recall per transform, wrong-track rate, false blocks with a 95 % interval,
 licensed outcomes, ``ref_start`` and ``tempo_ratio`` errors, and the review rate.
 
@@ -27,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import corpus as C
-from benchmarks.calibrate import WEIGHTS, negative_queries
+from benchmarks.calibrate import NEGATIVE_S, WEIGHTS, negative_queries
 from detector.audio import Clip
 from detector.policy import Rights, Verdict
 from index.store import Actor, Review
@@ -49,8 +53,13 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=23)
     ap.add_argument("--factory", default="auto", help="FAISS factory string of the catalog's vector index")
     ap.add_argument("--nprobe", type=int, default=32, help="inverted lists searched per window (IVF factories)")
+    ap.add_argument("--seconds", type=float, nargs=2, default=(10.0, 30.0), metavar=("SHORTEST", "LONGEST"),
+                    help="length range of every output")
     ap.add_argument("--home", type=Path, default=Path.home() / ".cache/clearance/bench-home")
     args = ap.parse_args(argv)
+    lo, hi = args.seconds
+    if not 1.0 <= lo <= hi:
+        ap.error("--seconds needs 1 <= SHORTEST <= LONGEST")
 
     folder = C.music_folder("full")
     tracks = C.manifest(folder)
@@ -87,7 +96,7 @@ def main(argv=None) -> None:
     names = [*C.TRANSFORMS, "guitar-over-backing", "splice-in-new"]
     for name in names:
         for _ in range(args.per_transform):
-            secs = float(rng.uniform(10, 30))
+            secs = float(rng.uniform(lo, hi))
             q = C.make_query(name, secs, protected_tracks, songs, new_material, rng)
             d = run(q.samples)
             s = stats[name]
@@ -106,10 +115,11 @@ def main(argv=None) -> None:
             s["review"] += d.verdict is Verdict.review
         print(f"  {name}: {stats[name]['block']}/{stats[name]['n']} blocked ({time.time() - t0:.0f} s)", flush=True)
 
-    # collages of two protected recordings, 10-15 s each
+    # collages of two protected recordings, each part 10-15 s by default
+    part = (lo, lo + (hi - lo) / 4)
     for _ in range(args.per_transform * 2):
-        a = C.make_query("clean", float(rng.uniform(10, 15)), protected_tracks, songs, new_material, rng)
-        b = C.make_query("clean", float(rng.uniform(10, 15)), protected_tracks, songs, new_material, rng)
+        a = C.make_query("clean", float(rng.uniform(*part)), protected_tracks, songs, new_material, rng)
+        b = C.make_query("clean", float(rng.uniform(*part)), protected_tracks, songs, new_material, rng)
         if a.truth.track_id == b.truth.track_id:
             continue
         d = run(np.concatenate([a.samples, b.samples]))
@@ -124,7 +134,7 @@ def main(argv=None) -> None:
     lic = defaultdict(int)
     for _ in range(args.per_transform * 4):
         name = rng.choice(["clean", "mp3-32k", "noise-10dB", "pitch+2st", "tempo-1.1x", "reverb-0.5s"])
-        q = C.make_query(str(name), float(rng.uniform(10, 30)), licensed_tracks, songs, new_material, rng)
+        q = C.make_query(str(name), float(rng.uniform(lo, hi)), licensed_tracks, songs, new_material, rng)
         d = run(q.samples)
         lic["n"] += 1
         lic["blocked"] += d.verdict is Verdict.block
@@ -134,7 +144,10 @@ def main(argv=None) -> None:
     negs = negative_queries(tracks, args.negatives, np.random.default_rng(args.seed + 1))
     neg = defaultdict(int)
     false_blocks = []
+    cuts = np.random.default_rng(args.seed + 2)
     for name, x, t in negs:
+        if hi < NEGATIVE_S[0]:      # outputs shorter than every negative: its first lo-hi s
+            x = x[: int(cuts.uniform(lo, hi) * C.SR)]
         d = run(x)
         neg["n"] += 1
         # a match with a track that shares material with the excerpt's is not a false match
@@ -146,7 +159,7 @@ def main(argv=None) -> None:
             neg["related"] += 1
         neg["review"] += d.verdict is Verdict.review
 
-    print(f"\nBlock recall per transform (10–30 s copies of protected held-out tracks, {args.per_transform} each):")
+    print(f"\nBlock recall per transform ({lo:g}–{hi:g} s copies of protected held-out tracks, {args.per_transform} each):")
     print(f"{'transform':<24}{'blocked':>9}{'review':>8}{'wrong track':>13}")
     total = defaultdict(int)
     for name, s in stats.items():
