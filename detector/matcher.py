@@ -2,8 +2,9 @@
 
 Every voiced query window brings its k nearest reference windows. Per candidate track the hits
 must agree on a straight time mapping ``ref = offset + tempo_ratio * query`` (tempo 0.5–2.0),
-found by a Hough vote over (tempo, offset) and refined by weighted least squares. A track can
-match several times (the same recording quoted twice); several tracks can match (a collage).
+found by a Hough vote over (tempo, offset) and refined by weighted least squares through each
+window's position in the reference, to a fraction of a reference hop. A track can match several
+times (the same recording quoted twice); several tracks can match (a collage).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ TEMPO_GRID = np.exp(np.linspace(math.log(0.5), math.log(2.0), 121))   # ~1.2 % a
 # windows: its evidence is worth the reference time it covers, not the output time
 REFERENCE_SHARE = np.minimum(1.0, TEMPO_GRID)
 TEMPO_TOLERANCE = 0.03    # a measured tempo this close to 1.0 is no tempo change
+TEMPO_FIT_SPAN_S = 1.5    # output seconds (of window starts) an alignment needs to measure its own tempo
+TEMPO_FIT_SE = 2.0        # a fitted tempo within this many standard errors of 1.0 is reported as 1.0
 CREDIBLE_P = 0.01         # an embedding match this unlikely by chance may correct a tempo-1.0 mapping
 # a query window's background: its BACKGROUND_RANK-th nearest reference window, where the
 # verbatim repeats of a looping track count BACKGROUND_PER_LOOP times at most (``window_background``)
@@ -168,9 +171,9 @@ class Matcher:
         ti, bi = np.unravel_index(np.argmax(votes), votes.shape)
         tempo = TEMPO_GRID[ti]
         offset = lo + (bi + 0.5) * self.ref_hop_s
-        for _ in range(2):
+        for _ in range(3):
             inl = np.abs(r - (offset + tempo * q)) <= self.ref_hop_s
-            tempo, offset = self._refine(q[inl], r[inl], w[inl], tempo, offset)
+            tempo, offset = self._refine(*self._positions(q, r, w, inl, hop), tempo, offset)
         inl = np.abs(r - (offset + tempo * q)) <= self.ref_hop_s
         # one vote per query window: its best inlier
         qs, best = _best_per_window(q[inl], w[inl])
@@ -184,17 +187,47 @@ class Matcher:
                   p_false=self.cal.p_false(evidence), method="embedding", windows=len(qs))
         return m, inl
 
+    def _positions(self, q, r, w, inliers, query_hop):
+        """Where each query window with an inlier lies in the reference: (output times, reference
+        times, weights), one per window. Its best inlier's reference window, moved by the parabola
+        through its weight and those of the reference windows one hop either side (the query
+        window's hits there, at any transposition): a window falls anywhere between two reference
+        windows, and the tempo of a copy a few seconds long is only measurable to a fraction of a hop."""
+        qs, best, rs = _best_per_window(q[inliers], w[inliers], r[inliers])
+        if len(qs) == 0:
+            return qs, rs, best
+        hop = self.ref_hop_s
+        qi, ri = np.rint(q / query_hop).astype(np.int64), np.rint(r / hop).astype(np.int64)
+        span = int(ri.max()) + 3
+        keys, weights = _best_per_window(qi * span + ri + 1, w)[:2]          # best weight per (window, reference window)
+        centre = np.rint(qs / query_hop).astype(np.int64) * span + np.rint(rs / hop).astype(np.int64) + 1
+        side = []
+        for k in (centre - 1, centre + 1):
+            at = np.minimum(np.searchsorted(keys, k), len(keys) - 1)
+            side.append(np.where(keys[at] == k, weights[at], np.nan))
+        before, after = side
+        curve = before - 2 * best + after
+        shift = np.where(curve < 0, 0.5 * (before - after) / np.where(curve < 0, curve, -1.0), 0.0)
+        return qs, rs + hop * np.clip(shift, -0.5, 0.5), best
+
     @staticmethod
     def _refine(q, r, w, tempo, offset):
+        """The line through the windows' reference positions: its tempo fitted by weighted least
+        squares where the windows span ``TEMPO_FIT_SPAN_S`` or more, unless it stays within
+        ``TEMPO_FIT_SE`` standard errors of 1.0 (then 1.0: a copy is not called tempo-changed
+        unless the windows show it); else the vote's tempo. The offset fits the tempo kept."""
         if len(q) < 2:
             return tempo, offset
-        if len(q) < 4 or np.ptp(q) < 3.0:
-            return tempo, float(np.average(r - tempo * q, weights=w))
-        A = np.stack([q, np.ones_like(q)], 1) * np.sqrt(w)[:, None]
-        t, o = np.linalg.lstsq(A, r * np.sqrt(w), rcond=None)[0]
-        if 0.5 <= t <= 2.0:
-            return float(t), float(o)
-        return tempo, offset
+        if len(q) >= 4 and np.ptp(q) >= TEMPO_FIT_SPAN_S:
+            A = np.stack([q, np.ones_like(q)], 1) * np.sqrt(w)[:, None]
+            (t, o), *_ = np.linalg.lstsq(A, r * np.sqrt(w), rcond=None)
+            spread = np.sqrt(np.average((q - np.average(q, weights=w)) ** 2, weights=w))
+            scatter = np.average((r - (o + t * q)) ** 2, weights=w) / (len(q) - 2)
+            if abs(t - 1.0) <= TEMPO_FIT_SE * np.sqrt(scatter) / max(spread, 1e-9):
+                tempo = 1.0
+            elif 0.5 <= t <= 2.0:
+                return float(t), float(o)
+        return tempo, float(np.average(r - tempo * q, weights=w))
 
 
 def window_background(sims: np.ndarray, tracks: np.ndarray, windows: np.ndarray, rank: int = BACKGROUND_RANK,
@@ -248,13 +281,13 @@ def window_background(sims: np.ndarray, tracks: np.ndarray, windows: np.ndarray,
     return np.where(at.any(1), sims[rows, at.argmax(1)], lowest).astype(np.float32)
 
 
-def _best_per_window(q: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _best_per_window(q: np.ndarray, s: np.ndarray, *more: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each distinct ``q``'s highest ``s`` (and the ``more`` values of the same element), by ``q``."""
     if len(q) == 0:
-        return q, s
+        return (q, s, *more)
     order = np.lexsort((-s, q))
-    q, s = q[order], s[order]
-    first = np.concatenate([[True], q[1:] != q[:-1]])
-    return q[first], s[first]
+    first = np.concatenate([[True], q[order][1:] != q[order][:-1]])
+    return tuple(a[order][first] for a in (q, s, *more))
 
 
 def from_chromaprint(m: ChromaMatch) -> Match:

@@ -36,6 +36,29 @@ def test_recovers_offset_and_tempo(tempo):
     assert all(m.track == 7 for m in found)          # chance alignments of other tracks are not reported
 
 
+def overlapping_window_hits(q, at, rng, hop=0.25, track=7):
+    """Hits of query windows that copy reference time ``at`` (per window): every reference window
+    within 0.5 s, its similarity falling with its distance, as overlapping 1 s windows' does."""
+    qs, rs, ws = [], [], []
+    for t, a in zip(q, at):
+        for k in range(int(a / hop) - 2, int(a / hop) + 3):
+            qs.append(t), rs.append(k * hop), ws.append(0.4 - 0.3 * abs(k * hop - a) + rng.normal(0, 0.01))
+    return Hits(np.array(qs), np.full(len(qs), track), np.array(rs), np.array(ws))
+
+
+@pytest.mark.parametrize("tempo", [0.7, 0.8, 1.0, 1.25, 1.4])
+def test_a_copy_of_a_few_seconds_measures_its_tempo(tempo):
+    # 3.25 s of output (window starts over 2.25 s): slowed to 0.7, its reference positions drift
+    # by 0.7 s from those of tempo 1.0, under three reference windows: the tempo is measured from
+    # where each window falls between two reference windows, and a copy at tempo 1.0 is called so
+    rng = np.random.default_rng(4)
+    q = np.arange(0, 2.3, 0.25)
+    (m,) = Matcher(CAL, ref_hop_s=0.25).match(overlapping_window_hits(q, 40.0 + tempo * q, rng), 0.25,
+                                              max_p_false=1.0)
+    assert m.tempo_ratio == (1.0 if tempo == 1.0 else pytest.approx(tempo, rel=0.03))
+    assert m.ref_start == pytest.approx(40.0, abs=0.1)
+
+
 def test_slowed_alignment_counts_the_reference_time_it_covers():
     # query windows every 0.25 s against reference windows every 0.5 s: at half speed each
     # reference window answers four query windows, so 10 s of output quote 5 s of reference

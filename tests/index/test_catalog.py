@@ -202,6 +202,29 @@ def test_a_copy_played_faster_is_confirmed_by_landmarks_at_the_tempo_the_embeddi
     assert [m for m in catalog.landmark_matches(copy, [true, *stronger[1:]]) if m.track == best.track and m.p_false < 1e-3]
 
 
+@pytest.mark.parametrize("rate", [0.75, 1.0, 1.3])
+def test_a_copy_of_a_few_seconds_reports_its_tempo(engine, music, rate):
+    # 3 s of output, time-stretched by a phase vocoder: over the 2 s its windows span, a copy
+    # slowed to 0.75 drifts half a second from tempo 1.0 (two reference windows), yet its tempo
+    # is measured (to a few percent, from where each window falls between two reference windows),
+    # and an unchanged one is called unchanged
+    import torch
+    import torchaudio
+
+    from detector.audio import Clip, decode
+
+    sr = engine.embedder.fe.sample_rate
+    original = torch.from_numpy(decode(music["drascula-track11"].path, sr).excerpt(40.0, 46.0).samples)
+    window = torch.hann_window(1024)
+    spec = torch.stft(original, 1024, 256, window=window, return_complex=True)
+    stretch = torchaudio.transforms.TimeStretch(hop_length=256, n_freq=513, fixed_rate=rate)
+    copy = Clip(torch.istft(stretch(spec), 1024, 256, window=window).numpy()[: 3 * sr], sr, "short")
+    top = engine.catalog.embedding_matches(copy)[0]
+    assert engine.catalog.store.infos([top.track])[top.track].external_id == "drascula-track11"
+    assert top.tempo_ratio == (1.0 if rate == 1.0 else pytest.approx(rate, rel=0.06))
+    assert abs(top.ref_start - (40.0 + top.tempo_ratio * top.query_start)) < 0.2
+
+
 def test_a_copy_of_a_looping_track_is_found_by_the_embedding(music, excerpts, tmp_path):
     # game music loops: a catalog track that plays one 6 s passage eight times has that passage
     # again and again among each query window's nearest neighbours
