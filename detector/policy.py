@@ -11,7 +11,7 @@ from enum import Enum
 from pathlib import Path
 
 from detector.errors import PolicyError
-from detector.matcher import Match
+from detector.matcher import TEMPO_TOLERANCE, Match
 
 DEFAULT_POLICY = Path(__file__).with_name("policies") / "default.toml"
 
@@ -100,8 +100,8 @@ def decide(matches: list[Match], tracks: dict[int, TrackInfo], duration: float, 
     reasons = []
     for m, info in blocking:
         reasons.append(f"protected recording '{info.external_id}' matched for {m.duration:.1f} s "
-                       f"(output {m.query_start:.1f}–{m.query_end:.1f} s = reference {m.ref_start:.1f}–{m.ref_end:.1f} s, "
-                       f"score {_fmt(m.score)}, {m.method})")
+                       f"(output {m.query_start:.1f}–{m.query_end:.1f} s = reference {m.ref_start:.1f}–{m.ref_end:.1f} s"
+                       f"{_tempo(m)}, score {_fmt(m.score)}, {m.method})")
     for m, info in reviewing:
         why = "score below the block threshold" if m.score < policy.block_score else "too short to block on its own"
         reasons.append(f"possible copy of protected recording '{info.external_id}' for {m.duration:.1f} s "
@@ -119,6 +119,11 @@ def decide(matches: list[Match], tracks: dict[int, TrackInfo], duration: float, 
             reasons.append("no catalog recording matched")
     kept = sorted(blocking + reviewing + attributed, key=lambda mi: (mi[0].p_false, -mi[0].duration))
     return Decision(verdict, tuple(reasons), tuple(kept), tuple(blocking))
+
+
+def _tempo(m: Match) -> str:
+    """' at 1.25× the recording's tempo' where the copy plays at another tempo, else ''."""
+    return "" if abs(m.tempo_ratio - 1.0) <= TEMPO_TOLERANCE else f" at {m.tempo_ratio:.2f}× the recording's tempo"
 
 
 def _fmt(score: float) -> str:

@@ -10,9 +10,9 @@ from detector.policy import Policy, Rights, TrackInfo, Verdict, decide
 POLICY = Policy.load()
 
 
-def match(track=1, start=0.0, end=20.0, p_false=1e-6, method="embedding"):
-    return Match(track=track, query_start=start, query_end=end, ref_start=10 + start, ref_end=10 + end,
-                 tempo_ratio=1.0, evidence=50.0, p_false=p_false, method=method)
+def match(track=1, start=0.0, end=20.0, p_false=1e-6, method="embedding", tempo=1.0):
+    return Match(track=track, query_start=start, query_end=end, ref_start=10 + tempo * start, ref_end=10 + tempo * end,
+                 tempo_ratio=tempo, evidence=50.0, p_false=p_false, method=method)
 
 
 def info(rights: Rights, eid="t1"):
@@ -24,6 +24,14 @@ def test_protected_match_blocks_with_reason():
     assert d.verdict is Verdict.block
     assert d.reasons[0].startswith("protected recording 't1' matched for 20.0 s")
     assert d.matches[0][1].external_id == "t1"
+    assert "reference 10.0–30.0 s, score" in d.reasons[0]
+
+
+def test_the_reason_names_the_tempo_a_copy_plays_at():
+    slowed = decide([match(end=8.0, tempo=0.72)], {1: info(Rights.protected)}, 8.0, POLICY)
+    assert "(output 0.0–8.0 s = reference 10.0–15.8 s at 0.72× the recording's tempo, score" in slowed.reasons[0]
+    near = decide([match(tempo=1.02)], {1: info(Rights.protected)}, 30.0, POLICY)     # within the tolerance
+    assert "tempo" not in near.reasons[0]
 
 
 def test_licensed_match_allows_with_attribution():
