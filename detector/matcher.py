@@ -171,9 +171,10 @@ class Matcher:
         ti, bi = np.unravel_index(np.argmax(votes), votes.shape)
         tempo = TEMPO_GRID[ti]
         offset = lo + (bi + 0.5) * self.ref_hop_s
+        grid = self._weight_grid(q, r, w, hop)
         for _ in range(3):
             inl = np.abs(r - (offset + tempo * q)) <= self.ref_hop_s
-            tempo, offset = self._refine(*self._positions(q, r, w, inl, hop), tempo, offset)
+            tempo, offset = self._refine(*self._positions(q, r, w, inl, grid), tempo, offset)
         inl = np.abs(r - (offset + tempo * q)) <= self.ref_hop_s
         # one vote per query window: its best inlier
         qs, best = _best_per_window(q[inl], w[inl])
@@ -187,28 +188,37 @@ class Matcher:
                   p_false=self.cal.p_false(evidence), method="embedding", windows=len(qs))
         return m, inl
 
-    def _positions(self, q, r, w, inliers, query_hop):
+    def _weight_grid(self, q, r, w, query_hop):
+        """The best weight of each (query window, reference window) pair among the hits, at any
+        transposition: (sorted cell numbers, their weights, a function from times to cell numbers)."""
+        width = int(np.rint(r.max() / self.ref_hop_s)) + 3        # reference windows, and one either side
+
+        def cell(qt, rt):
+            return np.rint(qt / query_hop).astype(np.int64) * width + np.rint(rt / self.ref_hop_s).astype(np.int64) + 1
+
+        cells, weights = _best_per_window(cell(q, r), w)
+        return cells, weights, cell
+
+    def _positions(self, q, r, w, inliers, grid):
         """Where each query window with an inlier lies in the reference: (output times, reference
         times, weights), one per window. Its best inlier's reference window, moved by the parabola
         through its weight and those of the reference windows one hop either side (the query
-        window's hits there, at any transposition): a window falls anywhere between two reference
-        windows, and the tempo of a copy a few seconds long is only measurable to a fraction of a hop."""
+        window's hits there, from ``grid``, ``_weight_grid``): a window falls anywhere between two
+        reference windows, and the tempo of a copy a few seconds long is only measurable to a
+        fraction of a hop."""
         qs, best, rs = _best_per_window(q[inliers], w[inliers], r[inliers])
         if len(qs) == 0:
             return qs, rs, best
-        hop = self.ref_hop_s
-        qi, ri = np.rint(q / query_hop).astype(np.int64), np.rint(r / hop).astype(np.int64)
-        span = int(ri.max()) + 3
-        keys, weights = _best_per_window(qi * span + ri + 1, w)[:2]          # best weight per (window, reference window)
-        centre = np.rint(qs / query_hop).astype(np.int64) * span + np.rint(rs / hop).astype(np.int64) + 1
+        cells, weights, cell = grid
+        centre = cell(qs, rs)
         side = []
         for k in (centre - 1, centre + 1):
-            at = np.minimum(np.searchsorted(keys, k), len(keys) - 1)
-            side.append(np.where(keys[at] == k, weights[at], np.nan))
+            at = np.minimum(np.searchsorted(cells, k), len(cells) - 1)
+            side.append(np.where(cells[at] == k, weights[at], np.nan))
         before, after = side
         curve = before - 2 * best + after
         shift = np.where(curve < 0, 0.5 * (before - after) / np.where(curve < 0, curve, -1.0), 0.0)
-        return qs, rs + hop * np.clip(shift, -0.5, 0.5), best
+        return qs, rs + self.ref_hop_s * np.clip(shift, -0.5, 0.5), best
 
     @staticmethod
     def _refine(q, r, w, tempo, offset):
