@@ -171,19 +171,26 @@ def test_copy_under_louder_new_music_is_found_by_the_landmark_layer(engine, musi
     assert top.p_false < 1e-3
 
 
-def test_a_copy_played_faster_is_confirmed_by_landmarks_at_the_tempo_the_embedding_measured(engine, music):
+def time_stretched(engine, music, start: float, end: float, rate: float, seconds: float):
+    """``seconds`` of drascula-track11 from ``start`` to ``end`` s played ``rate`` times as fast, by
+    a phase vocoder (tempo changed, pitch kept), at the model's sample rate."""
     import torch
     import torchaudio
 
-    from detector import landmarks
     from detector.audio import Clip, decode
 
     sr = engine.embedder.fe.sample_rate
-    original = torch.from_numpy(decode(music["drascula-track11"].path, sr).excerpt(40.0, 65.0).samples)
+    original = torch.from_numpy(decode(music["drascula-track11"].path, sr).excerpt(start, end).samples)
     window = torch.hann_window(1024)
     spec = torch.stft(original, 1024, 256, window=window, return_complex=True)
-    stretch = torchaudio.transforms.TimeStretch(hop_length=256, n_freq=513, fixed_rate=1.25)
-    copy = Clip(torch.istft(stretch(spec), 1024, 256, window=window).numpy()[: 16 * sr], sr, "faster")  # 20 s in 16
+    stretch = torchaudio.transforms.TimeStretch(hop_length=256, n_freq=513, fixed_rate=rate)
+    return Clip(torch.istft(stretch(spec), 1024, 256, window=window).numpy()[: int(seconds * sr)], sr, f"x{rate}")
+
+
+def test_a_copy_played_faster_is_confirmed_by_landmarks_at_the_tempo_the_embedding_measured(engine, music):
+    from detector import landmarks
+
+    copy = time_stretched(engine, music, 40.0, 65.0, 1.25, 16.0)      # 20 s in 16
     catalog = engine.catalog
     # searched at tempo 1.0, the landmark layer finds no more than a few seconds of it
     assert all(m.p_false > 0.01 for m in catalog.landmark_index.search(landmarks.peaks(copy, landmarks.QUERY)))
@@ -208,17 +215,7 @@ def test_a_copy_of_a_few_seconds_reports_its_tempo(engine, music, rate):
     # slowed to 0.75 drifts half a second from tempo 1.0 (two reference windows), yet its tempo
     # is measured (to a few percent, from where each window falls between two reference windows),
     # and an unchanged one is called unchanged
-    import torch
-    import torchaudio
-
-    from detector.audio import Clip, decode
-
-    sr = engine.embedder.fe.sample_rate
-    original = torch.from_numpy(decode(music["drascula-track11"].path, sr).excerpt(40.0, 46.0).samples)
-    window = torch.hann_window(1024)
-    spec = torch.stft(original, 1024, 256, window=window, return_complex=True)
-    stretch = torchaudio.transforms.TimeStretch(hop_length=256, n_freq=513, fixed_rate=rate)
-    copy = Clip(torch.istft(stretch(spec), 1024, 256, window=window).numpy()[: 3 * sr], sr, "short")
+    copy = time_stretched(engine, music, 40.0, 46.0, rate, 3.0)
     top = engine.catalog.embedding_matches(copy)[0]
     assert engine.catalog.store.infos([top.track])[top.track].external_id == "drascula-track11"
     assert top.tempo_ratio == (1.0 if rate == 1.0 else pytest.approx(rate, rel=0.06))
