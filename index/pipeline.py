@@ -182,7 +182,7 @@ def _die_with_parent() -> None:
 
 def _run_task(task: tuple[str, object]) -> Source | Fingerprint | Failure:
     kind, arg = task
-    return identify(arg) if kind == "identify" else _WORKER(arg)
+    return identify(arg[1]) if kind == "identify" else _WORKER(arg)
 
 
 class _WorkerPool:
@@ -197,7 +197,11 @@ class _WorkerPool:
                                    initializer=_init_worker, initargs=(self.fingerprinter,))
 
     def run(self, files: Iterable[Path], is_known: Callable[[str], bool]) -> Iterator[Outcome]:
-        todo: deque[tuple[str, object]] = deque(("identify", str(f)) for f in files)
+        """Identified files are taken in the files' order, whatever order the workers finish them
+        in: of two identical files the first is kept, the other skipped before it is decoded."""
+        todo: deque[tuple[str, object]] = deque(("identify", (i, str(f))) for i, f in enumerate(files))
+        identified: dict[int, Source | Failure] = {}      # finished out of order, waiting for their turn
+        taken, hashes = 0, set()
         ready: deque[tuple[str, object]] = deque()       # sources to fingerprint go first
         suspects: deque[tuple[str, object]] = deque()    # in flight when a worker died
         in_flight: dict[Future, tuple[str, object]] = {}
@@ -221,20 +225,26 @@ class _WorkerPool:
                         result = fut.result()
                     except BrokenProcessPool:
                         broken = True
-                        if alone:
-                            path = task[1] if task[0] == "identify" else task[1].path
-                            yield Failure(str(path), "the worker process died while reading this file "
-                                                     "(a decoder crash or out of memory)")
-                        else:
+                        if not alone:
                             suspects.append(task)
-                        continue
-                    if isinstance(result, Source):
-                        if is_known(result.sha256):
-                            yield Skipped(result)
-                        else:
-                            ready.append(("fingerprint", result))
-                    else:
+                            continue
+                        path = task[1][1] if task[0] == "identify" else task[1].path
+                        result = Failure(str(path), "the worker process died while reading this file "
+                                                    "(a decoder crash or out of memory)")
+                    if task[0] != "identify":
                         yield result
+                        continue
+                    identified[task[1][0]] = result
+                    while taken in identified:
+                        found = identified.pop(taken)
+                        taken += 1
+                        if isinstance(found, Failure):
+                            yield found
+                        elif found.sha256 in hashes or is_known(found.sha256):
+                            yield Skipped(found)
+                        else:
+                            hashes.add(found.sha256)
+                            ready.append(("fingerprint", found))
                 alone = False
                 if broken:
                     suspects.extend(in_flight.values())
@@ -272,17 +282,23 @@ def run_ray(files: Iterable[Path], fingerprinter: Fingerprinter, workers: int, i
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         paths = [str(f) for f in files]
-        new: list[Source] = []
+        identified = {}
         if paths:
-            for row in ray.data.from_items([{"path": p} for p in paths]).map(_ray_identify).iter_rows():
-                if row["error"]:
-                    yield Failure(row["path"], row["error"])
-                    continue
-                source = Source(row["path"], row["sha256"], int(row["size_bytes"]), float(row["hash_s"]))
-                if is_known(source.sha256):
-                    yield Skipped(source)
-                else:
-                    new.append(source)
+            identified = {row["path"]: row for row in
+                          ray.data.from_items([{"path": p} for p in paths]).map(_ray_identify).iter_rows()}
+        new: list[Source] = []
+        hashes: set[str] = set()
+        for path in paths:          # in the files' order, not Ray's: of two identical files the first is kept
+            row = identified[path]
+            if row["error"]:
+                yield Failure(row["path"], row["error"])
+                continue
+            source = Source(row["path"], row["sha256"], int(row["size_bytes"]), float(row["hash_s"]))
+            if source.sha256 in hashes or is_known(source.sha256):
+                yield Skipped(source)
+            else:
+                hashes.add(source.sha256)
+                new.append(source)
         if not new:
             return
         items = [{"path": s.path, "sha256": s.sha256, "size_bytes": s.size_bytes, "hash_s": s.hash_s} for s in new]
