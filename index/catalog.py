@@ -45,10 +45,13 @@ class IndexSummary:
     indexed in ``elapsed_s`` seconds of wall time; ``stage_s`` seconds spent per stage (hash,
     decode, embed, chromaprint and landmarks: CPU seconds summed over workers; add and publish: wall
     seconds of the writer);
-    ``rebuilt`` says what a retraining of the index at the end of the job did."""
+    ``rebuilt`` says what a retraining of the index at the end of the job did. ``renamed``: the
+    skipped files whose content is in the catalog under another id, as (path, the id this job
+    would have given it, the id it has)."""
 
     indexed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    renamed: list[tuple[str, str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     audio_s: float = 0.0
     elapsed_s: float = 0.0
@@ -273,10 +276,11 @@ class Catalog:
         with self.writing() as vectors:
             batch = _Unpublished()
             outcomes = self._outcomes(files, workers, engine, ray_address)
+            skips: list[tuple[str, str, str]] = []
             last = time.monotonic()
             try:
                 for outcome in outcomes:
-                    path, label, seconds = self._take(outcome, rights, owner, entries, vectors, batch, summary)
+                    path, label, seconds = self._take(outcome, rights, owner, entries, vectors, batch, summary, skips)
                     if progress:
                         progress(path, label, seconds)
                     if batch.keys and time.monotonic() - last > publish_every_s:
@@ -286,6 +290,10 @@ class Catalog:
                 outcomes.close()
                 self._publish(vectors, batch, summary)
                 shutil.rmtree(self.home / "incoming", ignore_errors=True)
+            for path, external_id, sha256 in skips:   # a duplicate may come before the file that is kept
+                kept = self.store.find_by_hash(sha256)
+                if kept and kept.external_id != external_id:
+                    summary.renamed.append((path, external_id, kept.external_id))
             wanted = self._wanted_factory(vectors.size)
             if wanted != vectors.info.factory and vectors.size >= min_training_vectors(wanted):
                 summary.rebuilt = self._rebuild(workers, engine, ray_address)
@@ -302,20 +310,23 @@ class Catalog:
         return run_local(files, fingerprinter, workers, is_known)
 
     def _take(self, outcome: Outcome, rights: Rights, owner: str, entries: dict[Path, ManifestEntry],
-              vectors: VectorIndex, batch: "_Unpublished", summary: IndexSummary) -> tuple[str, str, float]:
-        """Record one outcome: (path, ``indexed``/``skipped``/``failed``, seconds of audio)."""
+              vectors: VectorIndex, batch: "_Unpublished", summary: IndexSummary,
+              skips: list[tuple[str, str, str]]) -> tuple[str, str, float]:
+        """Record one outcome: (path, ``indexed``/``skipped``/``failed``, seconds of audio); a
+        skipped file's (path, id it would get, sha256) also goes to ``skips``."""
         if isinstance(outcome, Failure):
             return self._fail(outcome.path, outcome.reason, summary)
         source = outcome.source
         summary.stage_s["hash"] += source.hash_s
+        path = Path(source.path)
+        entry = entries.get(path.resolve()) or ManifestEntry(path.stem)
         if isinstance(outcome, Skipped) or source.sha256 in batch.hashes:
             summary.skipped.append(source.path)
+            skips.append((source.path, entry.external_id, source.sha256))
             return source.path, "skipped", 0.0
         for f in fields(outcome.times):
             summary.stage_s[f.name.removesuffix("_s")] += getattr(outcome.times, f.name)
         t0 = time.perf_counter()
-        path = Path(source.path)
-        entry = entries.get(path.resolve()) or ManifestEntry(path.stem)
         try:
             key = self.store.add_pending(
                 external_id=entry.external_id, title=entry.title or entry.external_id, owner=entry.owner or owner,

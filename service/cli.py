@@ -53,7 +53,8 @@ def index_cmd(engine: Engine, paths, rights, owner, manifest, workers, engine_na
 
     Runs decode → embed → add over worker processes; a file that cannot be indexed is reported
     and the job goes on. Files already in the catalog (same content) are skipped, so a job that
-    was stopped, even killed, finishes when run again.
+    was stopped, even killed, finishes when run again; one the catalog has under another id is
+    named.
     """
     from tqdm import tqdm
 
@@ -83,6 +84,9 @@ def index_cmd(engine: Engine, paths, rights, owner, manifest, workers, engine_na
             click.echo(f"indexed {len(summary.indexed)} tracks ({summary.audio_s / 3600:.2f} h of audio), "
                        f"skipped {len(summary.skipped)} already present, failed {len(summary.failed)} "
                        f"in {summary.elapsed_s:.0f} s ({summary.audio_s / max(summary.elapsed_s, 1e-9):.0f}x real time)")
+            for path, wanted, kept in summary.renamed:
+                click.echo(f"skipped: {path}: the same audio is in the catalog as '{kept}', so '{wanted}' was not "
+                           f"added (a check names '{kept}')", err=True)
             for path, reason in summary.failed:
                 click.echo(f"failed: {path}: {reason}", err=True)
             if summary.rebuilt:

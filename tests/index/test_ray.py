@@ -29,6 +29,7 @@ def test_ray_engine_indexes_like_the_local_engine(excerpts, embedder, tmp_path):
     assert r.returncode == 2, r.stderr
     assert "indexed 5 tracks" in r.stdout and "skipped 1 already present" in r.stdout and "failed 1" in r.stdout
     assert f"failed: {folder / 'broken.mp3'}:" in r.stderr
+    assert f"skipped: {folder / 'copy-of-first.ogg'}: the same audio is in the catalog as '{files[0].stem}'" in r.stderr
     s = seen(home, f"sqlite:///{home / 'catalog.db'}", embedder)
     assert_complete(s, home, embedder, 5)
     assert not (home / "incoming").exists()          # the workers' shards were merged, then removed
