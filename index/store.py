@@ -298,10 +298,11 @@ class Store:
         with self.engine.begin() as c:
             c.execute(failures.insert().values(path=path, reason=reason, created_at=now()))
 
-    def list_failures(self) -> list[tuple[str, str]]:
-        """(path, reason) of every recorded indexing failure, oldest first."""
+    def list_failures(self) -> list[tuple[str, str, datetime]]:
+        """(path, reason, when) of every recorded indexing failure, oldest first."""
         with self.engine.connect() as c:
-            return [(r.path, r.reason) for r in c.execute(sa.select(failures).order_by(failures.c.id))]
+            return [(r.path, r.reason, _utc(r.created_at))
+                    for r in c.execute(sa.select(failures).order_by(failures.c.id))]
 
 
 def connect(url: str) -> sa.Engine:

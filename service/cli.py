@@ -148,6 +148,20 @@ def tracks(engine: Engine, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per failure per line")
+@click.pass_obj
+def failures(engine: Engine, as_json: bool) -> None:
+    """List the files indexing jobs could not index, and why, oldest first (a log: a file that
+    was indexed later is still listed)."""
+    for path, reason, when in engine.store.list_failures():
+        stamp = when.isoformat(timespec="seconds")
+        if as_json:
+            click.echo(json.dumps({"path": path, "reason": reason, "at": stamp}))
+        else:
+            click.echo(f"{stamp}\t{path}: {reason}")
+
+
+@main.command()
 @click.argument("external_ids", nargs=-1, required=True)
 @click.pass_obj
 def remove(engine: Engine, external_ids) -> None:

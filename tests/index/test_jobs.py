@@ -3,11 +3,13 @@ they finish with every track exactly once, and readers never see the database an
 disagree."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 
 from index.store import Store
-from tests.index.conftest import assert_complete, job, kill_at_random_points, seen
+from tests.index.conftest import CLEARANCE, assert_complete, job, kill_at_random_points, seen
 
 
 def test_kill_9_at_random_points_then_rerun_finishes_every_track_once(excerpts, embedder, tmp_path):
@@ -51,5 +53,10 @@ def test_failed_files_are_recorded_with_reasons_and_the_job_goes_on(excerpts, tm
     # of two identical files the first in the folder's order is kept, whichever worker finished first
     assert original.stem in {t.external_id for t in store.list_tracks()}
     recorded = store.list_failures()
-    assert sorted(path for path, _ in recorded) == [str(folder / "empty.mp3"), str(folder / "noise.ogg")]
-    assert all(reason for _, reason in recorded)
+    assert sorted(path for path, _, _ in recorded) == [str(folder / "empty.mp3"), str(folder / "noise.ogg")]
+    assert all(reason for _, reason, _ in recorded)
+    listed = subprocess.run([*CLEARANCE, "failures", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert listed.returncode == 0 and [(r["path"], r["reason"]) for r in rows] == [(p, why) for p, why, _ in recorded]
+    assert f"{folder / 'empty.mp3'}: the file is empty" in subprocess.run(
+        [*CLEARANCE, "failures"], capture_output=True, text=True, env=env, timeout=300).stdout
