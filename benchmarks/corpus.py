@@ -205,14 +205,6 @@ TRANSFORMS = {
 TEMPO_OF = {**{f"tempo-{r}x": r for r in (0.7, 0.8, 0.9, 1.1, 1.25, 1.4)}, "speed-0.9x": 0.9, "speed-1.1x": 1.1}
 
 
-def family(transform: str) -> str:
-    for prefix, fam in (("mp3", "codec"), ("opus", "codec"), ("vorbis", "codec"), ("lowpass", "band/eq"),
-                        ("highpass", "band/eq"), ("eq", "band/eq"), ("noise", "noise"), ("reverb", "reverb")):
-        if transform.startswith(prefix):
-            return fam
-    return transform
-
-
 def splice(copy: np.ndarray, pool: list[Track], rng: np.random.Generator, before: float, after: float) -> np.ndarray:
     """``copy`` with ``before`` and ``after`` seconds of new material around it."""
     a = other_music(pool, before, rng) if before > 0.1 else np.zeros(0, np.float32)
