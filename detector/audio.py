@@ -62,7 +62,8 @@ def decode(source: str | os.PathLike | bytes, sample_rate: int, *, name: str | N
         label = name or str(source)
         path = Path(source)
         if not path.is_file():
-            raise AudioError(label, "no such file")
+            raise AudioError(label, "a folder, not an audio file" if path.is_dir() else
+                             "no such file" if not path.exists() else "not a regular file")
         size = path.stat().st_size
         opener = str(path)
     if size == 0:

@@ -113,9 +113,18 @@ def _print_rebuild(r) -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per input per line (JSON Lines)")
 @click.pass_obj
 def check(engine: Engine, files, as_json: bool) -> None:
-    """Check generated outputs against the catalog and print a decision for each."""
-    unreadable = 0
+    """Check generated outputs against the catalog and print a decision for each. FILES are audio
+    files or folders (their audio files, recursively, in path order)."""
+    from detector.audio import find_audio
+
+    unreadable, inputs = 0, []
     for f in files:
+        found = find_audio([f])
+        if f.is_dir() and not found:
+            unreadable += 1
+            click.echo(f"clearance: {f}: no audio files in this folder", err=True)
+        inputs += found
+    for f in inputs:
         try:
             result = engine.check(f, name=str(f))
         except AudioError as exc:

@@ -56,6 +56,8 @@ def test_caps_refuse_too_large_and_too_long():
 def test_missing_file_and_folder_search(tmp_path):
     with pytest.raises(AudioError, match="no such file"):
         decode(tmp_path / "nope.mp3", 8000)
+    with pytest.raises(AudioError, match="a folder, not an audio file"):
+        decode(tmp_path, 8000)
     (tmp_path / "a" / "b").mkdir(parents=True)
     for name in ["a/x.mp3", "a/b/y.FLAC", "a/notes.txt"]:
         (tmp_path / name).write_bytes(b"x")

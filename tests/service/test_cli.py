@@ -37,6 +37,14 @@ def test_check_blocks_copy_allows_unseen_and_reports_bad_inputs(music, env_for, 
     assert allowed["decision"] == "allow" and allowed["matches"] == []
     assert f"{corrupt}: not a readable audio file" in r.stderr or f"{corrupt}: no audio could be decoded" in r.stderr
     assert f"{empty}: the file is empty" in r.stderr
+    # a folder: its audio files in path order; an empty folder is an input that could not be read
+    (tmp_path / "nothing").mkdir()
+    r = clearance("check", "--json", tmp_path, tmp_path / "nothing", tmp_path / "missing.mp3", env=env_for())
+    assert r.returncode == 2, r.stderr
+    assert [(x["input"], x["decision"]) for x in map(json.loads, r.stdout.splitlines())] == [
+        (str(copy), "block"), (str(unseen), "allow")]
+    assert f"{tmp_path / 'nothing'}: no audio files in this folder" in r.stderr
+    assert f"{tmp_path / 'missing.mp3'}: no such file" in r.stderr
 
 
 def test_licensed_excerpt_allowed_with_attribution(music, env_for, tmp_path):
