@@ -58,8 +58,6 @@ def index_cmd(engine: Engine, paths, rights, owner, manifest, workers, engine_na
     """
     from tqdm import tqdm
 
-    from detector.audio import find_audio
-
     s = engine.settings
     if not paths and not rebuild:
         fail("give audio files or folders to index, or --rebuild")
@@ -69,7 +67,7 @@ def index_cmd(engine: Engine, paths, rights, owner, manifest, workers, engine_na
            "ray_address": ray_address or s.ray_address}
     try:
         if paths:
-            files = find_audio(list(paths))
+            files, _ = _audio_files(paths)
             with tqdm(total=len(files), unit="track", file=sys.stderr, dynamic_ncols=True, disable=None) as bar:
                 audio = [0.0]
 
@@ -102,6 +100,22 @@ def index_cmd(engine: Engine, paths, rights, owner, manifest, workers, engine_na
         sys.exit(2)
 
 
+def _audio_files(paths) -> tuple[list[Path], list[Path]]:
+    """The audio files that ``paths`` name (folders searched recursively) and the folders that
+    hold none, each of which is reported on stderr."""
+    from detector.audio import AUDIO_SUFFIXES, find_audio
+
+    files, empty = [], []
+    for p in map(Path, paths):
+        found = find_audio([p])
+        if p.is_dir() and not found:
+            empty.append(p)
+            click.echo(f"clearance: {p}: no audio files in this folder (looked for {' '.join(sorted(AUDIO_SUFFIXES))})",
+                       err=True)
+        files += found
+    return files, empty
+
+
 def _print_rebuild(r) -> None:
     recall = "exact search" if r.recall == 1.0 and r.factory == "Flat" else f"recall@1 {r.recall:.3f} against exact search"
     click.echo(f"index rebuilt: {r.factory}, {r.vectors} vectors of {r.tracks} tracks ({r.reembedded} embedded again), "
@@ -115,15 +129,8 @@ def _print_rebuild(r) -> None:
 def check(engine: Engine, files, as_json: bool) -> None:
     """Check generated outputs against the catalog and print a decision for each. FILES are audio
     files or folders (their audio files, recursively, in path order)."""
-    from detector.audio import find_audio
-
-    unreadable, inputs = 0, []
-    for f in files:
-        found = find_audio([f])
-        if f.is_dir() and not found:
-            unreadable += 1
-            click.echo(f"clearance: {f}: no audio files in this folder", err=True)
-        inputs += found
+    inputs, empty = _audio_files(files)
+    unreadable = len(empty)
     for f in inputs:
         try:
             result = engine.check(f, name=str(f))

@@ -69,6 +69,11 @@ def test_index_twice_does_not_duplicate_and_manifest_names_tracks(music, tmp_pat
     again = clearance("index", music["xmoto-menu"].path.parent, "--rights", "protected", "--manifest", manifest, env=env)
     assert again.returncode == 0, again.stderr
     assert "skipped 2 already present" in again.stdout
+    (tmp_path / "no-audio").mkdir()
+    (tmp_path / "no-audio" / "song.wma").write_bytes(b"0" * 100)
+    none = clearance("index", tmp_path / "no-audio", "--rights", "protected", env=env)
+    assert none.returncode == 0 and "indexed 0 tracks" in none.stdout
+    assert f"{tmp_path / 'no-audio'}: no audio files in this folder (looked for .aac" in none.stderr
     listed = [json.loads(x) for x in clearance("tracks", "--json", env=env).stdout.splitlines()]
     in_folder = [r.track_id for r in music.values() if r.path.parent == music["xmoto-menu"].path.parent]
     assert len(in_folder) > 2
