@@ -8,7 +8,8 @@ clean and transformed) of held-out ``unseen`` tracks (same games, same composers
 negatives) and of training-package tracks. The strongest evidence each negative produces
 against any unrelated catalog track is a sample of the null distribution; an exponential tail
 fitted to its top decile gives ``p_false(evidence)``, for outputs at least as long as the
-shortest negative (``shortest_s``; shorter ones have fewer chances: ``Calibration.length_factor``).
+shortest negative (``shortest_s``). The same negatives cut to their first 3, 5 and 8 s give the
+tails of shorter outputs (``Calibration.shorter``): music that short finds less by chance.
 The embedding's is written beside the
 model weights, the landmark layer's (searched as the check searches it: at tempo 1.0, and at the
 tempo the strongest embedding matches measured) to ``detector/weights/landmarks.calibration.json``.
@@ -28,6 +29,7 @@ from detector.model import DEFAULT_WEIGHTS
 
 WEIGHTS = C.REPO / "detector" / "weights" / DEFAULT_WEIGHTS
 NEGATIVE_S = (10.0, 30.0)   # lengths of the negative excerpts, before a transform changes them
+SHORTER_S = (3.0, 5.0, 8.0)  # the negatives cut to these lengths give short outputs' tails
 
 
 def negative_queries(tracks, n: int, rng: np.random.Generator):
@@ -82,22 +84,29 @@ def null_evidence(catalog, queries, related_ids) -> tuple[np.ndarray, np.ndarray
     return np.array(emb), np.array(lm, float)
 
 
-def fit(evidence: np.ndarray, model: str, shortest_s: float, tail_fraction: float = 0.1) -> Calibration:
-    """The tail of the null over negatives the shortest of which lasts ``shortest_s`` seconds."""
+def tail(evidence: np.ndarray, tail_fraction: float = 0.1) -> dict:
+    """An exponential tail fitted to the top ``tail_fraction`` of a null sample."""
     start = float(np.quantile(evidence, 1 - tail_fraction))
     excess = evidence[evidence > start] - start
     scale = float(excess.mean()) if len(excess) else 1.0
-    return Calibration(model=model, tail_start=start, tail_p=tail_fraction, tail_scale=max(scale, 1e-3),
-                       negatives=len(evidence), shortest_s=round(shortest_s, 2))
+    return {"tail_start": start, "tail_p": tail_fraction, "tail_scale": max(scale, 1e-3)}
 
 
-def report(name: str, ev: np.ndarray, cal: Calibration, out: Path) -> None:
-    qs = np.quantile(ev, [0.5, 0.9, 0.99, 1.0])
-    print(f"{name}: null evidence over {len(ev)} negatives: median {qs[0]:.2f}, p90 {qs[1]:.2f}, p99 {qs[2]:.2f}, "
-          f"max {qs[3]:.2f}")
-    for p in (1e-2, 1e-3, 1e-4, 1e-6):
-        e = cal.tail_start + cal.tail_scale * np.log(cal.tail_p / p)
-        print(f"  p_false {p:g} at evidence {e:.2f}")
+def fit(evidence: np.ndarray, model: str, shortest_s: float, cut: dict[float, np.ndarray]) -> Calibration:
+    """The tail of the null over negatives the shortest of which lasts ``shortest_s`` seconds,
+    and those of the same negatives cut to each length in ``cut`` (seconds → null sample)."""
+    return Calibration(model=model, **tail(evidence), negatives=len(evidence), shortest_s=round(shortest_s, 2),
+                       shorter=tuple({"seconds": s, **tail(ev)} for s, ev in sorted(cut.items())))
+
+
+def report(name: str, ev: np.ndarray, cut: dict[float, np.ndarray], cal: Calibration, out: Path) -> None:
+    for label, sample, fitted in [("whole", ev, {"tail_start": cal.tail_start, "tail_p": cal.tail_p,
+                                                 "tail_scale": cal.tail_scale}),
+                                  *((f"cut to {t['seconds']:g} s", cut[t["seconds"]], t) for t in cal.shorter)]:
+        qs = np.quantile(sample, [0.5, 0.9, 0.99, 1.0])
+        at = {p: fitted["tail_start"] + fitted["tail_scale"] * np.log(fitted["tail_p"] / p) for p in (1e-2, 1e-3, 1e-4)}
+        print(f"{name}, {len(sample)} negatives {label}: null median {qs[0]:.2f}, p90 {qs[1]:.2f}, p99 {qs[2]:.2f}, "
+              f"max {qs[3]:.2f}; " + ", ".join(f"p_false {p:g} at evidence {e:.2f}" for p, e in at.items()))
     print(f"  wrote {out}")
 
 
@@ -127,14 +136,20 @@ def main(argv=None) -> None:
     queries = negative_queries(tracks, args.negatives, rng)
 
     emb, lm = null_evidence(catalog, queries, lambda t: C.related(t, tracks))
+    print(f"whole negatives measured ({time.time() - t0:.0f} s)", flush=True)
+    cut_emb, cut_lm = {}, {}
+    for secs in SHORTER_S:
+        cut = [(name, x[: int(secs * C.SR)], t) for name, x, t in queries]
+        cut_emb[secs], cut_lm[secs] = null_evidence(catalog, cut, lambda t: C.related(t, tracks))
+        print(f"negatives cut to {secs:g} s measured ({time.time() - t0:.0f} s)", flush=True)
     shortest = min(len(x) for _, x, _ in queries) / C.SR
-    cal = fit(emb, engine.embedder.version, shortest)
+    cal = fit(emb, engine.embedder.version, shortest, cut_emb)
     cal.save(out)
-    report("embedding", emb, cal, out)
+    report("embedding", emb, cut_emb, cal, out)
     out = C.REPO / "detector" / "weights" / landmarks.CALIBRATION
-    cal = fit(lm, landmarks.VERSION, shortest)
+    cal = fit(lm, landmarks.VERSION, shortest, cut_lm)
     cal.save(out)
-    report("landmarks", lm, cal, out)
+    report("landmarks", lm, cut_lm, cal, out)
 
 
 if __name__ == "__main__":

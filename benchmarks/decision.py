@@ -85,6 +85,7 @@ def main(argv=None) -> None:
 
     stats = defaultdict(lambda: defaultdict(int))
     ref_err, tempo_err, verdicts = [], [], defaultdict(int)
+    wrong_blocks = []       # (query, match, track): blocks naming a track the query does not copy
     t0 = time.time()
 
     def run(x) -> tuple:
@@ -105,7 +106,9 @@ def main(argv=None) -> None:
             if d.verdict is Verdict.block:
                 right = [(m, i) for m, i in blocking if i.external_id in C.related(q.truth, tracks)]
                 s["block"] += bool(right)
-                s["wrong"] += any(i.external_id not in C.related(q.truth, tracks) for _, i in blocking)
+                wrong = [(m, i) for m, i in blocking if i.external_id not in C.related(q.truth, tracks)]
+                s["wrong"] += bool(wrong)
+                wrong_blocks += [(f"{name} of {q.truth.track_id}", m, i) for m, i in wrong]
                 own = [m for m, i in right if i.external_id == q.truth.track_id]
                 if own:             # a related track shares material, not necessarily its timing
                     m = own[0]
@@ -138,6 +141,7 @@ def main(argv=None) -> None:
         d = run(q.samples)
         lic["n"] += 1
         lic["blocked"] += d.verdict is Verdict.block
+        wrong_blocks += [(f"licensed {name} of {q.truth.track_id}", m, i) for m, i in d.blocking]
         lic["attributed"] += any(i.external_id in C.related(q.truth, tracks) and i.rights is Rights.licensed for _, i in d.matches)
 
     # negatives
@@ -175,6 +179,11 @@ def main(argv=None) -> None:
               f"tempo {m.tempo_ratio:.2f})")
     print(f"Licensed excerpts: blocked {lic['blocked']}/{lic['n']}, attributed {lic['attributed']}/{lic['n']} "
           f"= {100 * lic['attributed'] / lic['n']:.1f}%")
+    if wrong_blocks:
+        print("Blocks naming a track the copy or licensed excerpt is not from (the manifest marks no shared material):")
+    for name, m, i in wrong_blocks:
+        print(f"  {name} → {i.external_id} ({m.method}, score {m.score:.6f}, {m.duration:.1f} s, reference "
+              f"{m.ref_start:.1f} s, tempo {m.tempo_ratio:.2f})")
     print(f"ref_start error: median {np.median(ref_err):.2f} s, p90 {np.quantile(ref_err, 0.9):.2f} s (n={len(ref_err)})")
     if tempo_err:
         errs = np.array([e for e, _, _ in tempo_err])

@@ -78,14 +78,23 @@ class Match:
         return self.query_end - self.query_start
 
 
+def _tail_p(evidence: float, start: float, p: float, scale: float) -> float:
+    """An exponential tail ``p * exp(-(e - start) / scale)`` above ``start``, ``p * start / e`` below."""
+    if evidence <= start:
+        return 1.0 if evidence <= 0 else min(1.0, p * (start / max(evidence, 1e-9)))
+    return min(1.0, p * math.exp(-(evidence - start) / scale))
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """Maps embedding evidence to a false-match probability: an exponential tail fitted to the
-    evidence of music that is not in the catalog (``benchmarks/calibrate.py`` writes it).
+    """Maps evidence to a false-match probability: exponential tails fitted to the evidence of
+    music that is not in the catalog (``benchmarks/calibrate.py`` writes it).
 
     ``p_false(e) = tail_p * exp(-(e - tail_start) / tail_scale)`` above ``tail_start``, for an
-    output at least ``shortest_s`` long (the shortest of those negatives); ``length_factor``
-    scales it down for a shorter one.
+    output at least ``shortest_s`` long (the shortest of those negatives). ``shorter``: tails
+    fitted to the same negatives cut to a few seconds, ``{"seconds", "tail_start", "tail_p",
+    "tail_scale"}`` each, shortest first: a short output is held to what chance finds in music
+    that short (``p_false(e, duration_s)``).
     """
 
     model: str
@@ -94,25 +103,47 @@ class Calibration:
     tail_scale: float
     negatives: int = 0
     shortest_s: float = 10.0
+    shorter: tuple[dict, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "shorter", tuple(sorted(map(dict, self.shorter), key=lambda t: t["seconds"])))
 
     def length_factor(self, duration_s: float) -> float:
-        """What an output of ``duration_s`` seconds multiplies ``p_false`` by: chance matches come
-        from the alignments an output offers, and an output shorter than the shortest negative
-        offers proportionally fewer (a Bonferroni count; outputs cut to 3 s had an embedding null
-        lower than this assumes, see detector/MODEL.md, "Short copies")."""
+        """What an output of ``duration_s`` seconds multiplies the full-length ``p_false`` by:
+        chance matches come from the alignments an output offers, and an output shorter than the
+        shortest negative offers proportionally fewer (a Bonferroni count)."""
         return min(1.0, max(duration_s, 1.0) / self.shortest_s)   # no output is shorter than one window
 
-    def p_false(self, evidence: float) -> float:
-        if evidence <= self.tail_start:
-            return 1.0 if evidence <= 0 else min(1.0, self.tail_p * (self.tail_start / max(evidence, 1e-9)))
-        return min(1.0, self.tail_p * math.exp(-(evidence - self.tail_start) / self.tail_scale))
+    def p_false(self, evidence: float, duration_s: float | None = None) -> float:
+        """The chance that music not in the catalog, ``duration_s`` long (None: at least
+        ``shortest_s``), produces ``evidence`` this strong. Between the lengths of the fitted
+        tails log ``p_false`` is interpolated; below the shortest, its tail is scaled by the
+        Bonferroni count; never above the full-length tail's Bonferroni count."""
+        full = _tail_p(evidence, self.tail_start, self.tail_p, self.tail_scale)
+        if duration_s is None or duration_s >= self.shortest_s:
+            return full
+        bonferroni = full * self.length_factor(duration_s)
+        if not self.shorter:
+            return bonferroni
+        tails = [(t["seconds"], _tail_p(evidence, t["tail_start"], t["tail_p"], t["tail_scale"])) for t in self.shorter]
+        tails.append((self.shortest_s, full))
+        if duration_s <= tails[0][0]:
+            fitted = tails[0][1] * max(duration_s, 1.0) / tails[0][0]
+        else:
+            (a, pa), (b, pb) = next((lo, hi) for lo, hi in zip(tails, tails[1:]) if duration_s <= hi[0])
+            x = (duration_s - a) / (b - a)
+            fitted = math.exp((1 - x) * math.log(max(pa, 1e-300)) + x * math.log(max(pb, 1e-300)))
+        return min(fitted, bonferroni)
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
         return cls(**json.loads(Path(path).read_text()))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.__dict__, indent=2) + "\n")
+        data = {**self.__dict__, "shorter": list(self.shorter)}
+        if not self.shorter:
+            del data["shorter"]
+        Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
 class Matcher:

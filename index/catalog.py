@@ -182,21 +182,22 @@ class Catalog:
         changed = [m for m in embedding if abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE]
         for m in sorted(changed, key=lambda m: m.evidence, reverse=True)[:TEMPO_LOOKS]:
             found += index.search(query, tempo=m.tempo_ratio, track=m.track)
-        factor = index.calibration.length_factor(clip.duration)
-        return [replace(landmarks.to_match(m), p_false=m.p_false * factor) for m in found]
+        cal = index.calibration
+        return [replace(landmarks.to_match(m), p_false=cal.p_false(float(m.votes), clip.duration)) for m in found]
 
     def embedding_matches(self, clip: Clip, max_p_false: float = REPORTED_P) -> list[Match]:
         """Matches of ``clip`` found by the embedding layer alone.
 
         The query is also searched transposed by ±``TRANSPOSE_ST`` semitones, so copies shifted
         far beyond what the encoder absorbs by itself (about ±3 st) are still found. ``p_false``
-        counts the output's length (``Calibration.length_factor``), as landmark matches' does.
+        is that of music as long as the output (``Calibration.p_false``), as landmark matches' is.
         """
         hits = [self._hits(clip, t) for t in (0.0, -TRANSPOSE_ST, TRANSPOSE_ST)]
         merged = Hits(*(np.concatenate([getattr(h, f) for h in hits]) for f in ("query_t", "track", "ref_t", "weight")))
-        factor = self.matcher.cal.length_factor(clip.duration)
-        found = self.matcher.match(merged, QUERY_HOP_S, max_p_false=min(1.0, max_p_false / factor))
-        return [replace(m, p_false=m.p_false * factor) for m in found]
+        cal = self.matcher.cal
+        found = [replace(m, p_false=cal.p_false(m.evidence, clip.duration))
+                 for m in self.matcher.match(merged, QUERY_HOP_S, max_p_false=1.0)]
+        return [m for m in found if m.p_false <= max_p_false]
 
     def _hits(self, clip: Clip, transpose: float) -> Hits:
         emb = self.embedder.embed(clip, hop_s=QUERY_HOP_S, transpose=transpose)

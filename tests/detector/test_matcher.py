@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -183,6 +184,24 @@ def test_a_texture_that_answers_every_window_somewhere_weighs_far_less_than_a_co
 def test_a_calibration_counts_fewer_chances_in_an_output_shorter_than_its_negatives(tmp_path):
     cal = Calibration(model="test", tail_start=5.0, tail_p=0.1, tail_scale=2.0, shortest_s=8.0)
     assert [cal.length_factor(s) for s in (30.0, 8.0, 4.0, 2.0, 0.0)] == [1.0, 1.0, 0.5, 0.25, 0.125]
+    assert cal.p_false(7.0, 30.0) == cal.p_false(7.0) == pytest.approx(0.1 * math.exp(-1.0))
+    assert cal.p_false(7.0, 4.0) == pytest.approx(cal.p_false(7.0) * 0.5)      # no shorter tails: Bonferroni
+    # tails fitted to the negatives cut to 2 s and 4 s: each at its length, log-interpolated between
+    # them and up to the full tail at shortest_s, scaled by the count below the shortest
+    fitted = replace(cal, shorter=({"seconds": 4.0, "tail_start": 3.0, "tail_p": 0.1, "tail_scale": 1.0},
+                                   {"seconds": 2.0, "tail_start": 2.0, "tail_p": 0.1, "tail_scale": 1.0}))
+    at2, at4 = 0.1 * math.exp(-5.0), 0.1 * math.exp(-4.0)
+    assert [t["seconds"] for t in fitted.shorter] == [2.0, 4.0]
+    assert fitted.p_false(7.0, 2.0) == pytest.approx(at2) and fitted.p_false(7.0, 4.0) == pytest.approx(at4)
+    assert fitted.p_false(7.0, 3.0) == pytest.approx(math.sqrt(at2 * at4))
+    assert fitted.p_false(7.0, 1.0) == pytest.approx(at2 / 2)
+    assert fitted.p_false(7.0, 6.0) == pytest.approx(math.sqrt(at4 * cal.p_false(7.0)))
+    assert fitted.p_false(7.0, 8.0) == cal.p_false(7.0)
+    # a shorter tail never makes an output more suspect than the count of its alignments does
+    loose = replace(cal, shorter=({"seconds": 4.0, "tail_start": 6.0, "tail_p": 0.5, "tail_scale": 5.0},))
+    assert loose.p_false(7.0, 4.0) == pytest.approx(cal.p_false(7.0) * 0.5)
+    fitted.save(tmp_path / "fitted.json")
+    assert Calibration.load(tmp_path / "fitted.json") == fitted
     # a calibration written before outputs' lengths counted was fitted on negatives of 10 s and more
     (tmp_path / "old.json").write_text('{"model": "m", "tail_start": 1.0, "tail_p": 0.1, "tail_scale": 0.3}')
     assert Calibration.load(tmp_path / "old.json").length_factor(3.0) == pytest.approx(0.3)
