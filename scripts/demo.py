@@ -42,7 +42,7 @@ def main(music: Path) -> None:
     catalog = [str(t.path) for t in tracks.values() if t.role == "catalog"]
     print(f"Indexing {len(catalog)} catalog tracks of the sample corpus as protected recordings.", flush=True)
     run("index", *catalog, "--rights", "protected", "--owner", "sample corpus", "--manifest", str(music / "manifest.csv"))
-    out = Path(".clearance-demo") / "outputs"
+    out = Path(".clearance-demo") / "samples"       # not HOME/outputs, where checks keep what they checked
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for name, tid, start, secs, transform, copy in SAMPLES:
