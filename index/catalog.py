@@ -291,10 +291,10 @@ class Catalog:
                 outcomes.close()
                 self._publish(vectors, batch, summary)
                 shutil.rmtree(self.home / "incoming", ignore_errors=True)
-            for path, external_id, sha256 in skips:   # a duplicate may come before the file that is kept
-                kept = self.store.find_by_hash(sha256)
-                if kept and kept.external_id != external_id:
-                    summary.renamed.append((path, external_id, kept.external_id))
+            # a duplicate may come before the file that is kept: its id is looked up at the end, in one go
+            kept = self.store.external_ids_by_hash(sha256 for _, _, sha256 in skips)
+            summary.renamed = [(path, external_id, kept[sha256]) for path, external_id, sha256 in skips
+                               if kept.get(sha256, external_id) != external_id]
             wanted = self._wanted_factory(vectors.size)
             if wanted != vectors.info.factory and vectors.size >= min_training_vectors(wanted):
                 summary.rebuilt = self._rebuild(workers, engine, ray_address)

@@ -7,6 +7,7 @@ The database is the source of truth for which tracks exist; the vector index fol
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -153,6 +154,12 @@ class Store:
             r = c.execute(sa.select(tracks).where(tracks.c.content_sha256 == sha256)).first()
         return _row_to_track(r) if r else None
 
+    def external_ids_by_hash(self, hashes: Iterable[str]) -> dict[str, str]:
+        """Content sha256 → external id, for the tracks (in any state) whose content is among ``hashes``."""
+        with self.engine.connect() as c:
+            return {sha: eid for part in _chunks(set(hashes)) for sha, eid in c.execute(
+                sa.select(tracks.c.content_sha256, tracks.c.external_id).where(tracks.c.content_sha256.in_(part)))}
+
     def find(self, external_id: str) -> Track | None:
         with self.engine.connect() as c:
             r = c.execute(sa.select(tracks).where(tracks.c.external_id == external_id)).first()
@@ -177,12 +184,12 @@ class Store:
 
     def mark_indexed(self, keys: list[int]) -> None:
         with self.engine.begin() as c:
-            for part in _chunks(keys):
+            for part in _chunks(map(int, keys)):
                 c.execute(tracks.update().where(tracks.c.id.in_(part)).values(state="indexed", updated_at=now()))
 
     def delete(self, keys: list[int]) -> None:
         with self.engine.begin() as c:
-            for part in _chunks(keys):
+            for part in _chunks(map(int, keys)):
                 c.execute(chromaprints.delete().where(chromaprints.c.track_id.in_(part)))
                 c.execute(landmarks.delete().where(landmarks.c.track_id.in_(part)))
                 c.execute(tracks.delete().where(tracks.c.id.in_(part)))
@@ -319,10 +326,10 @@ def connect(url: str) -> sa.Engine:
     return engine
 
 
-def _chunks(keys: list[int], size: int = 10_000):
-    """``keys`` in parts small enough for one ``IN (…)`` on every database."""
-    keys = [int(k) for k in keys]
-    return [keys[i:i + size] for i in range(0, len(keys), size)]
+def _chunks(values: Iterable, size: int = 10_000) -> list[list]:
+    """``values`` in parts small enough for one ``IN (…)`` on every database."""
+    values = list(values)
+    return [values[i:i + size] for i in range(0, len(values), size)]
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
