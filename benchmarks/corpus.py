@@ -42,7 +42,7 @@ def related(track: Track, tracks: list[Track]) -> set[str]:
 
 def music_folder(which: str = "full") -> Path:
     """Fetch (idempotently) and return the corpus folder."""
-    script = REPO.parent / "shared" / "data" / "get-music"
+    script = REPO / "scripts" / "get-music"
     out = subprocess.run([str(script), "--set", which, "--quiet"], check=True, capture_output=True, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
 

@@ -27,9 +27,9 @@ class Row:
 
 @pytest.fixture(scope="session")
 def music() -> dict[str, Row]:
-    """The ``test`` corpus by track id (``../shared/data/get-music --set test``; the folder may
+    """The ``test`` corpus by track id (``scripts/get-music --set test``; the folder may
     also hold the full corpus, whose extra tracks are left out)."""
-    script = REPO.parent / "shared" / "data" / "get-music"
+    script = REPO / "scripts" / "get-music"
     out = subprocess.run([str(script), "--set", "test", "--quiet"], check=True, capture_output=True, text=True)
     folder = Path(out.stdout.strip().splitlines()[-1])
     with open(folder / "manifest.csv", newline="") as f:
