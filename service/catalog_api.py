@@ -26,7 +26,7 @@ from service.auth import Principal, Role, require
 from service.engine import Engine
 from service.pool import WorkPool
 from service.problems import Conflict, NotFound
-from service.uploads import form_body, read_form
+from service.uploads import Uploads, form_body
 
 TRACKS = "/v1/tracks"
 
@@ -106,6 +106,7 @@ def catalog_router(engine: Engine, pool: WorkPool) -> APIRouter:
     """The routes of ``/v1/tracks``; uploads and takedowns run in ``pool``."""
     router = APIRouter(tags=["catalog"])
     admin = CatalogAdmin(engine)
+    uploads = Uploads(engine.settings)
     catalog_admin = require(Role.catalog_admin)
 
     @router.get(TRACKS, summary="The catalog")
@@ -114,8 +115,8 @@ def catalog_router(engine: Engine, pool: WorkPool) -> APIRouter:
 
     @router.post(TRACKS, status_code=201, summary="Add a reference recording", openapi_extra=form_body(TrackForm),
                  responses={201: {"description": "the new track; answered once it is indexed"}})
-    async def add_track(request: Request, _: Principal = Depends(catalog_admin)) -> JSONResponse:
-        async with pool.slot(), read_form(request, TrackForm, engine.settings.upload_timeout_s) as form:
+    async def add_track(request: Request, who: Principal = Depends(catalog_admin)) -> JSONResponse:
+        async with uploads.read_form(request, TrackForm, who.key_id) as form, pool.slot():
             track = await pool.run(admin.add, form)
         return JSONResponse(track.to_dict(), status_code=201,
                             headers={"Location": f"{TRACKS}/{quote(track.external_id, safe='')}"})

@@ -5,11 +5,12 @@ import base64
 import binascii
 import time
 from datetime import datetime, timezone
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
 from detector.errors import AudioError
 from detector.policy import Verdict
@@ -19,9 +20,21 @@ from service.engine import Engine
 from service.metrics import Metrics
 from service.pool import WorkPool
 from service.problems import InvalidRequest, NotFound
-from service.uploads import form_body, read_form
+from service.uploads import Uploads, form_body
 
 CHECKS = "/v1/checks"
+
+
+def _in_utc(at: datetime) -> datetime:
+    """``at`` in UTC. An offset can take a time past the last or before the first date there
+    (9999-12-31T23:59:59-23:59): ``ValueError``, so that it is an invalid request, not a crash."""
+    try:
+        return at.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{at.isoformat()} is out of the range of dates in UTC") from None
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 class CheckForm(BaseModel):
@@ -31,7 +44,7 @@ class CheckForm(BaseModel):
 def checks_router(engine: Engine, pool: WorkPool, metrics: Metrics) -> APIRouter:
     """The routes of ``/v1/checks``; checks run in ``pool`` and are counted in ``metrics``."""
     router = APIRouter(tags=["checks"])
-    settings = engine.settings
+    uploads = Uploads(engine.settings)
 
     def run_check(upload: UploadFile, submitter: str, idempotency_key: str | None) -> dict:
         """Check an upload (on a worker thread) and count the outcome."""
@@ -59,7 +72,7 @@ def checks_router(engine: Engine, pool: WorkPool, metrics: Metrics) -> APIRouter
             stored = await run_in_threadpool(engine.store.find_idempotent, principal.key_id, idempotency_key)
             if stored is not None:
                 return replayed(stored)
-        async with pool.slot(), read_form(request, CheckForm, settings.upload_timeout_s) as form:
+        async with uploads.read_form(request, CheckForm, principal.key_id) as form, pool.slot():
             try:
                 return JSONResponse(await pool.run(run_check, form.audio, principal.key_id, idempotency_key))
             except DuplicateCheck:    # the same key, sent twice at once: the first stored wins
@@ -69,14 +82,14 @@ def checks_router(engine: Engine, pool: WorkPool, metrics: Metrics) -> APIRouter
     @router.get(CHECKS, summary="Stored checks, newest first, a page at a time")
     def list_checks(principal: Principal = Depends(require(Role.submitter, Role.reviewer)),
                     decision: Verdict | None = Query(None, description="only checks with this decision"),
-                    since: AwareDatetime | None = Query(None, description="only checks made at or after this "
-                                                                          "ISO 8601 time, with its offset: "
-                                                                          "2026-05-01T00:00:00Z"),
+                    since: UtcDatetime | None = Query(None, description="only checks made at or after this "
+                                                                        "ISO 8601 time, with its offset: "
+                                                                        "2026-05-01T00:00:00Z"),
                     limit: int = Query(50, ge=1, le=500, description="checks per page"),
                     cursor: str | None = Query(None, description="`next_cursor` of the previous page")) -> dict:
         """A submitter sees the checks made with its own key; reviewers and admins see all."""
         rows = engine.store.list_checks(
-            decision=decision.value if decision else None, since=since.astimezone(timezone.utc) if since else None,
+            decision=decision.value if decision else None, since=since,
             submitter=principal.key_id if principal.own_checks_only else None,
             before=_read_cursor(cursor) if cursor else None, limit=limit + 1)
         return {"checks": [{"created_at": r.created_at.isoformat(), "submitter": r.submitter, "result": r.result}
@@ -106,6 +119,6 @@ def _cursor(last: StoredCheck) -> str:
 def _read_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         at, check_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(at), check_id
+        return _in_utc(datetime.fromisoformat(at)), check_id
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidRequest(f"cursor {cursor!r} is not one this service gave out") from None

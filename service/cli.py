@@ -211,12 +211,18 @@ def rights(engine: Engine, external_ids, rights: str, note: str) -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.pass_obj
 def serve(engine: Engine, host: str, port: int) -> None:
-    """Run the HTTP API."""
+    """Run the HTTP API. A connection that sends no complete request head within
+    CLEARANCE_HEADER_TIMEOUT_S of opening or of its previous answer is closed, and one idle
+    between requests after 5 s (uvicorn's keep-alive timeout)."""
+    from functools import partial
+
     import uvicorn
 
     from service.api import create_app
+    from service.uploads import HeadTimeoutH11
 
-    uvicorn.run(create_app(engine), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(engine), host=host, port=port, log_level="info",
+                http=partial(HeadTimeoutH11, head_timeout_s=engine.settings.header_timeout_s))
 
 
 @main.group()

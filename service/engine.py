@@ -79,9 +79,15 @@ class Engine:
         decision = self.assess(clip)
         result = result_json(str(uuid.uuid4()), name, clip.duration, decision, self.embedder.version,
                              self.policy.version, time.perf_counter() - t0)
-        if self.settings.keep_outputs:
-            self._keep_output(source, self.output_path(result["id"], name))
-        self.store.save_check(result, submitter=submitter, idempotency_key=idempotency_key)
+        kept = self.output_path(result["id"], name) if self.settings.keep_outputs else None
+        if kept:
+            self._keep_output(source, kept)
+        try:
+            self.store.save_check(result, submitter=submitter, idempotency_key=idempotency_key)
+        except BaseException:    # DuplicateCheck (the same key raced and lost) or a database error: no check
+            if kept:             # refers to the file, so it goes too
+                kept.unlink(missing_ok=True)
+            raise
         return result
 
     def output_path(self, check_id: str, name: str) -> Path:

@@ -1,8 +1,9 @@
 """A bounded pool for the CPU work of the HTTP service (decoding, fingerprinting, indexing).
 
-Requests take a slot before their upload is read and keep it until their work is done; a pool
-has ``workers + queue`` slots, and a request that finds none free is refused with ``Busy``
-(HTTP 503 with ``Retry-After``) rather than queued without bound.
+Requests take a slot once their upload has arrived (a client that stalls an upload holds none)
+and keep it until their work is done; a pool has ``workers + queue`` slots, and a request that
+finds none free is refused with ``Busy`` (HTTP 503 with ``Retry-After``) rather than queued
+without bound.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from detector.errors import AudioError, ClearanceError
 from index.store import CatalogError
 from service.auth import Forbidden, Unauthenticated
 from service.pool import Busy
-from service.uploads import UploadTimeout
+from service.uploads import TooManyUploads, UploadTimeout
 
 
 class NotFound(ClearanceError):
@@ -42,6 +42,7 @@ STATUS: list[tuple[type[ClearanceError], int, str | None]] = [   # (error, statu
     (Conflict, 409, None),
     (CatalogError, 409, None),
     (InvalidRequest, 422, "Invalid request"),
+    (TooManyUploads, 429, None),
     (Busy, 503, None),
 ]
 """Other ``ClearanceError``s are answered 500; titles default to the status's phrase."""

@@ -46,6 +46,14 @@ class Settings(BaseSettings):
                                                     "service answers 503")
     upload_timeout_s: float = Field(300.0, gt=0, description="longest time a client may take to send an upload, "
                                                              "seconds; slower uploads are answered 408")
+    upload_idle_timeout_s: float = Field(30.0, gt=0, description="longest pause in an upload, seconds: an upload "
+                                                                 "that sends nothing for this long is answered 408")
+    max_uploads_per_key: int = Field(4, ge=1, description="uploads one API key may be sending at once to each "
+                                                          "upload route; more are answered 429, so a client that "
+                                                          "stalls its uploads holds no more than these")
+    header_timeout_s: float = Field(10.0, gt=0, description="time a connection has to send a complete request "
+                                                            "head (request line and headers), seconds, from when it "
+                                                            "opens or its previous response ends; then it is closed")
     max_request_kb: int = Field(64, ge=1, description="largest accepted HTTP request body other than an audio "
                                                       "upload, KiB")
     # the review dashboard (service/dashboard) and the audio it plays

@@ -21,7 +21,8 @@ from service.auth import Role, create_key
 from service.settings import Settings
 
 LIMITS = {"CLEARANCE_MAX_UPLOAD_MB": "2", "CLEARANCE_MAX_AUDIO_S": "60", "CLEARANCE_CHECK_WORKERS": "1",
-          "CLEARANCE_CHECK_QUEUE": "1", "CLEARANCE_UPLOAD_TIMEOUT_S": "15"}
+          "CLEARANCE_CHECK_QUEUE": "1", "CLEARANCE_UPLOAD_TIMEOUT_S": "15", "CLEARANCE_UPLOAD_IDLE_TIMEOUT_S": "5",
+          "CLEARANCE_MAX_UPLOADS_PER_KEY": "2", "CLEARANCE_HEADER_TIMEOUT_S": "2"}
 """Settings of the shared server: small caps, so tests reach them with small files."""
 
 

@@ -2,10 +2,12 @@
 results, idempotent resubmission, and the paged list of checks."""
 from __future__ import annotations
 
+import base64
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 from tests.conftest import cut
+from tests.service.conftest import serve
 
 
 def test_copy_blocked_and_stored(server, music, tmp_path):
@@ -64,6 +66,22 @@ def test_idempotency_key_sent_twice_at_once_is_checked_once(server, music, tmp_p
     assert [c["result"]["id"] for c in server.get("/v1/checks", key).json()["checks"]] == [answers[0].json()["id"]]
 
 
+def test_idempotency_key_sent_six_times_at_once_keeps_one_output(env_for, music, tmp_path_factory, tmp_path):
+    """The checks that lose the race to store under the key leave no audio behind: the outputs
+    folder holds the one file the stored check refers to."""
+    home = tmp_path_factory.mktemp("six-at-once")
+    q = cut(music["xmoto-foxrun"], 60.0, 12.0, tmp_path / "q.mp3").read_bytes()
+    with serve(home, {**env_for(home), "CLEARANCE_CHECK_QUEUE": "8", "CLEARANCE_MAX_UPLOADS_PER_KEY": "8"},
+               home / "server.log") as s:
+        key = s.key("submitter", "impatient platform")
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: s.check(key, "q.mp3", q, **{"Idempotency-Key": "six"}), range(6)))
+        assert [a.status_code for a in answers] == [200] * 6
+        [check_id] = {a.json()["id"] for a in answers}
+        assert [c["result"]["id"] for c in s.get("/v1/checks", key).json()["checks"]] == [check_id]
+        assert [p.name for p in (home / "outputs").iterdir()] == [f"{check_id}.mp3"]
+
+
 def test_idempotency_key_longer_than_256_characters_is_422(server):
     r = server.check(server.keys["submitter"], "q.mp3", b"x", **{"Idempotency-Key": "k" * 257})
     assert r.status_code == 422 and "idempotency-key" in r.json()["detail"]
@@ -109,6 +127,19 @@ def test_list_refuses_bad_parameters(server):
         assert r.status_code == 422 and r.json()["detail"].startswith(where), (params, r.text)
     forged = server.get("/v1/checks", key, params={"cursor": "not-a-cursor"})
     assert forged.status_code == 422 and "cursor" in forged.json()["detail"]
+
+
+def test_list_refuses_times_past_the_range_of_dates_in_utc(server):
+    """Valid times whose offset takes them past year 9999 or before year 1 in UTC."""
+    key = server.keys["submitter"]
+    late = server.get("/v1/checks", key, params={"since": "9999-12-31T23:59:59-23:59"})
+    assert late.status_code == 422 and late.headers["content-type"] == "application/problem+json"
+    assert late.json()["detail"] == ("query.since: Value error, 9999-12-31T23:59:59-23:59 is out of the range of "
+                                     "dates in UTC")
+    cursor = base64.urlsafe_b64encode(b"0001-01-01T00:00:00+23:59|someid").decode()
+    early = server.get("/v1/checks", key, params={"cursor": cursor})
+    assert early.status_code == 422 and early.headers["content-type"] == "application/problem+json"
+    assert early.json()["detail"] == f"cursor {cursor!r} is not one this service gave out"
 
 
 def test_unknown_check_is_404(server):
