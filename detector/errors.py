@@ -19,6 +19,19 @@ class AudioError(ClearanceError):
         self.too_large = too_large
 
 
+class StorageError(ClearanceError):
+    """A catalog file or folder this process cannot use as asked: a home or database it may not
+    write, a database that is missing, or one whose schema it may not upgrade.
+
+    ``path`` names the file, folder or database; ``reason`` says why, in words a person can act on.
+    """
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 class ModelError(ClearanceError):
     """A model checkpoint that is missing, unreadable or from an unknown version."""
 

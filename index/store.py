@@ -10,12 +10,15 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import sqlalchemy as sa
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event
 
-from detector.errors import ClearanceError
+from detector.errors import ClearanceError, StorageError
 from detector.policy import Rights, TrackInfo
 from index import migrate
 
@@ -141,12 +144,27 @@ def _row_to_track(r) -> Track:
 
 
 class Store:
-    """Typed access to the catalog database at ``url``."""
+    """Typed access to the catalog database at ``url``, its schema brought to the newest.
 
-    def __init__(self, url: str):
+    ``read_only``: for commands that only read, so they work where this user may not write:
+    nothing is written, not even a file beside an SQLite database, and the schema is not
+    upgraded (``StorageError`` when it is not the newest, or the database does not exist).
+    """
+
+    def __init__(self, url: str, *, read_only: bool = False):
         self.url = url
-        self.engine = connect(url)
-        migrate.ensure_schema(self.engine, metadata)
+        self.engine = connect(url, read_only=read_only)
+        if read_only:
+            _require_newest_schema(self.engine)
+        else:
+            migrate.ensure_schema(self.engine, metadata)
+
+    def check_writable(self) -> None:
+        """Raise ``StorageError`` unless this process may write the database (tried with a write
+        that is rolled back), so that a command that changes the catalog stops before its work."""
+        with self.engine.connect() as c:
+            c.execute(sa.text("UPDATE alembic_version SET version_num = version_num"))
+            c.rollback()
 
     # --- tracks -------------------------------------------------------------------------
     def find_by_hash(self, sha256: str) -> Track | None:
@@ -312,9 +330,11 @@ class Store:
                     for r in c.execute(sa.select(failures).order_by(failures.c.id))]
 
 
-def connect(url: str) -> sa.Engine:
-    """An SQLAlchemy engine for a database URL: SQLite (WAL, foreign keys, waits for locks) or
-    PostgreSQL (``postgresql://…`` is driven by psycopg 3)."""
+def connect(url: str, *, read_only: bool = False) -> sa.Engine:
+    """An SQLAlchemy engine for a database URL: SQLite (WAL, foreign keys, waits for locks; a
+    file it may not open or write raises ``StorageError``) or PostgreSQL (``postgresql://…`` is
+    driven by psycopg 3). ``read_only``: SQLite connections that never write (``_open_read_only``);
+    the file must exist."""
     if url.startswith(("postgresql://", "postgres://")):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     try:
@@ -322,8 +342,60 @@ def connect(url: str) -> sa.Engine:
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
         raise ClearanceError(f"cannot use the database URL ({url.split('://')[0]}://…): {exc}") from None
     if engine.dialect.name == "sqlite":
+        if read_only:
+            if not Path(engine.url.database or "").is_file():
+                raise StorageError(_name(engine.url), "no such catalog database (nothing has been indexed into "
+                                                      "this home, or --home or --db names another place)")
+            event.listen(engine, "do_connect", _open_read_only)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "handle_error", lambda ctx: _sqlite_access_error(ctx, _name(engine.url)))
     return engine
+
+
+def _name(url: sa.URL) -> str:
+    """The database at ``url`` as a person names it: an SQLite file's path, else the URL without password."""
+    return url.database if url.get_backend_name() == "sqlite" else url.render_as_string(hide_password=True)
+
+
+def _require_newest_schema(engine: sa.Engine) -> None:
+    """Refuse (``StorageError``) a database whose schema a reader would have to upgrade first."""
+    with engine.connect() as c:
+        current = MigrationContext.configure(c).get_current_revision()
+    if current != (newest := migrate.head()):
+        raise StorageError(_name(engine.url), f"the schema is at revision {current}, this version of Clearance "
+                                              f"reads {newest}; a command that only reads does not upgrade it: "
+                                              "run one that changes the catalog, as a user who may write it")
+
+
+def _open_read_only(dialect, _record, cargs, cparams):
+    """A connection to the SQLite file ``cargs[0]`` that cannot write. SQLite reads a WAL
+    database through a ``-shm`` file beside it, which it cannot create in a folder this user may
+    not write: there, when no ``-wal`` file exists (no writer has the database open, so the file
+    holds every commit), the database is read as immutable, without locks."""
+    sqlite3, uri = dialect.loaded_dbapi, f"file:{quote(cargs[0])}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, **cparams)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master")
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if exc.sqlite_errorname != "SQLITE_READONLY_DIRECTORY" or Path(cargs[0] + "-wal").exists():
+            raise
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, **cparams)
+    return conn
+
+
+def _sqlite_access_error(ctx: sa.engine.ExceptionContext, database: str) -> None:
+    """SQLite's refusals to open or write its file, as a ``StorageError`` naming the ``database``."""
+    name = getattr(ctx.original_exception, "sqlite_errorname", "")
+    if name == "SQLITE_CANTOPEN":
+        reason = "cannot open it: the file or its folder is missing, or this user may not read it"
+    elif name == "SQLITE_READONLY_DIRECTORY":
+        reason = "this user may not write in its folder, where SQLite keeps the write-ahead log"
+    elif name.startswith("SQLITE_READONLY"):
+        reason = "this user may not write it"
+    else:
+        return
+    raise StorageError(database, f"{reason} ({ctx.original_exception})")
 
 
 def _chunks(values: Iterable, size: int = 10_000) -> list[list]:

@@ -1,16 +1,18 @@
 """The ``clearance`` command line. Errors become one line on stderr naming the input and why."""
 from __future__ import annotations
 
+import errno
 import getpass
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from detector.errors import AudioError, ClearanceError
+from detector.errors import AudioError, ClearanceError, StorageError
 from detector.policy import Rights
-from index.store import Actor, Review
+from index.store import Actor, Review, Store
 from service.auth import Role, create_key
 from service.engine import Engine
 from service.settings import Settings
@@ -23,7 +25,41 @@ def fail(message: str, code: int = 1):
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The commands, whose errors end here. A catalog this process may not use (a home or
+    database it may not write, a database that is missing) exits 2, as an unusable input does;
+    Clearance's other errors exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except StorageError as exc:
+            fail(str(exc), 2)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            fail(f"{exc.filename}: {exc.strerror}", 2)
+        except ClearanceError as exc:
+            fail(str(exc))
+
+
+def _check_writable(engine: Engine, files: bool = True) -> None:
+    """Stop (``StorageError``) before any work unless this process may change the catalog:
+    write its database and, with ``files``, write in its home (index, stored vectors, locks,
+    kept outputs)."""
+    engine.store.check_writable()
+    home = engine.settings.home
+    if files and not os.access(home, os.W_OK):
+        raise StorageError(str(home), "this user may not write in this folder, where the catalog keeps its index, "
+                                      "vectors and locks")
+
+
+def _reader(engine: Engine) -> Store:
+    """The catalog database opened read-only: listing it needs no write access and changes nothing."""
+    return Store(engine.settings.db_url, read_only=True)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", type=click.Path(path_type=Path), help="catalog folder [env CLEARANCE_HOME; default ./.clearance]")
 @click.option("--db", help="database URL [env CLEARANCE_DB; default SQLite inside home]")
 @click.pass_context
@@ -54,7 +90,7 @@ def index_cmd(engine: Engine, paths, rights, owner, manifest, workers, engine_na
     Runs decode → embed → add over worker processes; a file that cannot be indexed is reported
     and the job goes on. Files already in the catalog (same content) are skipped, so a job that
     was stopped, even killed, finishes when run again; one the catalog has under another id is
-    named.
+    named. Exits 2 when a file failed or a folder held no audio files.
     """
     from tqdm import tqdm
 
@@ -63,11 +99,12 @@ def index_cmd(engine: Engine, paths, rights, owner, manifest, workers, engine_na
         fail("give audio files or folders to index, or --rebuild")
     if paths and not rights:
         fail("--rights is required: protected (block copies) or licensed (attribute them)")
+    _check_writable(engine)
     run = {"workers": s.index_workers if workers is None else workers, "engine": engine_name or s.index_engine,
            "ray_address": ray_address or s.ray_address}
     try:
         if paths:
-            files, _ = _audio_files(paths)
+            files, empty = _audio_files(paths)
             with tqdm(total=len(files), unit="track", file=sys.stderr, dynamic_ncols=True, disable=None) as bar:
                 audio = [0.0]
 
@@ -94,9 +131,7 @@ def index_cmd(engine: Engine, paths, rights, owner, manifest, workers, engine_na
     except KeyboardInterrupt:
         fail("interrupted: the tracks finished so far are in the catalog; run the same command again to do the rest",
              130)
-    except ClearanceError as exc:
-        fail(str(exc))
-    if paths and summary.failed:
+    if paths and (summary.failed or empty):
         sys.exit(2)
 
 
@@ -129,6 +164,7 @@ def _print_rebuild(r) -> None:
 def check(engine: Engine, files, as_json: bool) -> None:
     """Check generated outputs against the catalog and print a decision for each. FILES are audio
     files or folders (their audio files, recursively, in path order)."""
+    _check_writable(engine, files=engine.settings.keep_outputs)
     inputs, empty = _audio_files(files)
     unreadable = len(empty)
     for f in inputs:
@@ -138,8 +174,6 @@ def check(engine: Engine, files, as_json: bool) -> None:
             unreadable += 1
             click.echo(f"clearance: {exc.source}: {exc.reason}", err=True)
             continue
-        except ClearanceError as exc:
-            fail(str(exc))
         if as_json:
             click.echo(json.dumps(result))
         else:
@@ -156,7 +190,7 @@ def check(engine: Engine, files, as_json: bool) -> None:
 @click.pass_obj
 def tracks(engine: Engine, as_json: bool) -> None:
     """List the catalog."""
-    for t in engine.store.list_tracks():
+    for t in _reader(engine).list_tracks():
         if as_json:
             click.echo(json.dumps(t.to_dict()))
         else:
@@ -169,7 +203,7 @@ def tracks(engine: Engine, as_json: bool) -> None:
 def failures(engine: Engine, as_json: bool) -> None:
     """List the files indexing jobs could not index, and why, oldest first (a log: a file that
     was indexed later is still listed)."""
-    for path, reason, when in engine.store.list_failures():
+    for path, reason, when in _reader(engine).list_failures():
         stamp = when.isoformat(timespec="seconds")
         if as_json:
             click.echo(json.dumps({"path": path, "reason": reason, "at": stamp}))
@@ -182,10 +216,8 @@ def failures(engine: Engine, as_json: bool) -> None:
 @click.pass_obj
 def remove(engine: Engine, external_ids) -> None:
     """Take tracks down: remove them and their fingerprints from the catalog."""
-    try:
-        gone = engine.catalog.remove(list(external_ids))
-    except ClearanceError as exc:
-        fail(str(exc))
+    _check_writable(engine)
+    gone = engine.catalog.remove(list(external_ids))
     click.echo(f"removed {len(gone)} tracks")
 
 
@@ -197,12 +229,10 @@ def remove(engine: Engine, external_ids) -> None:
 def rights(engine: Engine, external_ids, rights: str, note: str) -> None:
     """Change the rights of tracks; the next check uses them, no re-indexing. Each change is
     audited as made on the command line by this system user."""
+    _check_writable(engine, files=False)
     actor, review = Actor("cli", f"{getpass.getuser()} (command line)"), Review(engine.store)
-    try:
-        for e in external_ids:
-            review.change_rights(e, Rights(rights), actor=actor, note=note)
-    except ClearanceError as exc:
-        fail(str(exc))
+    for e in external_ids:
+        review.change_rights(e, Rights(rights), actor=actor, note=note)
     click.echo(f"{len(external_ids)} tracks now {rights}")
 
 
@@ -214,6 +244,7 @@ def serve(engine: Engine, host: str, port: int) -> None:
     """Run the HTTP API. A connection that sends no complete request head within
     CLEARANCE_HEADER_TIMEOUT_S of opening or of its previous answer is closed, and one idle
     between requests after 5 s (uvicorn's keep-alive timeout)."""
+    _check_writable(engine)
     from functools import partial
 
     import uvicorn
@@ -236,6 +267,7 @@ def keys() -> None:
 @click.pass_obj
 def keys_create(engine: Engine, role: str, name: str) -> None:
     """Create a key; it is printed once, as the last word of the output."""
+    _check_writable(engine, files=False)
     key_id, key = create_key(engine.store, Role(role), name)
     click.echo(f"created {role} key {key_id} for {name or 'unnamed'}; store it now, it is not shown again: {key}")
 
@@ -244,7 +276,7 @@ def keys_create(engine: Engine, role: str, name: str) -> None:
 @click.pass_obj
 def keys_list(engine: Engine) -> None:
     """List keys (ids, names, roles; never the keys themselves)."""
-    for k in engine.store.list_keys():
+    for k in _reader(engine).list_keys():
         state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
         click.echo(f"{k.id}\t{k.role}\t{state}\t{k.name}")
 
@@ -254,11 +286,9 @@ def keys_list(engine: Engine) -> None:
 @click.pass_obj
 def keys_revoke(engine: Engine, key_ids) -> None:
     """Revoke keys by id; they stop working at once."""
-    try:
-        for k in key_ids:
-            engine.store.revoke_key(k)
-    except ClearanceError as exc:
-        fail(str(exc))
+    _check_writable(engine, files=False)
+    for k in key_ids:
+        engine.store.revoke_key(k)
     click.echo(f"revoked {len(key_ids)} keys")
 
 
