@@ -6,10 +6,13 @@ wall-clock cap is exceeded, instead of reading everything first.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import time
+from fractions import Fraction
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import av
 import numpy as np
@@ -38,6 +41,9 @@ class Clip:
         return Clip(self.samples[max(a, 0):max(b, 0)], self.sample_rate, self.source)
 
 
+SEEK_PREROLL_S = 0.5   # seconds decoded before a span and dropped: decoders need audio before a seek point (Opus 80 ms)
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
     """Caps applied while decoding: bytes of input, seconds of audio, seconds of wall time."""
@@ -48,12 +54,64 @@ class DecodeLimits:
 
 
 def decode(source: str | os.PathLike | bytes, sample_rate: int, *, name: str | None = None,
-           limits: DecodeLimits = DecodeLimits()) -> Clip:
-    """Decode a file path or in-memory bytes to a mono ``Clip`` at ``sample_rate`` Hz.
+           limits: DecodeLimits = DecodeLimits(), start: float = 0.0, end: float | None = None) -> Clip:
+    """Decode a file path or in-memory bytes to a mono ``Clip`` at ``sample_rate`` Hz: the whole
+    of it, or the span from ``start`` to ``end`` seconds. A span is sought to, not decoded up to,
+    and decoding stops at its end: a span of a long recording costs the span's time and memory.
 
-    Raises ``AudioError`` (with ``too_large`` set for cap violations) for anything that is not
-    decodable audio with at least one sample.
+    Raises ``AudioError`` (with ``too_large`` set for cap violations; the duration cap counts the
+    seconds decoded) for anything that is not decodable audio with at least one sample.
     """
+    container, label = _open(source, name, limits)
+    want = None if end is None else max(0, round((end - start) * sample_rate))
+    chunks: list[np.ndarray] = []
+    total = 0
+    try:
+        for chunk in _blocks(container, label, sample_rate, limits, start):
+            chunks.append(chunk)
+            total += len(chunk)
+            if want is not None and total >= want:
+                break
+    finally:
+        container.close()
+    samples = np.concatenate(chunks)[:want] if chunks else np.zeros(0, np.float32)
+    if len(samples) == 0:
+        raise AudioError(label, f"the audio ends before {start:g} s")
+    np.clip(samples, -1.0, 1.0, out=samples)
+    return Clip(samples, sample_rate, label)
+
+
+def audible(source: str | os.PathLike | bytes, sample_rate: int, *, level_dbfs: float, window_s: float,
+            hop_s: float, name: str | None = None, limits: DecodeLimits = DecodeLimits()) -> bool:
+    """Whether a window of ``window_s`` seconds (one every ``hop_s`` from the start; one window of
+    all of it when shorter) is louder than ``level_dbfs`` (RMS, dBFS) at ``sample_rate`` Hz.
+
+    Read as the file streams, stopping at the first such window: a long silent file costs a
+    block of memory and the time to decode it, never its samples. Raises ``AudioError`` as
+    ``decode`` does.
+    """
+    container, label = _open(source, name, limits)
+    win, hop = int(window_s * sample_rate), max(1, round(hop_s * sample_rate))
+    level = 10 ** (level_dbfs / 10)              # mean square of audio at level_dbfs
+    squares = np.zeros(0)                        # from the next window's start on
+    whole = False                                # a whole window was seen
+    try:
+        for chunk in _blocks(container, label, sample_rate, limits):
+            squares = np.concatenate([squares, chunk.astype(np.float64) ** 2])
+            if len(squares) >= win:
+                whole = True
+                sums = np.concatenate([[0.0], np.cumsum(squares)])
+                starts = np.arange(0, len(squares) - win + 1, hop)
+                if np.any(sums[starts + win] - sums[starts] > level * win):
+                    return True
+                squares = squares[starts[-1] + hop:]
+    finally:
+        container.close()
+    return not whole and bool(squares.mean() > level)
+
+
+def _open(source: str | os.PathLike | bytes, name: str | None, limits: DecodeLimits):
+    """(the opened container, the name errors give it), under the size cap."""
     if isinstance(source, (bytes, bytearray)):
         label = name or "upload"
         size = len(source)
@@ -72,54 +130,92 @@ def decode(source: str | os.PathLike | bytes, sample_rate: int, *, name: str | N
         raise AudioError(label, f"the file is {size / 1e6:.1f} MB, over the {limits.max_bytes / 1e6:.0f} MB limit",
                          too_large=True)
     try:
-        container = av.open(opener, mode="r", metadata_errors="ignore")
+        return av.open(opener, mode="r", metadata_errors="ignore"), label
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         raise AudioError(label, f"not a readable audio file ({_why(exc)})") from None
-    try:
-        return _decode_container(container, label, sample_rate, limits)
-    finally:
-        container.close()
 
 
-def _decode_container(container, label: str, sample_rate: int, limits: DecodeLimits) -> Clip:
+def _blocks(container, label: str, sample_rate: int, limits: DecodeLimits, start: float = 0.0) -> Iterator[np.ndarray]:
+    """Mono float32 blocks of the audio from ``start`` seconds on, under ``limits`` (the duration
+    cap counts from ``start``)."""
     if not container.streams.audio:
         raise AudioError(label, "the file has no audio stream")
     stream = container.streams.audio[0]
+    frames = _frames(container, stream, label, whole=start <= 0)
+    if start > 0:
+        origin = float((stream.start_time or 0) * stream.time_base)     # seconds of the stream's first sample
+        sought = _seek(container, stream, origin + max(0.0, start - SEEK_PREROLL_S))
+        frames = _cut(frames, start, origin if sought else None, label)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
     max_samples = int(limits.max_seconds * sample_rate)
     deadline = time.monotonic() + limits.max_wall_seconds
-    chunks: list[np.ndarray] = []
     total = 0
-    errors = 0
+    for frame in itertools.chain(frames, [None]):      # None: the resampler's last samples
+        for out in resampler.resample(frame):
+            chunk = out.to_ndarray().reshape(-1)
+            total += len(chunk)
+            yield chunk
+        if total > max_samples:
+            raise AudioError(label, f"the audio is longer than the {limits.max_seconds:.0f} s limit", too_large=True)
+        if time.monotonic() > deadline:
+            raise AudioError(label, f"decoding took longer than {limits.max_wall_seconds:.0f} s", too_large=True)
+
+
+def _frames(container, stream, label: str, whole: bool = True) -> Iterator[av.AudioFrame]:
+    """The decoded frames of ``stream``. A damaged packet is skipped, keeping what decodes, as
+    players do; a ``whole`` file of which nothing decodes is an ``AudioError`` (after a seek past
+    its end nothing decodes either: ``decode`` says so)."""
+    decoded = errors = 0
     try:
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
             except av.error.FFmpegError:
-                errors += 1  # a damaged packet: keep what decodes, as players do
-                if errors > 50 and not chunks:
+                errors += 1
+                if errors > 50 and not decoded:
                     break
                 continue
             for frame in frames:
-                for out in resampler.resample(frame):
-                    chunk = out.to_ndarray().reshape(-1)
-                    chunks.append(chunk)
-                    total += len(chunk)
-            if total > max_samples:
-                raise AudioError(label, f"the audio is longer than the {limits.max_seconds:.0f} s limit",
-                                 too_large=True)
-            if time.monotonic() > deadline:
-                raise AudioError(label, f"decoding took longer than {limits.max_wall_seconds:.0f} s", too_large=True)
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
+                decoded += 1
+                yield frame
     except av.error.FFmpegError as exc:
-        if not chunks:
+        if not decoded:
             raise AudioError(label, f"not a readable audio file ({_why(exc)})") from None
-    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
-    if len(samples) == 0:
+    if whole and not decoded:
         raise AudioError(label, "no audio could be decoded (truncated or corrupt file)")
-    np.clip(samples, -1.0, 1.0, out=samples)
-    return Clip(samples, sample_rate, label)
+
+
+def _cut(frames: Iterator[av.AudioFrame], start: float, origin: float | None, label: str) -> Iterator[av.AudioFrame]:
+    """``frames`` from ``start`` seconds on, as mono float frames at the file's own rate: cut
+    there, not after resampling, so the samples kept fall where the whole file's do.
+
+    ``origin``: seconds of the stream's first sample when ``frames`` follow a seek (their
+    timestamps say where they are); None when they are the file's from its beginning.
+    """
+    mono = av.AudioResampler(format="flt", layout="mono")
+    at = None if origin is not None else 0.0          # seconds of the next sample
+    for frame in frames:
+        if at is None:
+            if frame.time is None:
+                raise AudioError(label, "a span cannot be read from this file (its frames carry no timestamps)")
+            at = frame.time - origin
+        for out in mono.resample(frame):
+            samples = out.to_ndarray().reshape(-1)
+            drop = max(0, round((start - at) * out.sample_rate))
+            at += len(samples) / out.sample_rate
+            if drop < len(samples):
+                kept = av.AudioFrame.from_ndarray(samples[None, drop:], format="flt", layout="mono")
+                kept.sample_rate = out.sample_rate
+                yield kept
+
+
+def _seek(container, stream, seconds: float) -> bool:
+    """Seek ``stream`` to the last keyframe at or before ``seconds``; False where it cannot seek."""
+    try:
+        container.seek(int(seconds / stream.time_base), stream=stream)
+    except (av.error.FFmpegError, OverflowError):
+        return False
+    return True
 
 
 def _why(exc: BaseException) -> str:
@@ -138,6 +234,8 @@ def find_audio(paths: list[str | os.PathLike]) -> list[Path]:
     return found
 
 
+ENCODE_BLOCK = 8192          # samples per frame given to an encoder
+
 ENCODERS = {  # format → (container, codec, sample rate, channel layout)
     "mp3": ("mp3", "libmp3lame", 22050, "mono"),
     "ogg": ("ogg", "vorbis", 22050, "stereo"),       # FFmpeg's own Vorbis encoder is stereo only
@@ -153,8 +251,6 @@ def encode(clip: Clip, fmt: str, bit_rate_kbps: int | None = None) -> bytes:
     container, codec, rate, layout = ENCODERS[fmt]
     rate = rate or clip.sample_rate
     pcm = (np.clip(clip.samples, -1, 1) * 32767).astype(np.int16)[None]
-    frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-    frame.sample_rate = clip.sample_rate
     buf = io.BytesIO()
     with av.open(buf, "w", format=container) as out:
         stream = out.add_stream(codec, rate=rate, layout=layout)
@@ -162,9 +258,20 @@ def encode(clip: Clip, fmt: str, bit_rate_kbps: int | None = None) -> bytes:
         if bit_rate_kbps:
             stream.bit_rate = bit_rate_kbps * 1000
         resampler = av.AudioResampler(format=stream.format.name, layout=layout, rate=rate)
-        for converted in [*resampler.resample(frame), *resampler.resample(None)]:
-            for packet in stream.encode(converted):
-                out.mux(packet)
+        for frame in itertools.chain(_pcm_frames(pcm, clip.sample_rate), [None]):     # None: the last samples
+            for converted in resampler.resample(frame):
+                for packet in stream.encode(converted):
+                    out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
     return buf.getvalue()
+
+
+def _pcm_frames(pcm: np.ndarray, sample_rate: int) -> Iterator[av.AudioFrame]:
+    """(1, n) int16 samples as frames of ``ENCODE_BLOCK``: fed a whole clip as one frame, the
+    encoders hold tens of MB more. Timestamped, else Ogg's granule positions (its duration) are wrong."""
+    for i in range(0, pcm.shape[1], ENCODE_BLOCK):
+        frame = av.AudioFrame.from_ndarray(pcm[:, i:i + ENCODE_BLOCK], format="s16", layout="mono")
+        frame.sample_rate = sample_rate
+        frame.pts, frame.time_base = i, Fraction(1, sample_rate)
+        yield frame

@@ -41,7 +41,8 @@ TEMPO_LOOKS = 2             # landmark searches at a tempo the embedding measure
 
 @dataclass
 class IndexSummary:
-    """What an indexing job did. ``failed`` holds (path, reason); ``audio_s`` seconds of audio
+    """What an indexing job did. ``failed`` holds (path, reason), ``too_large`` the paths of those
+    refused by a size or duration cap; ``audio_s`` seconds of audio
     indexed in ``elapsed_s`` seconds of wall time; ``stage_s`` seconds spent per stage (hash,
     decode, embed, chromaprint and landmarks: CPU seconds summed over workers; add and publish: wall
     seconds of the writer);
@@ -53,6 +54,7 @@ class IndexSummary:
     skipped: list[str] = field(default_factory=list)
     renamed: list[tuple[str, str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    too_large: list[str] = field(default_factory=list)
     audio_s: float = 0.0
     elapsed_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
@@ -316,6 +318,8 @@ class Catalog:
         """Record one outcome: (path, ``indexed``/``skipped``/``failed``, seconds of audio); a
         skipped file's (path, id it would get, sha256) also goes to ``skips``."""
         if isinstance(outcome, Failure):
+            if outcome.too_large:
+                summary.too_large.append(outcome.path)
             return self._fail(outcome.path, outcome.reason, summary)
         source = outcome.source
         summary.stage_s["hash"] += source.hash_s

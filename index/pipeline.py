@@ -34,8 +34,9 @@ from typing import Callable, Iterable, Iterator, Union
 import numpy as np
 
 from detector import chromaprint, landmarks
-from detector.audio import DecodeLimits, decode
+from detector.audio import DecodeLimits, audible, decode
 from detector.errors import ClearanceError
+from detector.features import SILENCE_DBFS
 from detector.model import Embedder
 from index.shards import ShardStore
 
@@ -81,10 +82,12 @@ class Fingerprint:
 
 @dataclass(frozen=True)
 class Failure:
-    """A file that could not be indexed, and why, in words a person can act on."""
+    """A file that could not be indexed, and why, in words a person can act on; ``too_large``:
+    refused by a size or duration cap."""
 
     path: str
     reason: str
+    too_large: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,14 @@ class Fingerprinter:
     def __call__(self, source: Source) -> Fingerprint | Failure:
         try:
             t0 = time.thread_time()
-            clip = decode(source.path, self.embedder.fe.sample_rate, limits=self.limits)
+            fe = self.embedder.fe
+            # a silent recording would cost as much as any other (gigabytes for hours) and give no
+            # vectors; this pass reads it as it streams, and stops at the first audible window
+            if not audible(source.path, fe.sample_rate, level_dbfs=SILENCE_DBFS, window_s=fe.window_s,
+                           hop_s=self.embedder.ref_hop_s, limits=self.limits):
+                return Failure(source.path, f"no audible audio: no {fe.window_s:g} s of it is louder than "
+                                            f"{SILENCE_DBFS:g} dBFS, so it could never be matched")
+            clip = decode(source.path, fe.sample_rate, limits=self.limits)
             t1 = time.thread_time()
             emb = self.embedder.embed(clip, hop_s=self.embedder.ref_hop_s)
             windows = np.flatnonzero(emb.voiced).astype(np.int64)
@@ -131,7 +141,7 @@ class Fingerprinter:
             peaks = landmarks.peaks(clip)
             t4 = time.thread_time()
         except (ClearanceError, OSError) as exc:
-            return Failure(source.path, getattr(exc, "reason", None) or str(exc))
+            return Failure(source.path, getattr(exc, "reason", None) or str(exc), getattr(exc, "too_large", False))
         return Fingerprint(source, clip.duration, windows, emb.vectors[windows], prints, peaks, self.embedder.version,
                            StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3))
 

@@ -2,7 +2,8 @@
 ``index``, ``rights``, ``remove`` and ``tracks``.
 
 Uploaded reference recordings are kept in ``HOME/references/<sha256><suffix>``: tracks point
-at their audio (``source_path``), which reviewers later hear excerpts of.
+at their audio (``source_path``, shown as ``source_file``: its name), which reviewers later hear
+excerpts of.
 """
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ class CatalogAdmin:
         if summary.skipped:
             raise Conflict(f"this recording is already in the catalog as '{store.find_by_hash(digest).external_id}'")
         if summary.failed:
-            raise AudioError(form.audio.filename or "upload", summary.failed[0][1])
+            raise AudioError(form.audio.filename or "upload", summary.failed[0][1],
+                             too_large=bool(summary.too_large))
         return store.find(form.external_id)
 
     def remove(self, external_id: str) -> None:
@@ -111,26 +113,26 @@ def catalog_router(engine: Engine, pool: WorkPool) -> APIRouter:
 
     @router.get(TRACKS, summary="The catalog")
     def list_tracks(_: Principal = Depends(catalog_admin)) -> dict:
-        return {"tracks": [t.to_dict() for t in engine.store.list_tracks()]}
+        return {"tracks": [_shown(t) for t in engine.store.list_tracks()]}
 
     @router.post(TRACKS, status_code=201, summary="Add a reference recording", openapi_extra=form_body(TrackForm),
                  responses={201: {"description": "the new track; answered once it is indexed"}})
     async def add_track(request: Request, who: Principal = Depends(catalog_admin)) -> JSONResponse:
         async with uploads.read_form(request, TrackForm, who.key_id) as form, pool.slot():
             track = await pool.run(admin.add, form)
-        return JSONResponse(track.to_dict(), status_code=201,
+        return JSONResponse(_shown(track), status_code=201,
                             headers={"Location": f"{TRACKS}/{quote(track.external_id, safe='')}"})
 
     @router.get(TRACKS + "/{external_id:path}", summary="One catalog track")
     def get_track(external_id: str, _: Principal = Depends(catalog_admin)) -> dict:
-        return _track(engine, external_id).to_dict()
+        return _shown(_track(engine, external_id))
 
     @router.patch(TRACKS + "/{external_id:path}", summary="Change a track's rights")
     def change_rights(external_id: str, change: RightsChange, who: Principal = Depends(catalog_admin)) -> dict:
         """The change is audited under the caller's key, as a change made in the dashboard is."""
         _track(engine, external_id)
         Review(engine.store).change_rights(external_id, change.rights, actor=who.actor, note=change.note)
-        return _track(engine, external_id).to_dict()
+        return _shown(_track(engine, external_id))
 
     @router.delete(TRACKS + "/{external_id:path}", status_code=204, summary="Take a track down")
     async def remove_track(external_id: str, _: Principal = Depends(catalog_admin)) -> Response:
@@ -139,6 +141,13 @@ def catalog_router(engine: Engine, pool: WorkPool) -> APIRouter:
         return Response(status_code=204)
 
     return router
+
+
+def _shown(track: Track) -> dict:
+    """A track as the API shows it: its audio file named, not where the server keeps it."""
+    public = track.to_dict()
+    public["source_file"] = Path(public.pop("source_path")).name
+    return public
 
 
 def _track(engine: Engine, external_id: str) -> Track:

@@ -13,9 +13,11 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from fastapi import Depends, FastAPI, Form, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException
 
 from detector.errors import AudioError
 from detector.policy import Rights
@@ -26,9 +28,13 @@ from service.dashboard.errors import Refused, SignInRequired
 from service.dashboard.sessions import (DASHBOARD_ROLES, SESSION_COOKIE, SIGN_IN_COOKIE, Session, close_session,
                                         current_session, new_token, open_session, verify_csrf)
 from service.engine import Engine
+from service.pool import Busy, WorkPool
 
 HERE = Path(__file__).resolve().parent
 MAX_TEXT = 4000              # characters of a reason or note
+MAX_PAGE = 10 ** 6           # of the review queue; a larger number is refused, not sent to the database
+EXCERPT_WORKERS = 2          # reference excerpts decoded at once (threads) ...
+EXCERPT_QUEUE = 30           # ... and waiting; beyond, reviewers are answered 503
 
 
 class Verdict(str, Enum):
@@ -79,13 +85,16 @@ def _text(value: str, what: str) -> str:
     return value
 
 
-def _day(value: str | None, what: str) -> date | None:
+def _day(value: str, what: str, later: int = 0) -> datetime | None:
+    """The midnight (UTC) ``later`` days after date ``value``; None for no date."""
     if not value:
         return None
     try:
-        return date.fromisoformat(value)
+        return datetime.combine(date.fromisoformat(value) + timedelta(days=later), time(), timezone.utc)
     except ValueError:
         raise Refused(400, f"the {what} date '{value}' is not a date like 2026-01-31") from None
+    except OverflowError:
+        raise Refused(400, f"the {what} date '{value}' is out of range") from None
 
 
 def _safe_next(root: str, target: str | None) -> str:
@@ -97,6 +106,7 @@ def _safe_next(root: str, target: str | None) -> str:
 
 def create_dashboard(engine: Engine) -> FastAPI:
     app = FastAPI(title="Clearance review", docs_url=None, redoc_url=None, openapi_url=None)
+    excerpts = WorkPool("excerpts", EXCERPT_WORKERS, EXCERPT_QUEUE)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def review() -> Review:
@@ -145,6 +155,23 @@ def create_dashboard(engine: Engine) -> FastAPI:
     async def audio_error(request: Request, exc: AudioError):
         return await refused_page(request, Refused(500, f"the audio cannot be read: {exc}"))
 
+    @app.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy):
+        response = await refused_page(request, Refused(503, str(exc)))
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
+
+    @app.exception_handler(HTTPException)        # no such page (404), wrong method (405)
+    async def http_error(request: Request, exc: HTTPException):
+        response = await refused_page(request, Refused(exc.status_code, str(exc.detail)))
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return await refused_page(request, Refused(422, "; ".join(
+            f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors())))
+
     # --- sign-in -------------------------------------------------------------------------
     @app.get("/sign-in")
     def sign_in_page(request: Request, next: str | None = None):
@@ -190,11 +217,11 @@ def create_dashboard(engine: Engine) -> FastAPI:
     def queue(request: Request, decision: str = "", state: str = "", since: str = "", until: str = "",
               owner: str = "", track: str = "", page: int = 1, session: Session = Depends(signed_in)):
         session.require(Role.reviewer)
-        first, last = _day(since, "from"), _day(until, "to")
+        if page > MAX_PAGE:
+            raise Refused(400, f"page {page} is out of range (1 to {MAX_PAGE})")
         f = QueueFilter(decision=decision if decision in DECISIONS else None,
                         state=state if state in STATES else None,
-                        since=datetime.combine(first, time(), timezone.utc) if first else None,
-                        until=datetime.combine(last + timedelta(days=1), time(), timezone.utc) if last else None,
+                        since=_day(since, "from"), until=_day(until, "to", later=1),     # the whole 'to' day
                         owner=owner.strip() or None, track=track.strip() or None)
         size = engine.settings.review_page_size
         page = max(page, 1)
@@ -229,12 +256,17 @@ def create_dashboard(engine: Engine) -> FastAPI:
         return FileResponse(view.output, media_type=mimetypes.guess_type(view.output.name)[0]
                             or "application/octet-stream")
 
-    @app.get("/checks/{check_id}/matches/{number}/reference")
-    def reference_audio(check_id: str, number: int, session: Session = Depends(signed_in)):
+    def reference_excerpt(check_id: str, number: int, session: Session) -> bytes:
         view = reviewer_view(check_id, session)
         if not 1 <= number <= len(view.matches):
             raise Refused(404, f"check '{check_id}' has no match {number}")
-        return Response(evidence.reference_excerpt(engine, view.matches[number - 1]), media_type="audio/ogg")
+        return evidence.reference_excerpt(engine, view.matches[number - 1])
+
+    @app.get("/checks/{check_id}/matches/{number}/reference")
+    async def reference_audio(check_id: str, number: int, session: Session = Depends(signed_in)):
+        async with excerpts.slot():
+            audio = await excerpts.run(reference_excerpt, check_id, number, session)
+        return Response(audio, media_type="audio/ogg")
 
     @app.post("/checks/{check_id}/verdicts")
     def record_verdict(request: Request, check_id: str, action: str = Form(""), reason: str = Form(""),

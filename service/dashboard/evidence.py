@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
-from detector.audio import Clip, decode, encode
+from detector.audio import Clip, DecodeLimits, decode, encode
 from index.store import AuditEntry, CheckRecord, Review
 from service.dashboard import spectrogram
 from service.dashboard.errors import Refused
 from service.engine import Engine
 
 LISTEN_RATE = 22050     # Hz: what reviewers hear of reference excerpts
+EXCERPTS_KEPT = 32      # recent excerpts kept encoded (about 0.5 MB for 40 s): reviewers of a check hear the same
 
 
 @dataclass(frozen=True)
@@ -108,16 +111,34 @@ def check_view(engine: Engine, review: Review, check_id: str) -> CheckView:
     return CheckView(record, views, review.audit_trail("check", check_id), output if output.is_file() else None)
 
 
-def _reference(engine: Engine, view: MatchView, sample_rate: int) -> Clip:
+def _source(view: MatchView) -> str:
     if view.source_path is None:
         raise Refused(410, f"'{view.match['external_id']}' is no longer in the catalog; its audio cannot be played")
-    clip = decode(view.source_path, sample_rate, limits=engine.limits(engine.settings.max_reference_s))
-    return clip.excerpt(view.excerpt_start, view.excerpt_end)
+    return view.source_path
+
+
+def _reference(engine: Engine, view: MatchView, sample_rate: int) -> Clip:
+    """The excerpt of the reference, decoded alone: sought to, not decoded up to."""
+    return decode(_source(view), sample_rate, limits=engine.limits(engine.settings.max_reference_s),
+                  start=view.excerpt_start, end=view.excerpt_end)
 
 
 def reference_excerpt(engine: Engine, view: MatchView) -> bytes:
     """The matched span of the reference plus margin, as Ogg Vorbis; never more of the recording."""
-    return encode(_reference(engine, view, LISTEN_RATE), "ogg")
+    path = _source(view)
+    try:
+        version = os.stat(path).st_mtime_ns
+    except OSError:
+        version = None          # decoding says what is wrong with it
+    return _excerpt_ogg(path, version, view.excerpt_start, view.excerpt_end,
+                        engine.limits(engine.settings.max_reference_s))
+
+
+@lru_cache(maxsize=EXCERPTS_KEPT)
+def _excerpt_ogg(path: str, version: int | None, start: float, end: float, limits: DecodeLimits) -> bytes:
+    """Seconds ``start``–``end`` of ``path`` as Ogg Vorbis; ``version`` (its mtime) keys the
+    cache, so a file changed in place is read again."""
+    return encode(decode(path, LISTEN_RATE, limits=limits, start=start, end=end), "ogg")
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,22 @@ reference recording, change its rights, take it down, and the refusals."""
 from __future__ import annotations
 
 import fcntl
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
+from detector.audio import Clip, encode
 from index.store import Review, Store
 from service.settings import Settings
 from tests.conftest import cut
 from tests.service.conftest import serve
+from tests.service.memory import memory_growth
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +52,8 @@ def test_add_change_rights_and_take_down(catalog_server, music, tmp_path):
     track = r.json()
     assert {k: track[k] for k in ("external_id", "title", "owner", "rights")} == {
         "external_id": "ISRC-22", "title": "Track 22", "owner": "Alcachofa Soft", "rights": "protected"}
-    kept = Path(track["source_path"])            # the dashboard plays excerpts of it
-    assert kept == (s.home / "references" / f"{track['sha256']}.mp3").resolve()
+    assert "source_path" not in track and track["source_file"] == f"{track['sha256']}.mp3"     # no server paths
+    kept = s.home / "references" / track["source_file"]            # the dashboard plays excerpts of it
     assert kept.read_bytes() == reference.read_bytes()
     assert admin(s, "GET", "/v1/tracks").json()["tracks"] == [track]
     assert admin(s, "GET", "/v1/tracks/ISRC-22").json() == track
@@ -115,3 +122,44 @@ def test_busy_catalog_is_a_conflict(catalog_server, music, tmp_path):
     assert admin(s, "GET", "/v1/tracks/fox").status_code == 404
     assert sorted((s.home / "references").iterdir()) == kept      # the refused upload is not kept
     assert add(s, reference, external_id="fox", rights="protected").status_code == 201
+
+
+def test_silent_reference_is_refused_as_it_streams(catalog_server, tmp_path):
+    """Two hours of silence are a megabyte of FLAC; indexing them took 80 s and 4.2 GB for a track
+    that could never match. Refused as the file streams, over HTTP and by ``clearance index``."""
+    s = catalog_server
+    silent = tmp_path / "silence.flac"
+    silent.write_bytes(encode(Clip(np.zeros(2 * 3600 * 8000, np.float32), 8000, silent.name), "flac"))
+    assert silent.stat().st_size < 2e6
+    t0 = time.monotonic()
+    with memory_growth(s.port) as grew:
+        refused = add(s, silent, external_id="silence", rights="protected")
+    took = time.monotonic() - t0
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"] == ("silence.flac: no audible audio: no 1 s of it is louder than -50 dBFS, "
+                                        "so it could never be matched")
+    assert took < 30 and grew.mb < 100, (took, grew.mb)
+    assert admin(s, "GET", "/v1/tracks/silence").status_code == 404
+
+    env = {**os.environ, "CLEARANCE_HOME": str(tmp_path / "home")}
+    cli = [sys.executable, "-m", "service.cli"]
+    indexed = subprocess.run([*cli, "index", str(silent), "--rights", "protected", "--workers", "0"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert indexed.returncode == 2 and "failed 1" in indexed.stdout, indexed
+    failures = subprocess.run([*cli, "failures"], env=env, capture_output=True, text=True, timeout=300)
+    assert f"{silent}: no audible audio" in failures.stdout, failures
+
+
+def test_reference_longer_than_its_cap_is_too_large(catalog_server, tmp_path):
+    """413, as a check over its cap is, not 422 'Unreadable audio'."""
+    s = catalog_server
+    rate = 1000                      # Hz: three hours of it are small, and decoded at the model's rate all the same
+    t = np.arange(5 * rate) / rate
+    samples = np.zeros((3 * 3600 + 60) * rate, np.float32)
+    samples[:len(t)] = 0.3 * np.sin(2 * np.pi * 200 * t)
+    long = tmp_path / "long.flac"
+    long.write_bytes(encode(Clip(samples, rate, long.name), "flac"))
+    r = add(s, long, external_id="long", rights="protected")
+    assert r.status_code == 413, r.text
+    assert r.json()["title"] == "Audio too large"
+    assert r.json()["detail"] == "long.flac: the audio is longer than the 10800 s limit"
