@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from detector.errors import StorageError
 from detector.model import Embedder
 from index.shards import ShardStore
 from index.store import Store, connect, tracks
@@ -108,7 +109,7 @@ def indexed(db_url: str) -> int:
     try:
         with engine.connect() as c:
             return c.execute(sa.select(sa.func.count()).where(tracks.c.state == "indexed")).scalar_one()
-    except sa.exc.DBAPIError:            # the job has not made the tables yet
+    except (sa.exc.DBAPIError, StorageError):     # the job has not made the home or the tables yet
         return 0
     finally:
         engine.dispose()
