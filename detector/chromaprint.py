@@ -19,6 +19,7 @@ from detector.audio import Clip
 ITEM_S = 4096 / 3 / 11025     # seconds per sub-fingerprint (chromaprint's default algorithm)
 MAX_BIT_ERRORS = 10           # of 32: a sub-fingerprint "agrees" below this
 MIN_MATCH_S = 4.0             # shortest aligned stretch reported
+SHIFTS = np.r_[-16:-2, 3:17]  # items (0.37–2 s) to another alignment of the same stretch
 
 
 def fingerprint(clip: Clip) -> np.ndarray:
@@ -32,8 +33,9 @@ def fingerprint(clip: Clip) -> np.ndarray:
 @dataclass(frozen=True)
 class ChromaMatch:
     """An aligned stretch: item positions (query, reference), length in items, bit error rate;
-    ``observations``, the independent bits the stretch holds (``independent_bits``), and ``varying_error_rate``,
-    the error rate of the query on the reference bits that change within the stretch."""
+    ``observations``, the independent bits the stretch holds (``independent_bits``), ``varying_error_rate``,
+    the error rate of the query on the reference bits that change within the stretch, and
+    ``shifted_error_rate``, the same at the best other alignment up to 2 s away (``SHIFTS``)."""
 
     track: int
     query_item: int
@@ -42,18 +44,22 @@ class ChromaMatch:
     bit_error_rate: float
     observations: int
     varying_error_rate: float
+    shifted_error_rate: float = 0.5
 
     @property
     def p_false(self) -> float:
         """Chance that unrelated audio agrees this well: a binomial tail over the stretch's
-        independent bits, taken as fair coins."""
+        independent bits, each wrong with the error rate the stretch has at its best other
+        alignment nearby (at most a fair coin's 1/2). A copy agrees at its own alignment only;
+        a slowly changing texture, a fade, agrees with a similar one nearly as well a second
+        earlier or later, and agreement that any nearby alignment has is no evidence of this one."""
         n = self.observations
-        k = self.varying_error_rate * n
-        # Chernoff bound on P[Binomial(n, 1/2) <= k]
-        if n == 0 or k >= n / 2:
+        p0 = min(0.5, self.shifted_error_rate)
+        q = self.varying_error_rate
+        # Chernoff bound on P[Binomial(n, p0) <= q n]
+        if n == 0 or q >= p0:
             return 1.0
-        q = k / n
-        kl = q * math.log(q / 0.5 + 1e-300) + (1 - q) * math.log((1 - q) / 0.5)
+        kl = q * math.log(q / p0 + 1e-300) + (1 - q) * math.log((1 - q) / (1 - p0))
         return math.exp(-n * kl)
 
 
@@ -134,7 +140,11 @@ class ChromaIndex:
         if (b - a) * ITEM_S < MIN_MATCH_S:
             return None
         ber = errors[a:b].sum() / (32 * (b - a))
-        observations, varying = independent_bits(ref[q0 + a + offset:q0 + b + offset])
+        r0, r1 = q0 + a + offset, q0 + b + offset
+        observations, varying = independent_bits(ref[r0:r1])
         on_varying = wrong[a:b][:, varying]
-        return ChromaMatch(track, q0 + a, q0 + a + offset, int(b - a), float(ber), observations,
-                           float(on_varying.mean()) if on_varying.size else 0.5)
+        shifted = [bits(np.bitwise_xor(query[q0 + a:q0 + b], ref[r0 + d:r1 + d]))[:, varying].mean()
+                   for d in SHIFTS if r0 + d >= 0 and r1 + d <= len(ref)]
+        return ChromaMatch(track, q0 + a, r0, int(b - a), float(ber), observations,
+                           float(on_varying.mean()) if on_varying.size else 0.5,
+                           float(min(shifted, default=0.5)) if varying.any() else 0.5)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from detector.audio import Clip
-from detector.matcher import Calibration, Match
+from detector.matcher import LOCAL_S, Calibration, Match, core
 
 VERSION = "landmarks-v3"          # the settings below and the search; recorded in the landmark calibration
 SAMPLE_RATE = 8000
@@ -56,6 +56,8 @@ COMMON = 1000                     # hashes found this often in the catalog carry
 MIN_VOTES = 6
 PER_SECOND_VOTES = 10
 GAP_S = 3.0                       # a stretch of aligned pairs ends at a gap this long
+CORE_STEP_S = 0.25                # a stretch's ends are where its pairs stop being dense (``matcher.core``)
+TEXTURE_CELLS = 31                # offset cells (~2 s) either side where a texture's other alignments lie
 CALIBRATION = "landmarks.calibration.json"
 
 
@@ -125,13 +127,14 @@ class LandmarkMatch:
     votes: int
     p_false: float
     tempo: float = 1.0            # the tempo the output was searched at (``LandmarkIndex.search``)
+    evidence: float = 0.0         # the votes less the share a nearby alignment also gets (``_stretch``)
 
 
 def to_match(m: LandmarkMatch) -> Match:
     """A landmark stretch as a ``Match``."""
     return Match(track=m.track, query_start=m.query_start, query_end=m.query_end,
                  ref_start=m.offset + m.tempo * m.query_start, ref_end=m.offset + m.tempo * m.query_end,
-                 tempo_ratio=m.tempo, evidence=float(m.votes), p_false=m.p_false, method="landmark",
+                 tempo_ratio=m.tempo, evidence=m.evidence, p_false=m.p_false, method="landmark",
                  windows=m.votes)
 
 
@@ -201,11 +204,11 @@ class LandmarkIndex:
             tr, c = int(keys[k] >> 32), int(keys[k] & 0xFFFFFFFF) + first
             if any(m.track == tr and abs(m.offset / FRAME_S / OFFSET_BIN - c) < 3 for m in found):
                 continue
-            near = (which == tr) & (np.abs(cell - c) <= 1)
-            m = self._stretch(tr, qt[near], offset[near], tempo)
+            mine = which == tr
+            m = self._stretch(tr, c, qt[mine], cell[mine], offset[mine], tempo)
             if m is not None:
                 found.append(m)
-        found.sort(key=lambda m: (m.p_false, -m.votes))
+        found.sort(key=lambda m: (m.p_false, -m.evidence))
         return found
 
     def _of_track(self, lo: np.ndarray, hi: np.ndarray, track: int) -> tuple[np.ndarray, np.ndarray]:
@@ -226,21 +229,40 @@ class LandmarkIndex:
         first[some], last[some] = a[:some.size], a[some.size:]
         return first, last
 
-    def _stretch(self, track: int, qt: np.ndarray, offset: np.ndarray, tempo: float) -> LandmarkMatch | None:
-        """The densest run of aligned pairs (chance agreements elsewhere in the output do not
-        stretch the match over material that is not a copy); ``qt`` on the reference's time scale."""
-        order = np.argsort(qt)
-        qt, offset = qt[order], offset[order]
-        breaks = np.flatnonzero(np.diff(qt) * FRAME_S > GAP_S) + 1
-        runs = np.split(np.arange(len(qt)), breaks)
-        run = max(runs, key=len)
-        q = qt[run]
+    def _stretch(self, track: int, c: int, qt: np.ndarray, cell: np.ndarray, offset: np.ndarray,
+                 tempo: float) -> LandmarkMatch | None:
+        """The densest run of pairs aligned at offset cell ``c`` (chance agreements elsewhere in
+        the output do not stretch the match over material that is not a copy), given all of
+        ``track``'s pairs: their output times ``qt`` (frames, on the reference's time scale),
+        offset cells and offsets (frames).
+
+        Its evidence is its votes, over its best ``LOCAL_S`` seconds (a long output offers more
+        stretches, which ``Calibration.p_false`` counts, not longer ones), less the share that the
+        strongest other alignment within ``TEXTURE_CELLS`` gets over the same stretch. A copy
+        aligns at one offset; a texture that repeats every fraction of a second (a hi-hat, an
+        arpeggio) aligns with any texture of the same period at every multiple of it, and two
+        unrelated pieces at one tempo collect many votes at each of them."""
+        near = np.abs(cell - c) <= 1
+        order = np.argsort(qt[near])
+        q_near, off_near = qt[near][order], offset[near][order]
+        breaks = np.flatnonzero(np.diff(q_near) * FRAME_S > GAP_S) + 1
+        run = max(np.split(np.arange(len(q_near)), breaks), key=len)
+        run = run[core(q_near[run] * FRAME_S, np.ones(len(run)), CORE_STEP_S)]
+        q = q_near[run]
         # at most PER_SECOND_VOTES from any one second: a burst of identical pairs (a click, a
         # held synthetic tone) is one moment of agreement, not many
-        per_second = np.bincount((q - q[0]) // round(1 / FRAME_S))
-        votes = int(np.minimum(per_second, PER_SECOND_VOTES).sum())
+        per_second = np.minimum(np.bincount((q - q[0]) // round(1 / FRAME_S)), PER_SECOND_VOTES)
+        votes = int(per_second.sum())
         if votes < MIN_VOTES:
             return None
+        local = int(np.convolve(per_second, np.ones(int(LOCAL_S)), "valid").max()) if len(per_second) > LOCAL_S else votes
+        inside = (qt >= q[0]) & (qt <= q[-1]) & (np.abs(cell - c) <= TEXTURE_CELLS + 1)
+        counts = np.bincount(cell[inside] - (c - TEXTURE_CELLS - 1), minlength=2 * TEXTURE_CELLS + 3)
+        sums = counts[:-2] + counts[1:-1] + counts[2:]                 # [j]: cells c - TEXTURE_CELLS + j ± 1
+        centre = TEXTURE_CELLS
+        others = np.concatenate([sums[:centre - 2], sums[centre + 3:]])
+        share = min(1.0, others.max() / max(sums[centre], 1))
+        evidence = local * (1.0 - share)
         return LandmarkMatch(track, float(q[0] * FRAME_S / tempo), float((q[-1] + MAX_DT / 2) * FRAME_S / tempo),
-                             float(np.median(offset[run]) * FRAME_S), votes,
-                             self.calibration.p_false(float(votes)), tempo)
+                             float(np.median(off_near[run]) * FRAME_S), votes,
+                             self.calibration.p_false(evidence), tempo, evidence)

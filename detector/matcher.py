@@ -31,6 +31,18 @@ BACKGROUND_RANK = 8
 BACKGROUND_PER_LOOP = 2
 LOOP_DENSITY = 0.35
 REPEAT_WITHIN = 0.05
+# evidence is counted over the best LOCAL_S seconds of an alignment (the longest calibration
+# negatives'), and a longer output is that many stretches of LOCAL_S, each a chance (``stretches``)
+LOCAL_S = 30.0
+RUN_GAP_S = 8.0           # output seconds without a hit on the line that end a copy
+CORE_SHARE = 0.1          # of a hit's median weight: what each empty step costs a copy's span (``core``)
+
+
+def stretches(duration_s: float | None) -> float:
+    """How many times more chances for a spurious match an output of ``duration_s`` seconds
+    offers than one of ``LOCAL_S`` (at least 1): a whole song is many excerpts, each of which
+    may match by chance, and its evidence is counted over ``LOCAL_S`` at most."""
+    return max(1.0, (duration_s or 0.0) / LOCAL_S)
 
 
 @dataclass(frozen=True)
@@ -116,12 +128,13 @@ class Calibration:
 
     def p_false(self, evidence: float, duration_s: float | None = None) -> float:
         """The chance that music not in the catalog, ``duration_s`` long (None: at least
-        ``shortest_s``), produces ``evidence`` this strong. Between the lengths of the fitted
-        tails log ``p_false`` is interpolated; below the shortest, its tail is scaled by the
-        Bonferroni count; never above the full-length tail's Bonferroni count."""
+        ``shortest_s`` and at most ``LOCAL_S``), produces ``evidence`` this strong. Between the
+        lengths of the fitted tails log ``p_false`` is interpolated; below the shortest, its tail
+        is scaled by the Bonferroni count; never above the full-length tail's Bonferroni count.
+        Beyond ``LOCAL_S`` the full tail is multiplied by the output's ``stretches``."""
         full = _tail_p(evidence, self.tail_start, self.tail_p, self.tail_scale)
         if duration_s is None or duration_s >= self.shortest_s:
-            return full
+            return min(1.0, full * stretches(duration_s))
         bonferroni = full * self.length_factor(duration_s)
         if not self.shorter:
             return bonferroni
@@ -209,10 +222,14 @@ class Matcher:
         inl = np.abs(r - (offset + tempo * q)) <= self.ref_hop_s
         # one vote per query window: its best inlier
         qs, best = _best_per_window(q[inl], w[inl])
+        qs, best = _strongest_run(qs, best)
+        keep = core(qs, best, hop)
+        qs, best = qs[keep], best[keep]
         if len(qs) < self.min_windows:
             return None, None
+        inl &= (q >= qs[0]) & (q <= qs[-1])          # the line's other runs may be copies of their own
         # per 0.5 s of output (whatever the query hop), of reference when the copy is slowed down
-        evidence = float(np.sum(best) * (0.5 / hop) * min(1.0, tempo))
+        evidence = float(_local_sum(qs, best, LOCAL_S) * (0.5 / hop) * min(1.0, tempo))
         q0, q1 = float(qs.min()), float(qs.max() + self.window_s)
         m = Match(track=track, query_start=q0, query_end=q1, ref_start=offset + tempo * q0,
                   ref_end=offset + tempo * q1, tempo_ratio=float(tempo), evidence=evidence,
@@ -320,6 +337,48 @@ def window_background(sims: np.ndarray, tracks: np.ndarray, windows: np.ndarray,
     at = counted & (np.cumsum(counted, 1) == rank)
     lowest = np.where(valid.any(1), sims[rows, np.maximum(valid.sum(1) - 1, 0)], 0.0)
     return np.where(at.any(1), sims[rows, at.argmax(1)], lowest).astype(np.float32)
+
+
+def _strongest_run(qs: np.ndarray, weights: np.ndarray, gap_s: float = RUN_GAP_S) -> tuple[np.ndarray, np.ndarray]:
+    """The run of ``qs`` (sorted window starts, seconds) with no gap over ``gap_s`` whose
+    ``weights`` sum highest, and its weights: hits of one line minutes apart are not one copy."""
+    if len(qs) == 0:
+        return qs, weights
+    runs = np.split(np.arange(len(qs)), np.flatnonzero(np.diff(qs) > gap_s) + 1)
+    run = max(runs, key=lambda i: weights[i].sum())
+    return qs[run], weights[run]
+
+
+def core(times: np.ndarray, weights: np.ndarray, step: float, share: float = CORE_SHARE) -> np.ndarray:
+    """Which of ``times`` (sorted, seconds) lie in the stretch where the hits of one alignment
+    are dense: the interval of a grid of ``step`` seconds that maximises the summed ``weights``
+    less ``share`` of the median step's (among steps with hits) for every step it spans. A
+    chance hit a few seconds beyond a copy, on its line, would need to outweigh the empty steps
+    between them to join it."""
+    if len(times) == 0:
+        return np.zeros(0, bool)
+    cell = np.rint((times - times[0]) / step).astype(np.int64)
+    per_step = np.bincount(cell, weights=weights)
+    gain = per_step - share * float(np.median(per_step[per_step > 0]))
+    best, start, lo, hi, run = -np.inf, 0, 0, 0, 0.0
+    for i, g in enumerate(gain):                    # Kadane: the best-sum interval
+        if run <= 0:
+            run, start = g, i
+        else:
+            run += g
+        if run > best:
+            best, lo, hi = run, start, i
+    return (cell >= lo) & (cell <= hi)
+
+
+def _local_sum(qs: np.ndarray, weights: np.ndarray, span_s: float) -> float:
+    """The highest sum of ``weights`` over windows starting within ``span_s`` seconds of one
+    another (``qs`` sorted, seconds): the evidence of the strongest ``span_s`` of a line."""
+    if len(qs) == 0 or qs[-1] - qs[0] < span_s:
+        return float(np.sum(weights))
+    total = np.concatenate([[0.0], np.cumsum(weights)])
+    end = np.searchsorted(qs, qs + span_s, "left")
+    return float(np.max(total[end] - total[:-1]))
 
 
 def _best_per_window(q: np.ndarray, s: np.ndarray, *more: np.ndarray) -> tuple[np.ndarray, ...]:

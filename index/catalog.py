@@ -22,7 +22,7 @@ from detector import chromaprint, landmarks
 from detector.audio import Clip, DecodeLimits, find_audio
 from detector.errors import ClearanceError
 from detector.matcher import (TEMPO_TOLERANCE, Calibration, Hits, Match, Matcher, from_chromaprint, merge,
-                              window_background)
+                              stretches, window_background)
 from detector.model import Embedder
 from detector.policy import Rights
 from index.pipeline import Failure, Fingerprinter, Outcome, Skipped, new_job_folder, run_local, run_ray
@@ -166,7 +166,8 @@ class Catalog:
         """Matches of ``clip`` from the three layers, merged, strongest first."""
         embedding = self.embedding_matches(clip, max_p_false=1.0)
         found = [m for m in embedding if m.p_false <= REPORTED_P]
-        found += [from_chromaprint(m) for m in self.chroma.search(chromaprint.fingerprint(clip))]
+        found += [replace(from_chromaprint(m), p_false=min(1.0, m.p_false * stretches(clip.duration)))
+                  for m in self.chroma.search(chromaprint.fingerprint(clip))]
         found += self.landmark_matches(clip, embedding)
         return merge(found)
 
@@ -185,7 +186,7 @@ class Catalog:
         for m in sorted(changed, key=lambda m: m.evidence, reverse=True)[:TEMPO_LOOKS]:
             found += index.search(query, tempo=m.tempo_ratio, track=m.track)
         cal = index.calibration
-        return [replace(landmarks.to_match(m), p_false=cal.p_false(float(m.votes), clip.duration)) for m in found]
+        return [replace(landmarks.to_match(m), p_false=cal.p_false(m.evidence, clip.duration)) for m in found]
 
     def embedding_matches(self, clip: Clip, max_p_false: float = REPORTED_P) -> list[Match]:
         """Matches of ``clip`` found by the embedding layer alone.

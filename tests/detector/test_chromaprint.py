@@ -27,3 +27,17 @@ def test_a_held_chord_is_no_evidence_however_well_its_bits_agree():
     found = ChromaIndex({3: held}).search(query)
     assert found and found[0].bit_error_rate < 0.02           # 1 bit in 64 differs
     assert all(m.p_false > 1e-3 for m in found)               # not enough to block (score 0.999)
+
+
+def test_a_slowly_changing_texture_is_weak_evidence_where_a_nearby_alignment_agrees_too():
+    # a texture that drifts a few bits an item (a pad, a fade): another recording of a similar
+    # texture agrees at its alignment, but nearly as well a fraction of a second either side
+    rng = np.random.default_rng(0)
+    texture = [np.uint32(rng.integers(0, 2**32))]
+    for _ in range(299):
+        texture.append(_flip(np.array([texture[-1]], np.uint32), 0.03, rng)[0])
+    ref = np.array(texture, np.uint32)
+    found = ChromaIndex({3: ref}).search(_flip(ref[100:200], 0.04, rng))
+    assert found and found[0].ref_item - found[0].query_item == 100
+    assert found[0].shifted_error_rate < 0.2                  # a fair coin would be 0.5
+    assert found[0].p_false > 1e-3                            # not enough to block (score 0.999)

@@ -97,3 +97,35 @@ def test_a_search_of_one_track_finds_there_what_the_whole_catalog_search_finds(t
         first, last = index._of_track(lo, hi, track)
         assert [index.tracks[a:b].tolist() for a, b in zip(first, last)] == \
                [[track] * int(np.sum(index.tracks[a:b] == track)) for a, b in zip(lo, hi)]
+
+
+def _texture_piece(seconds: float, rng: np.random.Generator, phase: float = 0.0) -> Clip:
+    """A hi-hat-like burst of two tones every 0.19 s (from ``phase``), under notes of random
+    pitch at random times: the bursts are a texture any piece at that tempo may share."""
+    def tone(hz: float, secs: float, decay_s: float) -> np.ndarray:
+        t = np.arange(int(secs * SR)) / SR
+        return np.sin(2 * np.pi * hz * t) * np.exp(-t / decay_s)
+
+    x = np.zeros(int(seconds * SR))
+    burst = 0.5 * (tone(900, 0.08, 0.02) + tone(1400, 0.08, 0.02))
+    for at in np.arange(phase, seconds - 0.1, 0.19):
+        x[int(at * SR):int(at * SR) + len(burst)] += burst
+    for at in np.cumsum(rng.uniform(0.25, 0.6, int(seconds / 0.25))):
+        if at > seconds - 0.5:
+            break
+        note = 0.3 * tone(rng.uniform(200, 500), 0.38, 0.2)
+        x[int(at * SR):int(at * SR) + len(note)] += note
+    return Clip(x.astype(np.float32), SR, "texture")
+
+
+def test_a_shared_fast_texture_is_no_copy_but_a_copy_of_the_piece_is():
+    # two pieces with the same burst every 0.19 s align at every multiple of it: hundreds of
+    # votes at the best alignment, nearly as many at the next ones; a copy aligns at one only
+    ref = _texture_piece(40.0, np.random.default_rng(1))
+    index = landmarks.LandmarkIndex({0: landmarks.peaks(ref)}, CAL)
+    other = _texture_piece(20.0, np.random.default_rng(2), phase=0.05)
+    chance = index.search(landmarks.peaks(other, landmarks.QUERY))
+    assert chance and chance[0].votes >= 100
+    assert all(m.evidence < m.votes / 10 and m.p_false > 0.01 for m in chance)
+    copy = index.search(landmarks.peaks(ref.excerpt(10.0, 30.0), landmarks.QUERY))[0]
+    assert copy.offset == pytest.approx(10.0, abs=0.1) and copy.p_false < 1e-6

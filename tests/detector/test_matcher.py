@@ -205,3 +205,34 @@ def test_a_calibration_counts_fewer_chances_in_an_output_shorter_than_its_negati
     # a calibration written before outputs' lengths counted was fitted on negatives of 10 s and more
     (tmp_path / "old.json").write_text('{"model": "m", "tail_start": 1.0, "tail_p": 0.1, "tail_scale": 0.3}')
     assert Calibration.load(tmp_path / "old.json").length_factor(3.0) == pytest.approx(0.3)
+
+
+def test_a_line_through_a_whole_song_is_weighed_by_its_strongest_stretch():
+    # a 10 s copy at output 100 s, and on the same line single chance hits every 12 s of a 7 min
+    # output: minutes of weak hits neither add to the copy's evidence nor stretch its span
+    q = np.arange(100.0, 110.0, 0.25)
+    scattered = np.arange(0.0, 420.0, 12.0)
+    times = np.concatenate([q, scattered[(scattered < 90) | (scattered > 120)]])
+    weights = np.where((times >= 100.0) & (times < 110.0), 0.3, 0.25)
+    hits = Hits(times, np.full(len(times), 7), 50.0 + times, weights)
+    (m, *rest) = Matcher(CAL, ref_hop_s=0.25).match(hits, 0.25, max_p_false=1.0)
+    assert m.query_start == 100.0 and m.query_end == pytest.approx(110.75)
+    assert m.evidence == pytest.approx(40 * 0.3 * 2)           # per 0.5 s: its own 40 windows
+    assert m.ref_start == pytest.approx(150.0, abs=0.1)
+
+
+def test_evidence_of_a_long_copy_is_that_of_its_best_30_seconds():
+    # a whole-song copy is overwhelming anyway; its evidence is what chance is calibrated against
+    q = np.arange(0.0, 240.0, 0.25)
+    weights = np.where(q < 200.0, 0.2, 0.4)
+    (m,) = Matcher(CAL, ref_hop_s=0.25).match(Hits(q, np.full(len(q), 3), 10.0 + q, weights), 0.25,
+                                              max_p_false=1.0)
+    assert m.query_start == 0.0 and m.query_end == pytest.approx(240.75)
+    assert m.evidence == pytest.approx(2 * 120 * 0.4)           # per 0.5 s: the 120 windows of 200-230 s
+
+
+def test_a_longer_output_is_held_to_more_chances():
+    cal = Calibration(model="test", tail_start=5.0, tail_p=0.1, tail_scale=2.0)
+    assert cal.p_false(9.0, 30.0) == cal.p_false(9.0) == cal.p_false(9.0, 20.0)
+    assert cal.p_false(9.0, 300.0) == pytest.approx(10 * cal.p_false(9.0))
+    assert cal.p_false(5.0, 600.0) == 1.0

@@ -262,3 +262,34 @@ def test_a_short_output_has_fewer_chances_of_a_false_match(engine, music):
         assert short.p_false == pytest.approx(cal.p_false(short.evidence, 3.0))
         assert short.p_false <= cal.p_false(short.evidence) * 3.0 / cal.shortest_s * (1 + 1e-9)
         assert long.p_false == pytest.approx(cal.p_false(long.evidence)) and short.p_false < long.p_false
+
+
+def _fade_out(x: np.ndarray, sr: int, seconds: float = 10.0) -> np.ndarray:
+    n = int(seconds * sr)
+    return np.concatenate([x[:-n], x[-n:] * np.linspace(1.0, 0.0, n, dtype=np.float32) ** 2])
+
+
+def test_whole_songs_not_in_the_catalog_match_nothing_and_a_copy_hidden_in_one_is_found(engine, music):
+    # same-game music that is not in the catalog, as generators publish it: a 45 s passage looped
+    # to 7 minutes, and a whole track, each fading out. Both were blocked by chance alignments
+    # whose weak hits spanned minutes, before evidence was counted over 30 s stretches of a line
+    # and a long output held to the chances its length offers
+    from detector.audio import Clip, decode
+    from detector.policy import Verdict
+
+    sr = engine.embedder.fe.sample_rate
+    passage = decode(music["drascula-track18"].path, sr).excerpt(60.0, 105.0).samples
+    looped = _fade_out(np.resize(passage, 420 * sr), sr)
+    whole = _fade_out(decode(music["drascula-track2"].path, sr).samples, sr)
+    for song in (looped, whole):
+        decision = engine.assess(Clip(song, sr, "original"))
+        assert decision.verdict is Verdict.allow and not decision.matches
+    # 10 s of a protected recording inside 3 minutes of that music
+    copy = decode(music["drascula-track11"].path, sr).excerpt(40.0, 50.0).samples
+    song = np.concatenate([looped[:100 * sr], copy, looped[110 * sr:180 * sr]])
+    decision = engine.assess(Clip(song, sr, "hidden copy"))
+    assert decision.verdict is Verdict.block
+    m, info = decision.blocking[0]
+    assert info.external_id == "drascula-track11"
+    assert m.query_start == pytest.approx(100.0, abs=1.0) and m.query_end == pytest.approx(110.0, abs=1.5)
+    assert m.ref_start - m.query_start == pytest.approx(-60.0, abs=0.3)
