@@ -146,7 +146,13 @@ class Embedder:
 
     @torch.inference_mode()
     def embed(self, clip: Clip, hop_s: float = 0.5, batch: int = 64, transpose: float = 0.0) -> Embeddings:
-        """Fingerprint every window of ``clip`` (window ``fe.window_s``, hop ``hop_s`` seconds).
+        """Fingerprint every window of ``clip`` (window ``fe.window_s``, hop ``hop_s`` seconds):
+        ``(n_windows, dim)`` float32 vectors, L2-normalised, with each window's start and voicing.
+
+        Callers that index or search pass ``hop_s``: catalog tracks are embedded every
+        ``self.ref_hop_s`` (0.25 s for the shipped model), outputs every 0.25 s (the query hop
+        of ``index/catalog.py``). The default of 0.5 s is not the model's hop; it is what the
+        golden embeddings (``tests/detector/golden.py``) and the model tests were made with.
 
         ``transpose`` shifts the clip's spectrum by that many semitones first: a query
         transposed back towards the original pitch undoes a large pitch shift. The bands are

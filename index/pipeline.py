@@ -1,7 +1,8 @@
 """The indexing pipeline: stage functions of one file, and the engines that run them at scale.
 
     path ─ identify ─▶ Source ─(new content?)─ Fingerprinter ─▶ Fingerprint ─▶ added by the writer
-         (sha256)                             (decode → embed → Chromaprint)    (index/catalog.py)
+         (sha256)                             (decode → embed → Chromaprint   (index/catalog.py)
+                                               → landmarks)
 
 Every engine runs the same two stage functions and yields ``Outcome`` values as files finish, in
 no particular order; the one writer process adds them to the database and the index:
@@ -271,7 +272,7 @@ class _WorkerPool:
 def run_ray(files: Iterable[Path], fingerprinter: Fingerprinter, workers: int, is_known: Callable[[str], bool],
             incoming: Path, address: str | None = None, batch_files: int = 4) -> Iterator[Outcome]:
     """Outcomes of ``files`` computed by Ray Data: hashing as Ray tasks, then decode → embed →
-    Chromaprint in ``workers`` actors (one model each, one CPU each), each batch of
+    Chromaprint → landmarks in ``workers`` actors (one model each, one CPU each), each batch of
     ``batch_files`` files writing its vectors as one shard under ``incoming`` (which must be
     visible to this process: a shared filesystem on a cluster).
 

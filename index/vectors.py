@@ -36,7 +36,7 @@ READABLE = frozenset({1, 2})    # format 1 (exact IDMap2 only) reads as format 2
 WINDOW_BITS = 22
 
 AUTO = "auto"
-FLAT_MAX_VECTORS = 1_000_000    # exact search up to ~140 h of audio (0.5 GB of vectors)
+FLAT_MAX_VECTORS = 1_000_000    # exact search up to ~69 h of audio at a 0.25 s hop (0.5 GB of vectors)
 COMPRESSED = "IVF{nlist},PQ64x4fsr"   # 40 B per vector with its id, fast-scan search; see benchmarks/scale.py
 
 

@@ -75,8 +75,9 @@ def main(ctx: click.Context, home: Path | None, db: str | None) -> None:
 @click.option("--owner", default="", help="rights holder recorded for every track")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV with path and track_id (or external_id), optional title and owner")
-@click.option("--workers", type=click.IntRange(min=0), help="decode/embed workers [env CLEARANCE_INDEX_WORKERS; "
-                                                            "default one per core; 0: in this process]")
+@click.option("--workers", type=click.IntRange(min=0), help="workers that decode, embed, Chromaprint and take landmarks "
+                                                            "[env CLEARANCE_INDEX_WORKERS; default one per core; "
+                                                            "0: in this process]")
 @click.option("--engine", "engine_name", type=click.Choice(["local", "ray"]),
               help="local worker processes or Ray Data tasks [env CLEARANCE_INDEX_ENGINE; default local]")
 @click.option("--ray-address", help="Ray cluster for --engine ray [env CLEARANCE_RAY_ADDRESS or RAY_ADDRESS; "

@@ -23,13 +23,14 @@ class Settings(BaseSettings):
     policy: Path = Field(DEFAULT_POLICY, description="licensing policy file (TOML)")
     index_factory: str = Field(
         "auto", description="FAISS factory string of the vector index: 'auto' (exact 'Flat' up to 1,000,000 vectors, "
-                            "about 140 h of audio, then a trained IVF+PQ index sized to the catalog), 'Flat', or "
-                            "an IVF-family string such as 'IVF4096,PQ64x4fsr'; a change applies at the next "
-                            "indexing job or `clearance index --rebuild`")
+                            "about 69 h of audio at the model's 0.25 s reference hop, then a trained IVF+PQ index "
+                            "sized to the catalog), 'Flat', or an IVF-family string such as 'IVF4096,PQ64x4fsr'; "
+                            "a change applies at the next indexing job or `clearance index --rebuild`")
     index_nprobe: int = Field(32, ge=1, description="inverted lists a compressed (IVF) index searches per query window")
     index_workers: int = Field(os.cpu_count() or 1, ge=0,
-                               description="processes (local engine) or Ray actors that decode and embed catalog "
-                                           "files (default: one per CPU core); 0: the indexing process itself")
+                               description="processes (local engine) or Ray actors that decode, embed, "
+                                           "Chromaprint and take the landmarks of catalog files (default: one per "
+                                           "CPU core); 0: the indexing process itself")
     index_engine: Literal["local", "ray"] = Field("local", description="where indexing runs: 'local' (worker processes "
                                                                        "on this machine) or 'ray' (Ray Data tasks)")
     ray_address: str | None = Field(None, description="Ray cluster for --engine ray ('head:6379' or "
