@@ -34,7 +34,7 @@ from benchmarks import corpus as C
 from benchmarks.calibrate import NEGATIVE_S, WEIGHTS, negative_queries
 from detector.audio import Clip
 from detector.policy import Rights, Verdict
-from index.store import Actor, Review
+from index.reviews import Actor, Review
 
 
 def upper95(k: int, n: int) -> float:

@@ -1,9 +1,9 @@
 """Schema migrations of the catalog database (alembic; scripts in ``index/migrations``).
 
 ``ensure_schema`` runs whenever a ``Store`` opens a database: an empty database gets the whole
-schema of ``index.store.metadata`` and is stamped with the newest revision; a database at an
+schema of ``index.schema.metadata`` and is stamped with the newest revision; a database at an
 older revision is upgraded; one made before migrations existed gets its missing tables and is
-stamped. To add a migration after changing ``index/store.py``::
+stamped. To add a migration after changing ``index/schema.py``::
 
     python -m index.migrate revision -m "add the review tables"
 
@@ -69,9 +69,9 @@ def ensure_schema(engine: sa.Engine, metadata: sa.MetaData) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    rev = sub.add_parser("revision", help="write a migration from the difference with index.store.metadata")
+    rev = sub.add_parser("revision", help="write a migration from the difference with index.schema.metadata")
     rev.add_argument("-m", "--message", required=True)
-    sub.add_parser("baseline", help="replace every migration by one baseline of index.store.metadata")
+    sub.add_parser("baseline", help="replace every migration by one baseline of index.schema.metadata")
     args = ap.parse_args(argv)
     if args.cmd == "baseline":
         for old in (MIGRATIONS / "versions").glob("*.py"):

@@ -19,7 +19,8 @@ from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from detector.errors import ClearanceError
-from index.store import Actor, Store
+from index.reviews import Actor
+from index.store import Store
 
 
 class Role(str, Enum):

@@ -22,7 +22,8 @@ from detector.audio import AUDIO_SUFFIXES
 from detector.errors import AudioError
 from detector.policy import Rights
 from index.catalog import Catalog, ManifestEntry
-from index.store import Review, Track
+from index.reviews import Review
+from index.store import Track
 from service.auth import Principal, Role, require
 from service.engine import Engine
 from service.pool import WorkPool

@@ -12,7 +12,8 @@ import click
 
 from detector.errors import AudioError, ClearanceError, StorageError
 from detector.policy import Rights
-from index.store import Actor, Review, Store
+from index.reviews import Actor, Review
+from index.store import Store
 from service.auth import Role, create_key
 from service.engine import Engine
 from service.settings import Settings

@@ -2,7 +2,8 @@
 ``sqlalchemy.url`` (``alembic -x db=URL …`` from the command line)."""
 from alembic import context
 
-from index.store import connect, metadata
+from index.schema import metadata
+from index.store import connect
 
 cfg = context.config
 

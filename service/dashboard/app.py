@@ -21,7 +21,8 @@ from starlette.exceptions import HTTPException
 
 from detector.errors import AudioError
 from detector.policy import Rights
-from index.store import UNREVIEWED, CatalogError, QueueFilter, Review, ReviewConflict, now
+from index.reviews import UNREVIEWED, QueueFilter, Review, ReviewConflict
+from index.store import CatalogError, now
 from service.auth import Forbidden, Role, Unauthenticated, authorize
 from service.dashboard import evidence
 from service.dashboard.errors import Refused, SignInRequired

@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from detector.audio import Clip, DecodeLimits, decode, encode
-from index.store import AuditEntry, CheckRecord, Review
+from index.reviews import AuditEntry, CheckRecord, Review
 from service.dashboard import spectrogram
 from service.dashboard.errors import Refused
 from service.engine import Engine

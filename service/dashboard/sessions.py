@@ -11,7 +11,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from index.store import Actor, Review, now
+from index.reviews import Actor, Review
+from index.store import now
 from service.auth import Principal, Role, secret_digest
 from service.dashboard.errors import Refused
 

@@ -20,7 +20,8 @@ import sqlalchemy as sa
 from detector.errors import StorageError
 from detector.model import Embedder
 from index.shards import ShardStore
-from index.store import Store, connect, tracks
+from index.schema import tracks
+from index.store import Store, connect
 from index.vectors import VectorIndex, split_ids
 from tests.conftest import REPO, cut
 

@@ -1,5 +1,5 @@
 """Schema migrations (alembic): the migration scripts make exactly the schema of
-``index.store.metadata``, and every way a database can be found is brought to it."""
+``index.schema.metadata``, and every way a database can be found is brought to it."""
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -8,7 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from index import migrate
-from index.store import Store, connect, metadata
+from index.schema import metadata
+from index.store import Store, connect
 
 
 def reset(url: str) -> None:
@@ -25,7 +26,7 @@ def reset(url: str) -> None:
 
 def assert_schema_is_metadata(url: str, migrate_first: bool = True) -> None:
     """Run every migration on the (empty) database at ``url``, then compare it with the metadata:
-    a table or column added to index/store.py without a migration fails here."""
+    a table or column added to index/schema.py without a migration fails here."""
     engine = connect(url)
     with engine.begin() as c:
         if migrate_first:
@@ -34,7 +35,7 @@ def assert_schema_is_metadata(url: str, migrate_first: bool = True) -> None:
         assert ctx.get_current_revision() == migrate.head()
         diff = compare_metadata(ctx, metadata)
     engine.dispose()
-    assert diff == [], f"index/store.py and the migrations differ; run `python -m index.migrate revision -m …`: {diff}"
+    assert diff == [], f"index/schema.py and the migrations differ; run `python -m index.migrate revision -m …`: {diff}"
 
 
 def test_migrations_make_the_schema_of_the_metadata(tmp_path):

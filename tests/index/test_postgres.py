@@ -1,5 +1,5 @@
 """PostgreSQL: a private server on loopback; indexing jobs killed and run again, takedowns, and
-the schema made by the migrations equal to ``index.store.metadata``."""
+the schema made by the migrations equal to ``index.schema.metadata``."""
 from __future__ import annotations
 
 import os

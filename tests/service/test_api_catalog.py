@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from detector.audio import Clip, encode
-from index.store import Review, Store
+from index.reviews import Review
+from index.store import Store
 from service.settings import Settings
 from tests.conftest import cut
 from tests.service.conftest import serve

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from index import migrate
-from index.store import Review, Store
+from index.reviews import Review
+from index.store import Store
 from service.auth import Role, create_key
 from tests.conftest import cut
 from tests.service.conftest import free_port

@@ -42,7 +42,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('audit_log', schema=None) as batch_op:
         batch_op.create_index('audit_log_subject', ['subject', 'subject_id', 'id'], unique=False)
-    # by hand (alembic does not see triggers): audit_log is append-only on SQLite, as index/store.py makes it
+    # by hand (alembic does not see triggers): audit_log is append-only on SQLite, as index/schema.py makes it
     if op.get_bind().dialect.name == 'sqlite':
         for verb in ('UPDATE', 'DELETE'):
             op.execute(f"CREATE TRIGGER IF NOT EXISTS audit_log_no_{verb.lower()} BEFORE {verb} ON audit_log "
