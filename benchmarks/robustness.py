@@ -34,7 +34,7 @@ from benchmarks.calibrate import NEGATIVE_S, WEIGHTS, negative_queries
 from detector import chromaprint
 from detector.audio import Clip, decode
 from detector.matcher import from_chromaprint, merge
-from index.catalog import QUERY_HOP_S
+from index.layers.embedding import QUERY_HOP_S
 from index.vectors import index_ids, split_ids
 
 REPEAT_CORR = 0.9   # waveform correlation of two passages of a track that are the same audio

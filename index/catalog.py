@@ -10,33 +10,26 @@ import csv
 import fcntl
 import shutil
 import time
-from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from detector import chromaprint, landmarks
 from detector.audio import Clip, DecodeLimits, find_audio
 from detector.errors import ClearanceError
-from detector.matcher import (TEMPO_TOLERANCE, Calibration, Hits, Match, Matcher, from_chromaprint, merge,
-                              stretches, window_background)
+from detector.matcher import Calibration, Match, Matcher
 from detector.model import Embedder
 from detector.policy import Rights
+from index.layers.embedding import REPORTED_P, embedding_matches
+from index.layers.landmarks import landmark_matches
 from index.pipeline import Failure, Fingerprinter, Outcome, Skipped, new_job_folder, run_local, run_ray
+from index.rebuild import RebuildReport, rebuild, rebuild_locked
+from index.search import Searcher
 from index.shards import ShardStore
 from index.store import CatalogError, Store, Track
-from index.vectors import (AUTO, IndexMismatch, VectorIndex, auto_factory, measure_recall, min_training_vectors,
-                           needs_training, new_index, split_ids, vector_ids)
-
-QUERY_HOP_S = 0.25
-NEIGHBOURS = 8              # hits per query window
-BACKGROUND_SEARCH = 64      # neighbours searched for each query window's background
-TRANSPOSE_ST = 6.0
-REPORTED_P = 0.5            # embedding matches less likely than this by chance are reported
-TEMPO_LOOKS = 2             # landmark searches at a tempo the embedding measured, per output
+from index.vectors import AUTO, VectorIndex, auto_factory, min_training_vectors, new_index, split_ids, vector_ids
 
 
 @dataclass
@@ -65,27 +58,6 @@ STAGES = ("hash", "decode", "embed", "chromaprint", "landmarks", "add", "publish
 
 
 @dataclass(frozen=True)
-class RebuildReport:
-    """What ``Catalog.rebuild`` made: an index of ``factory`` holding ``vectors`` vectors of
-    ``tracks`` tracks (``reembedded`` of them embedded again from their files), ``bytes`` on disk,
-    with ``recall`` (recall@1 against exact search on noisy copies of stored vectors)."""
-
-    factory: str
-    tracks: int
-    vectors: int
-    reembedded: int
-    bytes: int
-    recall: float
-    elapsed_s: float
-    hop_s: float
-
-    @property
-    def mb_per_hour(self) -> float:
-        """MB of index per hour of catalog audio (vectors every ``hop_s`` seconds)."""
-        return self.bytes / max(self.vectors, 1) * (3600 / self.hop_s) / 1e6
-
-
-@dataclass(frozen=True)
 class ManifestEntry:
     external_id: str
     title: str = ""
@@ -110,11 +82,6 @@ def read_manifest(path: str | Path) -> dict[Path, ManifestEntry]:
     return out
 
 
-class RebuildError(ClearanceError):
-    """A rebuild that cannot keep every track: their vectors are not stored and their files are
-    gone or changed. Nothing was changed."""
-
-
 class Catalog:
     """The catalog: tracks in ``store``, vectors under ``home/index``, stored vectors under
     ``home/vectors`` (shards, for retraining and rebuilding the index)."""
@@ -131,8 +98,7 @@ class Catalog:
         self.shards = ShardStore(self.home / "vectors")
         self.matcher = Matcher(calibration, embedder.ref_hop_s, window_s=embedder.fe.window_s)
         self._vectors: VectorIndex | None = None
-        self._chroma: chromaprint.ChromaIndex | None = None
-        self._landmarks: landmarks.LandmarkIndex | None = None
+        self.searcher = Searcher(self)
         self._loaded = None
 
     # --- reading ------------------------------------------------------------------------
@@ -144,79 +110,34 @@ class Catalog:
         if self._vectors is None or stamp != self._loaded:
             self._vectors = VectorIndex.open(self.home / "index", self.embedder.version, self.embedder.dim,
                                              self.embedder.ref_hop_s, self.nprobe)
-            self._chroma = self._landmarks = None
+            self.searcher.forget()
             self._loaded = stamp
         return self._vectors
 
     @property
-    def chroma(self) -> chromaprint.ChromaIndex:
-        _ = self.vectors
-        if self._chroma is None:
-            self._chroma = chromaprint.ChromaIndex(self.store.chromaprints())
-        return self._chroma
+    def chroma(self) -> object:
+        return self.searcher.index("chromaprint")
 
     @property
-    def landmark_index(self) -> landmarks.LandmarkIndex:
-        _ = self.vectors
-        if self._landmarks is None:
-            self._landmarks = landmarks.LandmarkIndex(self.store.landmarks())
-        return self._landmarks
+    def landmark_index(self) -> object:
+        return self.searcher.index("landmark")
 
     def find_matches(self, clip: Clip) -> list[Match]:
-        """Matches of ``clip`` from the three layers, merged, strongest first."""
-        embedding = self.embedding_matches(clip, max_p_false=1.0)
-        found = [m for m in embedding if m.p_false <= REPORTED_P]
-        found += [replace(from_chromaprint(m), p_false=min(1.0, m.p_false * stretches(clip.duration)))
-                  for m in self.chroma.search(chromaprint.fingerprint(clip))]
-        found += self.landmark_matches(clip, embedding)
-        return merge(found)
+        """Matches of ``clip`` from every layer, merged, strongest first (``index/search.py``)."""
+        return self.searcher.find_matches(clip)
 
     def landmark_matches(self, clip: Clip, embedding: list[Match]) -> list[Match]:
-        """Landmark stretches of ``clip`` at tempo 1.0, and at the tempo that each of the
-        ``TEMPO_LOOKS`` strongest ``embedding`` matches measured where that is not 1.0, on its
-        track: landmarks find a copy played faster or slower once they know how much (its peaks
-        keep their frequencies), and the embedding measures that even where its own evidence is
-        weak. Only the strongest few are asked: every search is another chance for unrelated
-        music to collect votes, and an output's weaker matches at other tempos are mostly chance
-        alignments (asked for all of them, the landmarks' strongest chance match rose from about
-        20 votes to 35 on the robustness benchmark's negatives)."""
-        index, query = self.landmark_index, landmarks.peaks(clip, landmarks.QUERY)
-        found = index.search(query)
-        changed = [m for m in embedding if abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE]
-        for m in sorted(changed, key=lambda m: m.evidence, reverse=True)[:TEMPO_LOOKS]:
-            found += index.search(query, tempo=m.tempo_ratio, track=m.track)
-        cal = index.calibration
-        return [replace(landmarks.to_match(m), p_false=cal.p_false(m.evidence, clip.duration)) for m in found]
+        """The landmark layer's matches of ``clip``, at the tempos ``embedding`` measured
+        (``index/layers/landmarks.py``)."""
+        return landmark_matches(self.landmark_index, clip, embedding)
 
     def embedding_matches(self, clip: Clip, max_p_false: float = REPORTED_P) -> list[Match]:
-        """Matches of ``clip`` found by the embedding layer alone.
-
-        The query is also searched transposed by ±``TRANSPOSE_ST`` semitones, so copies shifted
-        far beyond what the encoder absorbs by itself (about ±3 st) are still found. ``p_false``
-        is that of music as long as the output (``Calibration.p_false``), as landmark matches' is.
-        """
-        hits = [self._hits(clip, t) for t in (0.0, -TRANSPOSE_ST, TRANSPOSE_ST)]
-        merged = Hits(*(np.concatenate([getattr(h, f) for h in hits]) for f in ("query_t", "track", "ref_t", "weight")))
-        cal = self.matcher.cal
-        found = [replace(m, p_false=cal.p_false(m.evidence, clip.duration))
-                 for m in self.matcher.match(merged, QUERY_HOP_S, max_p_false=1.0)]
-        return [m for m in found if m.p_false <= max_p_false]
-
-    def _hits(self, clip: Clip, transpose: float) -> Hits:
-        emb = self.embedder.embed(clip, hop_s=QUERY_HOP_S, transpose=transpose)
-        voiced = np.flatnonzero(emb.voiced)
-        sims, ids = self.vectors.search(emb.vectors[voiced], BACKGROUND_SEARCH)
-        tracks, windows = split_ids(ids)
-        tracks[ids < 0] = -1
-        background = window_background(sims, tracks, windows)[:, None]
-        valid = ids[:, :NEIGHBOURS] >= 0
-        return Hits(query_t=np.repeat(emb.starts[voiced], valid.sum(1)), track=tracks[:, :NEIGHBOURS][valid],
-                    ref_t=windows[:, :NEIGHBOURS][valid] * self.vectors.info.hop_s,
-                    weight=(sims[:, :NEIGHBOURS] - background)[valid])
+        """The embedding layer's matches of ``clip`` (``index/layers/embedding.py``)."""
+        return embedding_matches(self, clip, max_p_false)
 
     # --- writing ------------------------------------------------------------------------
     @contextmanager
-    def _writer_lock(self) -> Iterator[None]:
+    def writer_lock(self) -> Iterator[None]:
         """Hold ``HOME/writer.lock`` (released by the kernel if this process dies) and clear what
         a killed writer left half-written."""
         lock = open(self.home / "writer.lock", "w")
@@ -235,12 +156,13 @@ class Catalog:
     @contextmanager
     def writing(self) -> Iterator[VectorIndex]:
         """Hold the writer lock, reconcile the database with the index, yield the index."""
-        with self._writer_lock():
+        with self.writer_lock():
             vectors = self.vectors
-            self._reconcile(vectors)
+            self.reconcile(vectors)
             yield vectors
 
-    def _reconcile(self, vectors: VectorIndex) -> None:
+    def reconcile(self, vectors: VectorIndex) -> None:
+        """Make the database and ``vectors`` agree after a crash between the steps of indexing."""
         in_index = vectors.tracks()
         rows = {t.id: t for t in self.store.list_tracks(state=None)}
         stray = [k for k in in_index if k not in rows or (rows[k].state == "pending" and rows[k].vectors != in_index[k])]
@@ -279,7 +201,7 @@ class Catalog:
         t0 = time.perf_counter()
         with self.writing() as vectors:
             batch = _Unpublished()
-            outcomes = self._outcomes(files, workers, engine, ray_address)
+            outcomes = self.outcomes(files, workers, engine, ray_address)
             skips: list[tuple[str, str, str]] = []
             last = time.monotonic()
             try:
@@ -298,13 +220,13 @@ class Catalog:
             kept = self.store.external_ids_by_hash(sha256 for _, _, sha256 in skips)
             summary.renamed = [(path, external_id, kept[sha256]) for path, external_id, sha256 in skips
                                if kept.get(sha256, external_id) != external_id]
-            wanted = self._wanted_factory(vectors.size)
+            wanted = self.wanted_factory(vectors.size)
             if wanted != vectors.info.factory and vectors.size >= min_training_vectors(wanted):
-                summary.rebuilt = self._rebuild(workers, engine, ray_address)
+                summary.rebuilt = rebuild_locked(self, workers, engine, ray_address)
         summary.elapsed_s = time.perf_counter() - t0
         return summary
 
-    def _outcomes(self, files: list[Path], workers: int, engine: str, ray_address: str | None,
+    def outcomes(self, files: list[Path], workers: int, engine: str, ray_address: str | None,
                   is_known: Callable[[str], bool] | None = None) -> Iterator[Outcome]:
         fingerprinter = Fingerprinter(self.embedder, self.limits)
         is_known = is_known or (lambda sha: self.store.find_by_hash(sha) is not None)
@@ -369,7 +291,7 @@ class Catalog:
 
     def _published(self) -> None:
         self._loaded = (self.home / "index" / "CURRENT").stat().st_mtime_ns
-        self._chroma = self._landmarks = None
+        self.searcher.forget()
 
     def remove(self, external_ids: list[str]) -> list[Track]:
         """Take tracks down: their vectors leave the index, then their rows the database, then
@@ -389,146 +311,19 @@ class Catalog:
 
     # --- rebuilding ---------------------------------------------------------------------
     def rebuild(self, workers: int = 0, engine: str = "local", ray_address: str | None = None) -> RebuildReport:
-        """Retrain and rebuild the index from the stored vectors, with the factory of the
-        settings (or ``auto``'s choice for the catalog's size); tracks whose vectors are not
-        stored for the loaded model (a new model, a catalog older than shards) are embedded again
-        from their files, through the indexing engine."""
-        with self._writer_lock():
-            try:
-                self._reconcile(self.vectors)
-            except IndexMismatch:
-                # another model's index: unfinished rows of that model are dropped (indexing the
-                # files again adds them); finished ones are embedded again below
-                self.store.delete([t.id for t in self.store.list_tracks(state="pending")])
-            return self._rebuild(workers, engine, ray_address)
+        """Retrain and rebuild the index from the stored vectors (``index/rebuild.py``)."""
+        return rebuild(self, workers, engine, ray_address)
 
-    def _wanted_factory(self, n_vectors: int) -> str:
+    def wanted_factory(self, n_vectors: int) -> str:
         return auto_factory(n_vectors) if self.factory == AUTO else self.factory
 
-    def _rebuild(self, workers: int, engine: str, ray_address: str | None) -> RebuildReport:
-        t0 = time.perf_counter()
-        dim, model = self.embedder.dim, self.embedder.version
-        rows = {t.id: t for t in self.store.list_tracks()}
-        where = self._stored_tracks(rows)
-        missing = [t for k, t in rows.items() if k not in where and not (t.vectors == 0 and t.model == model)]
-        where.update(self._reembed(missing, workers, engine, ray_address))
-        counts = {k: n for k, (_, n) in where.items()}
-        total = sum(counts.values())
-        factory = self._wanted_factory(total)
-        if needs_training(factory) and total < min_training_vectors(factory):
-            factory = "Flat"           # too few vectors to train it: exact search until there are enough
-        sample = self._sample(where, 4 * min_training_vectors(factory)) if needs_training(factory) else None
-        new = VectorIndex.trained(self.home / "index", model, dim, self.embedder.ref_hop_s, factory,
-                                  sample if sample is not None else np.zeros((0, dim), np.float32), self.nprobe)
-        before = self.shards.paths()
-        written: list[Path] = []
-        ids, vecs = [], []
-        for chunk_ids, chunk_vecs in self._live_vectors(where):
-            new.add_ids(chunk_ids, chunk_vecs)
-            ids.append(chunk_ids)
-            vecs.append(chunk_vecs)
-            if sum(map(len, ids)) >= SHARD_VECTORS:
-                written.append(self.shards.write(np.concatenate(ids), np.concatenate(vecs), model))
-                ids, vecs = [], []
-        if ids:
-            written.append(self.shards.write(np.concatenate(ids), np.concatenate(vecs), model))
-        if sample is not None:
-            new.set_recall(measure_recall(new, sample, (self.shards.read(p, dim) for p in written)))
-        # counts and model first: if the publish below never happens, the old index (another
-        # model) is refused until a rebuild, which finds every vector in the shards just written
-        self.store.set_vectors({k: n for k, n in counts.items() if rows[k].model != model or rows[k].vectors != n},
-                               model)
-        new.save()
-        for p in before:
-            if p not in written:
-                p.unlink(missing_ok=True)
+    def unload(self) -> None:
+        """Drop the loaded indexes: the next search opens what is published."""
         self._vectors = None
-        self._chroma = self._landmarks = None
-        return RebuildReport(factory, len(counts), new.size, len(missing), new.bytes, new.info.recall,
-                             time.perf_counter() - t0, new.info.hop_s)
-
-    def _stored_tracks(self, rows: dict[int, Track]) -> dict[int, tuple[Path, int]]:
-        """Track key → (the shard holding its vectors of the loaded model, vector count), for
-        live tracks whose stored vectors are complete. A track found in two shards (a crash
-        during a compaction) is taken from the first."""
-        found: dict[int, tuple[Path, int]] = {}
-        for p in self.shards.paths():
-            head = self.shards.read(p, self.embedder.dim, ids_only=True)
-            if head.model != self.embedder.version:
-                continue
-            keys, counts = np.unique(split_ids(head.ids)[0], return_counts=True)
-            for k, n in zip(keys.tolist(), counts.tolist()):
-                t = rows.get(k)
-                complete = t is not None and (t.model != self.embedder.version or t.vectors == n)
-                if complete and k not in found:
-                    found[k] = (p, n)
-        return found
-
-    def _live_vectors(self, where: dict[int, tuple[Path, int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids (n,) int64, vectors (n, dim) float32) of the tracks in ``where``, shard by shard,
-        each track from the shard ``where`` names."""
-        by_shard: dict[Path, list[int]] = defaultdict(list)
-        for k, (p, _) in where.items():
-            by_shard[p].append(k)
-        for p, keys in sorted(by_shard.items()):
-            shard = self.shards.read(p, self.embedder.dim)
-            mask = np.isin(split_ids(shard.ids)[0], np.asarray(keys, np.int64))
-            yield shard.ids[mask], shard.vectors[mask]
-
-    def _sample(self, where: dict[int, tuple[Path, int]], n: int, seed: int = 0) -> np.ndarray:
-        """About ``n`` vectors drawn uniformly from the tracks in ``where``, (≈n, dim) float32."""
-        rng = np.random.default_rng(seed)
-        p = n / max(sum(c for _, c in where.values()), 1)
-        return np.concatenate([v[rng.random(len(v)) < p] for _, v in self._live_vectors(where)])
-
-    def _reembed(self, tracks: list[Track], workers: int, engine: str,
-                 ray_address: str | None) -> dict[int, tuple[Path, int]]:
-        """Embed ``tracks`` again from their files with the loaded model, store the vectors as
-        shards and return where they are (as ``_stored_tracks``). Refuses (``RebuildError``,
-        nothing changed) when a file is gone, unreadable or no longer the indexed content."""
-        if not tracks:
-            return {}
-        by_path = {t.source_path: t for t in tracks}
-        problems = [f"{t.external_id}: {t.source_path or 'no file recorded'}: the file is gone"
-                    for t in tracks if not Path(t.source_path).is_file()]
-        if problems:
-            raise RebuildError(_rebuild_refusal(problems))
-        found: dict[int, tuple[Path, int]] = {}
-        done: list[tuple[int, np.ndarray, np.ndarray]] = []
-
-        def flush() -> None:
-            if done:
-                p = self.shards.write(np.concatenate([vector_ids(k, w) for k, w, _ in done]),
-                                      np.concatenate([v for _, _, v in done]), self.embedder.version)
-                found.update({k: (p, len(w)) for k, w, _ in done})
-                done.clear()
-
-        outcomes = self._outcomes([Path(p) for p in by_path], workers, engine, ray_address, is_known=lambda sha: False)
-        for outcome in outcomes:
-            if isinstance(outcome, Failure):
-                problems.append(f"{by_path[outcome.path].external_id}: {outcome.path}: {outcome.reason}")
-                continue
-            t = by_path[outcome.source.path]
-            if outcome.source.sha256 != t.content_sha256:
-                problems.append(f"{t.external_id}: {t.source_path}: the file changed since it was indexed")
-                continue
-            done.append((t.id, outcome.windows, outcome.vectors))
-            if sum(len(w) for _, w, _ in done) >= SHARD_VECTORS:
-                flush()
-        flush()
-        if problems:
-            raise RebuildError(_rebuild_refusal(problems))
-        return found
+        self.searcher.forget()
 
 
-SHARD_VECTORS = 200_000            # vectors per shard written by a rebuild (≈100 MB)
 ENGINES = ("local", "ray")
-
-
-def _rebuild_refusal(problems: list[str]) -> str:
-    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-    return (f"cannot rebuild the index: {len(problems)} tracks have no stored vectors for this model and cannot be "
-            f"embedded again ({shown}); restore their files or remove the tracks, then rebuild")
 
 
 class _Unpublished:

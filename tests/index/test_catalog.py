@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from detector.policy import Rights
-from index.catalog import TEMPO_LOOKS, Catalog, RebuildError
+from index.catalog import Catalog
+from index.layers.landmarks import TEMPO_LOOKS
+from index.rebuild import RebuildError
 from index.vectors import IndexMismatch
 from service.engine import Engine
 from service.settings import Settings

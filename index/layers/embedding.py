@@ -1,0 +1,68 @@
+"""The embedding layer: an output's windows embedded (also transposed), their nearest reference
+windows in the FAISS index weighed above each window's background, aligned by the matcher."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from detector.audio import Clip
+from detector.matcher import Hits, Match, window_background
+from index.layers import Layer
+from index.vectors import VectorIndex, split_ids
+
+if TYPE_CHECKING:
+    from index.catalog import Catalog
+    from index.search import Searcher
+
+QUERY_HOP_S = 0.25
+NEIGHBOURS = 8              # hits per query window
+BACKGROUND_SEARCH = 64      # neighbours searched for each query window's background
+TRANSPOSE_ST = 6.0
+REPORTED_P = 0.5            # embedding matches less likely than this by chance are reported
+
+
+class EmbeddingLayer(Layer):
+    name = "embedding"
+
+    def load(self, catalog: Catalog) -> VectorIndex:
+        return catalog.vectors
+
+    def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]]) -> list[Match]:
+        """Every embedding match, however weak: the landmark layer takes the tempo of the
+        strongest as a hypothesis."""
+        return embedding_matches(searcher.catalog, clip, max_p_false=1.0)
+
+    def reported(self, matches: list[Match]) -> list[Match]:
+        return [m for m in matches if m.p_false <= REPORTED_P]
+
+
+def embedding_matches(catalog: Catalog, clip: Clip, max_p_false: float = REPORTED_P) -> list[Match]:
+    """Matches of ``clip`` found by the embedding layer alone.
+
+    The query is also searched transposed by ±``TRANSPOSE_ST`` semitones, so copies shifted
+    far beyond what the encoder absorbs by itself (about ±3 st) are still found. ``p_false``
+    is that of music as long as the output (``Calibration.p_false``), as landmark matches' is.
+    """
+    hits = [_hits(catalog, clip, t) for t in (0.0, -TRANSPOSE_ST, TRANSPOSE_ST)]
+    merged = Hits(*(np.concatenate([getattr(h, f) for h in hits]) for f in ("query_t", "track", "ref_t", "weight")))
+    cal = catalog.matcher.cal
+    found = [replace(m, p_false=cal.p_false(m.evidence, clip.duration))
+             for m in catalog.matcher.match(merged, QUERY_HOP_S, max_p_false=1.0)]
+    return [m for m in found if m.p_false <= max_p_false]
+
+
+def _hits(catalog: Catalog, clip: Clip, transpose: float) -> Hits:
+    """Each voiced query window's ``NEIGHBOURS`` nearest reference windows, weighed by their
+    similarity above the window's background (from its ``BACKGROUND_SEARCH`` nearest)."""
+    emb = catalog.embedder.embed(clip, hop_s=QUERY_HOP_S, transpose=transpose)
+    voiced = np.flatnonzero(emb.voiced)
+    sims, ids = catalog.vectors.search(emb.vectors[voiced], BACKGROUND_SEARCH)
+    tracks, windows = split_ids(ids)
+    tracks[ids < 0] = -1
+    background = window_background(sims, tracks, windows)[:, None]
+    valid = ids[:, :NEIGHBOURS] >= 0
+    return Hits(query_t=np.repeat(emb.starts[voiced], valid.sum(1)), track=tracks[:, :NEIGHBOURS][valid],
+                ref_t=windows[:, :NEIGHBOURS][valid] * catalog.vectors.info.hop_s,
+                weight=(sims[:, :NEIGHBOURS] - background)[valid])

@@ -1,0 +1,50 @@
+"""Searching an output: each layer of ``LAYERS`` finds its matches, given what the layers before it
+found, and what they report is merged per copied stretch (``detector/matcher.py``, ``merge``).
+
+The order matters: the landmark layer searches at the tempos the embedding layer measured. A
+layer joins by adding its module under ``index/layers/`` and its entry here.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from detector.audio import Clip
+from detector.matcher import Match, merge
+from index.layers import Layer
+from index.layers.chromaprint import ChromaprintLayer
+from index.layers.embedding import EmbeddingLayer
+from index.layers.landmarks import LandmarkLayer
+
+if TYPE_CHECKING:
+    from index.catalog import Catalog
+
+LAYERS: tuple[Layer, ...] = (EmbeddingLayer(), ChromaprintLayer(), LandmarkLayer())
+LAYER = {layer.name: layer for layer in LAYERS}
+
+
+class Searcher:
+    """Searches ``catalog``'s published indexes: each layer's index is loaded on first use and
+    dropped (``forget``) when the catalog loads or publishes another vector index."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self._indexes: dict[str, object] = {}
+
+    def index(self, name: str) -> object:
+        """Layer ``name``'s index of the published catalog."""
+        _ = self.catalog.vectors          # reloads (and forgets the others) when a newer index is published
+        if name not in self._indexes:
+            self._indexes[name] = LAYER[name].load(self.catalog)
+        return self._indexes[name]
+
+    def forget(self) -> None:
+        self._indexes.clear()
+
+    def find_matches(self, clip: Clip) -> list[Match]:
+        """Matches of ``clip`` from every layer, merged, strongest first."""
+        earlier: dict[str, list[Match]] = {}
+        found: list[Match] = []
+        for layer in LAYERS:
+            earlier[layer.name] = layer.search(self, clip, earlier)
+            found += layer.reported(earlier[layer.name])
+        return merge(found)
