@@ -1,0 +1,39 @@
+"""The catalog page: reviewers search the tracks; catalog admins change their rights, audited."""
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import RedirectResponse
+
+from detector.policy import Rights
+from service.auth import Role
+from service.dashboard.errors import Refused
+from service.dashboard.pages import render, review, signed_in, text
+from service.dashboard.sessions import Session
+
+router = APIRouter()
+
+
+@router.get("/catalog")
+def catalog(request: Request, q: str = "", rights: str = "", session: Session = Depends(signed_in)):
+    session.require(Role.reviewer, Role.catalog_admin)
+    chosen = Rights(rights) if rights in {r.value for r in Rights} else None
+    return render(request, "catalog.html", session, q=q, rights=rights, all_rights=[r.value for r in Rights],
+                  tracks=review(request).search_tracks(q.strip(), chosen),
+                  changes=review(request).audit_trail("track", limit=50),
+                  can_edit=session.principal.can(Role.catalog_admin))
+
+
+@router.post("/catalog/rights")
+def change_rights(request: Request, external_id: str = Form(...), rights: str = Form(...), note: str = Form(""),
+                  csrf: str = Form(""), session: Session = Depends(signed_in)):
+    session.check_csrf(csrf)
+    session.require(Role.catalog_admin)
+    try:
+        new = Rights(rights)
+    except ValueError:
+        raise Refused(400, f"'{rights}' is not a kind of rights") from None
+    review(request).change_rights(external_id, new, actor=session.actor, note=text(note, "note"))
+    return RedirectResponse(f"{request.scope['root_path']}/catalog?{urlencode({'q': external_id})}",
+                            status_code=303)
