@@ -26,6 +26,7 @@ import argparse
 import math
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,35 @@ def upper95(k: int, n: int) -> float:
     return (centre + spread) / (1 + z * z / n)
 
 
-def main(argv=None) -> None:
+@dataclass
+class Bench:
+    """The indexed held-out catalog with every fourth track licensed, the tracks queries are made
+    of, and a tally of verdicts over every query checked (``run``)."""
+
+    engine: object
+    tracks: list
+    held: list
+    licensed: set[str]
+    seconds: tuple[float, float]
+    rng: np.random.Generator
+    verdicts: dict = field(default_factory=lambda: defaultdict(int))
+
+    def __post_init__(self):
+        self.protected_tracks = [t for t in self.held if t.track_id not in self.licensed and t.stem != "song"]
+        self.licensed_tracks = [t for t in self.held if t.track_id in self.licensed]
+        self.songs = [t for t in self.held if t.stem == "song"]
+        self.new_material = [t for t in self.tracks if t.role == "unseen" or t.split == "train"]
+
+    def query(self, name: str, secs: float, among: list):
+        return C.make_query(name, secs, among, self.songs, self.new_material, self.rng)
+
+    def run(self, x):
+        d = self.engine.assess(Clip(np.asarray(x, np.float32), C.SR, "q"))
+        self.verdicts[d.verdict] += 1
+        return d
+
+
+def _arguments(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=WEIGHTS)
     ap.add_argument("--per-transform", type=int, default=12)
@@ -60,7 +89,11 @@ def main(argv=None) -> None:
     lo, hi = args.seconds
     if not 1.0 <= lo <= hi:
         ap.error("--seconds needs 1 <= SHORTEST <= LONGEST")
+    return args
 
+
+def _bench(args: argparse.Namespace) -> Bench:
+    """Index the held-out catalog and license every fourth of its tracks (songs stay protected)."""
     folder = C.music_folder("full")
     tracks = C.manifest(folder)
     home = args.home / args.model.stem
@@ -74,33 +107,36 @@ def main(argv=None) -> None:
     for t in held:
         review.change_rights(t.track_id, Rights.licensed if t.track_id in licensed else Rights.protected, actor=me,
                              note="")
-    protected_tracks = [t for t in held if t.track_id not in licensed and t.stem != "song"]
-    licensed_tracks = [t for t in held if t.track_id in licensed]
-    songs = [t for t in held if t.stem == "song"]
-    new_material = [t for t in tracks if t.role == "unseen" or t.split == "train"]
-    rng = np.random.default_rng(args.seed)
+    bench = Bench(engine, tracks, held, licensed, tuple(args.seconds), np.random.default_rng(args.seed))
     print(f"model {engine.embedder.version}, policy {engine.policy.version}; catalog {len(held)} held-out tracks "
           f"({len(licensed)} licensed), {catalog.vectors.size} vectors, index {catalog.vectors.info.factory} "
           f"({catalog.vectors.bytes / catalog.vectors.size:.0f} bytes per vector)")
+    return bench
 
-    stats = defaultdict(lambda: defaultdict(int))
-    ref_err, tempo_err, verdicts = [], [], defaultdict(int)
-    wrong_blocks = []       # (query, match, track): blocks naming a track the query does not copy
+
+@dataclass
+class Copies:
+    """Outcomes of the copies of protected recordings: per transform (and for collages) the counts
+    ``n``, ``block``, ``wrong``, ``review``; ``ref_start`` errors (s); tempo errors (relative error,
+    transform, match); blocks naming a track the query does not copy (query, match, track)."""
+
+    stats: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    ref_err: list = field(default_factory=list)
+    tempo_err: list = field(default_factory=list)
+    wrong_blocks: list = field(default_factory=list)
+
+
+def copies(bench: Bench, per_transform: int) -> Copies:
+    """``per_transform`` copies of protected recordings under every transform, spliced under new
+    music and inside it; progress printed per transform."""
+    out, (lo, hi), tracks = Copies(), bench.seconds, bench.tracks
     t0 = time.time()
-
-    def run(x) -> tuple:
-        d = engine.assess(Clip(np.asarray(x, np.float32), C.SR, "q"))
-        verdicts[d.verdict] += 1
-        return d
-
-    # copies of protected recordings
-    names = [*C.TRANSFORMS, "guitar-over-backing", "splice-in-new"]
-    for name in names:
-        for _ in range(args.per_transform):
-            secs = float(rng.uniform(lo, hi))
-            q = C.make_query(name, secs, protected_tracks, songs, new_material, rng)
-            d = run(q.samples)
-            s = stats[name]
+    for name in [*C.TRANSFORMS, "guitar-over-backing", "splice-in-new"]:
+        for _ in range(per_transform):
+            secs = float(bench.rng.uniform(lo, hi))
+            q = bench.query(name, secs, bench.protected_tracks)
+            d = bench.run(q.samples)
+            s = out.stats[name]
             s["n"] += 1
             blocking = [(m, i) for m, i in d.matches if i.rights is Rights.protected]
             if d.verdict is Verdict.block:
@@ -108,62 +144,82 @@ def main(argv=None) -> None:
                 s["block"] += bool(right)
                 wrong = [(m, i) for m, i in blocking if i.external_id not in C.related(q.truth, tracks)]
                 s["wrong"] += bool(wrong)
-                wrong_blocks += [(f"{name} of {q.truth.track_id}", m, i) for m, i in wrong]
+                out.wrong_blocks += [(f"{name} of {q.truth.track_id}", m, i) for m, i in wrong]
                 own = [m for m, i in right if i.external_id == q.truth.track_id]
                 if own:             # a related track shares material, not necessarily its timing
                     m = own[0]
-                    ref_err.append(abs(m.ref_start - (q.ref_at_zero + q.tempo * m.query_start)))
+                    out.ref_err.append(abs(m.ref_start - (q.ref_at_zero + q.tempo * m.query_start)))
                     if q.tempo != 1.0:
-                        tempo_err.append((abs(m.tempo_ratio / q.tempo - 1), name, m))
+                        out.tempo_err.append((abs(m.tempo_ratio / q.tempo - 1), name, m))
             s["review"] += d.verdict is Verdict.review
-        print(f"  {name}: {stats[name]['block']}/{stats[name]['n']} blocked ({time.time() - t0:.0f} s)", flush=True)
+        print(f"  {name}: {out.stats[name]['block']}/{out.stats[name]['n']} blocked ({time.time() - t0:.0f} s)",
+              flush=True)
+    return out
 
-    # collages of two protected recordings, each part 10-15 s by default
+
+def collages(bench: Bench, n: int, stats: dict) -> None:
+    """Up to ``n`` collages of two protected recordings, each part 10-15 s by default, counted in
+    ``stats['collage (both named)']``."""
+    lo, hi = bench.seconds
     part = (lo, lo + (hi - lo) / 4)
-    for _ in range(args.per_transform * 2):
-        a = C.make_query("clean", float(rng.uniform(*part)), protected_tracks, songs, new_material, rng)
-        b = C.make_query("clean", float(rng.uniform(*part)), protected_tracks, songs, new_material, rng)
+    for _ in range(n):
+        a = bench.query("clean", float(bench.rng.uniform(*part)), bench.protected_tracks)
+        b = bench.query("clean", float(bench.rng.uniform(*part)), bench.protected_tracks)
         if a.truth.track_id == b.truth.track_id:
             continue
-        d = run(np.concatenate([a.samples, b.samples]))
+        d = bench.run(np.concatenate([a.samples, b.samples]))
         named = {i.external_id for _, i in d.matches}
         s = stats["collage (both named)"]
         s["n"] += 1
         s["block"] += d.verdict is Verdict.block and a.truth.track_id in named and b.truth.track_id in named
-        s["wrong"] += any(e not in C.related(a.truth, tracks) | C.related(b.truth, tracks) for e in named)
+        s["wrong"] += any(e not in C.related(a.truth, bench.tracks) | C.related(b.truth, bench.tracks) for e in named)
         s["review"] += d.verdict is Verdict.review
 
-    # licensed excerpts
+
+def licensed_excerpts(bench: Bench, n: int, wrong_blocks: list) -> dict:
+    """``n`` transformed excerpts of licensed tracks: counts ``n``, ``blocked``, ``attributed``;
+    their blocks are added to ``wrong_blocks``."""
     lic = defaultdict(int)
-    for _ in range(args.per_transform * 4):
-        name = rng.choice(["clean", "mp3-32k", "noise-10dB", "pitch+2st", "tempo-1.1x", "reverb-0.5s"])
-        q = C.make_query(str(name), float(rng.uniform(lo, hi)), licensed_tracks, songs, new_material, rng)
-        d = run(q.samples)
+    lo, hi = bench.seconds
+    for _ in range(n):
+        name = bench.rng.choice(["clean", "mp3-32k", "noise-10dB", "pitch+2st", "tempo-1.1x", "reverb-0.5s"])
+        q = bench.query(str(name), float(bench.rng.uniform(lo, hi)), bench.licensed_tracks)
+        d = bench.run(q.samples)
         lic["n"] += 1
         lic["blocked"] += d.verdict is Verdict.block
         wrong_blocks += [(f"licensed {name} of {q.truth.track_id}", m, i) for m, i in d.blocking]
-        lic["attributed"] += any(i.external_id in C.related(q.truth, tracks) and i.rights is Rights.licensed for _, i in d.matches)
+        lic["attributed"] += any(i.external_id in C.related(q.truth, bench.tracks) and i.rights is Rights.licensed
+                                 for _, i in d.matches)
+    return lic
 
-    # negatives
-    negs = negative_queries(tracks, args.negatives, np.random.default_rng(args.seed + 1))
+
+def negatives(bench: Bench, n: int, seed: int) -> tuple[dict, list]:
+    """``n`` negatives (cut to the output lengths where those are shorter than every negative):
+    counts ``n``, ``block``, ``related``, ``review``, and the false blocks (negative, match, track)."""
+    lo, hi = bench.seconds
     neg = defaultdict(int)
     false_blocks = []
-    cuts = np.random.default_rng(args.seed + 2)
+    negs = negative_queries(bench.tracks, n, np.random.default_rng(seed + 1))
+    cuts = np.random.default_rng(seed + 2)
     for name, x, t in negs:
         if hi < NEGATIVE_S[0]:      # outputs shorter than every negative: its first lo-hi s
             x = x[: int(cuts.uniform(lo, hi) * C.SR)]
-        d = run(x)
+        d = bench.run(x)
         neg["n"] += 1
         # a match with a track that shares material with the excerpt's is not a false match
-        unrelated = [(m, i) for m, i in d.blocking if i.external_id not in C.related(t, tracks)]
+        unrelated = [(m, i) for m, i in d.blocking if i.external_id not in C.related(t, bench.tracks)]
         if unrelated:
             neg["block"] += 1
             false_blocks += [(name, m, i) for m, i in unrelated]
         elif d.verdict is Verdict.block:
             neg["related"] += 1
         neg["review"] += d.verdict is Verdict.review
+    return neg, false_blocks
 
-    print(f"\nBlock recall per transform ({lo:g}–{hi:g} s copies of protected held-out tracks, {args.per_transform} each):")
+
+def print_recall(stats: dict, seconds: tuple[float, float], per_transform: int) -> None:
+    lo, hi = seconds
+    print(f"\nBlock recall per transform ({lo:g}–{hi:g} s copies of protected held-out tracks, {per_transform} each):")
     print(f"{'transform':<24}{'blocked':>9}{'review':>8}{'wrong track':>13}")
     total = defaultdict(int)
     for name, s in stats.items():
@@ -171,6 +227,9 @@ def main(argv=None) -> None:
         for k in ("n", "block", "wrong"):
             total[k] += s[k]
     print(f"{'all copies':<24}{100 * total['block'] / total['n']:8.1f}%{'':>8}{total['wrong']:>13}   (n={total['n']})")
+
+
+def print_false_blocks(neg: dict, false_blocks: list, lic: dict, wrong_blocks: list) -> None:
     print(f"\nFalse blocks on negatives: {neg['block']}/{neg['n']} = {100 * neg['block'] / neg['n']:.2f}% "
           f"(95% upper bound {100 * upper95(neg['block'], neg['n']):.2f}%), sent to review {neg['review']}, "
           f"blocked as a related track {neg['related']}")
@@ -184,6 +243,10 @@ def main(argv=None) -> None:
     for name, m, i in wrong_blocks:
         print(f"  {name} → {i.external_id} ({m.method}, score {m.score:.6f}, {m.duration:.1f} s, reference "
               f"{m.ref_start:.1f} s, tempo {m.tempo_ratio:.2f})")
+
+
+def print_errors(found: Copies, verdicts: dict) -> None:
+    ref_err, tempo_err = found.ref_err, found.tempo_err
     print(f"ref_start error: median {np.median(ref_err):.2f} s, p90 {np.quantile(ref_err, 0.9):.2f} s (n={len(ref_err)})")
     if tempo_err:
         errs = np.array([e for e, _, _ in tempo_err])
@@ -193,6 +256,18 @@ def main(argv=None) -> None:
               f"{m.method}, tempo_ratio {m.tempo_ratio:.3f} over {m.duration:.1f} s)")
     n_all = sum(verdicts.values())
     print(f"Review rate over all {n_all} queries: {100 * verdicts[Verdict.review] / n_all:.1f}%")
+
+
+def main(argv=None) -> None:
+    args = _arguments(argv)
+    bench = _bench(args)
+    found = copies(bench, args.per_transform)
+    collages(bench, args.per_transform * 2, found.stats)
+    lic = licensed_excerpts(bench, args.per_transform * 4, found.wrong_blocks)
+    neg, false_blocks = negatives(bench, args.negatives, args.seed)
+    print_recall(found.stats, bench.seconds, args.per_transform)
+    print_false_blocks(neg, false_blocks, lic, found.wrong_blocks)
+    print_errors(found, bench.verdicts)
 
 
 if __name__ == "__main__":

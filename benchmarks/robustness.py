@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,22 @@ def identified(found, truth: set[str], threshold: float) -> bool:
     return eid in truth and strength > threshold
 
 
-def main(argv=None) -> None:
+@dataclass
+class Bench:
+    """The indexed held-out catalog and the tracks queries are made of (``tracks``: the whole manifest)."""
+
+    engine: object
+    catalog: object
+    tracks: list
+    rng: np.random.Generator
+
+    def __post_init__(self):
+        self.cat_tracks = [t for t in self.tracks if t.split == "heldout" and t.role == "catalog" and t.stem != "song"]
+        self.songs = [t for t in self.tracks if t.split == "heldout" and t.stem == "song"]
+        self.new_material = [t for t in self.tracks if t.role == "unseen" or t.split == "train"]
+
+
+def _arguments(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=WEIGHTS)
     ap.add_argument("--per-transform", type=int, default=25, help="queries per transform and duration")
@@ -107,71 +123,86 @@ def main(argv=None) -> None:
     ap.add_argument("--only", nargs="*", help="transforms to run (default: all)")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--home", type=Path, default=Path.home() / ".cache/clearance/bench-home")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def _bench(args: argparse.Namespace) -> Bench:
     folder = C.music_folder("full")
     tracks = C.manifest(folder)
     engine = C.bench_engine(args.home / args.model.stem, args.model)
     catalog = C.heldout_catalog(engine, folder, tracks)
-    cat_tracks = [t for t in tracks if t.split == "heldout" and t.role == "catalog" and t.stem != "song"]
-    songs = [t for t in tracks if t.split == "heldout" and t.stem == "song"]
-    new_material = [t for t in tracks if t.role == "unseen" or t.split == "train"]
-    rng = np.random.default_rng(args.seed)
-
+    bench = Bench(engine, catalog, tracks, np.random.default_rng(args.seed))
     print(f"model {engine.embedder.version}; catalog: {len(catalog.store.list_tracks())} held-out tracks, "
           f"{catalog.vectors.size} vectors")
+    return bench
 
-    # --- 1. segment-level top-1 under noise + reverb ----------------------------------------
-    if args.segments:
-        print("\nSegment-level top-1 hit rate, noise 0–10 dB SNR + reverb RT60 0.3–1.0 s (no threshold): the\n"
-              "best match names the track and the place the query was cut from (within 1 s), or also a\n"
-              "verbatim repeat of that passage elsewhere in the track or in a track that shares its material\n"
-              f"(waveform correlation >= {REPEAT_CORR}); `track`: the track or one that shares its material, at any place.\n"
-              "`matcher`: the check's embedding matches (a 1 s query, one window: its nearest reference\n"
-              "window); `sequence`: the papers' sequence search (every query window's nearest reference\n"
-              "windows propose alignments, each scored by the mean similarity over the whole query):")
-        print(f"{'query':>8} {'matcher':>8} {'or repeat':>10} {'track':>7} {'sequence':>9} {'or repeat':>10} {'track':>7}")
-        references = reference_vectors(catalog)
-        for secs in (1, 2, 3, 5, 10):
-            hits = sum(segment_hit(catalog, references, cat_tracks, tracks, secs, rng) for _ in range(args.segments))
-            print(f"{secs:>6} s " + "".join(f"{100 * h / args.segments:{w}.1f}%" for h, w in zip(hits, (7, 9, 6, 8, 9, 6))),
-                  flush=True)
 
-    # --- 2. identification per transform, at the thresholds set by the negatives --------------
-    if args.per_transform:
-        negs = negative_queries(tracks, args.negatives, np.random.default_rng(args.seed + 1))
-        # copies shorter than the negatives (10–30 s) are held to negatives cut to their length
-        cut = {secs: secs if secs < NEGATIVE_S[0] else None for secs in args.durations}
-        null = {c: zero_false_match(catalog, negs, tracks, c) for c in dict.fromkeys(cut.values())}
-        thresholds = {secs: null[c] for secs, c in cut.items()}
+def segment_table(bench: Bench, n: int) -> None:
+    """1. Segment-level top-1 under noise + reverb, ``n`` queries per length; printed row by row."""
+    print("\nSegment-level top-1 hit rate, noise 0–10 dB SNR + reverb RT60 0.3–1.0 s (no threshold): the\n"
+          "best match names the track and the place the query was cut from (within 1 s), or also a\n"
+          "verbatim repeat of that passage elsewhere in the track or in a track that shares its material\n"
+          f"(waveform correlation >= {REPEAT_CORR}); `track`: the track or one that shares its material, at any place.\n"
+          "`matcher`: the check's embedding matches (a 1 s query, one window: its nearest reference\n"
+          "window); `sequence`: the papers' sequence search (every query window's nearest reference\n"
+          "windows propose alignments, each scored by the mean similarity over the whole query):")
+    print(f"{'query':>8} {'matcher':>8} {'or repeat':>10} {'track':>7} {'sequence':>9} {'or repeat':>10} {'track':>7}")
+    references = reference_vectors(bench.catalog)
+    for secs in (1, 2, 3, 5, 10):
+        hits = sum(segment_hit(bench.catalog, references, bench.cat_tracks, bench.tracks, secs, bench.rng)
+                   for _ in range(n))
+        print(f"{secs:>6} s " + "".join(f"{100 * h / n:{w}.1f}%" for h, w in zip(hits, (7, 9, 6, 8, 9, 6))),
+              flush=True)
 
-        names = args.only or [*C.TRANSFORMS, "guitar-over-backing", "splice-in-new"]
-        print(f"\nTrack-level identification at zero false matches ({args.per_transform} queries per cell):")
-        layers = ("emb", "chroma", "landm", "any", "merged")
-        print(f"{'transform':<22}" + "".join(f"{f'{layer} {d:g}s':>11}" for d in args.durations for layer in layers))
-        for name in names:
-            row = f"{name:<22}"
-            for secs in args.durations:
-                ok = np.zeros(5)
-                for _ in range(args.per_transform):
-                    q = C.make_query(name, secs, cat_tracks, songs, new_material, rng)
-                    hit = [identified(found, C.related(q.truth, tracks), thr)
-                           for found, thr in zip(evidence(catalog, q.samples, name), thresholds[secs])]
-                    ok += [*hit[:3], any(hit[:3]), hit[3]]
-                row += "".join(f"{100 * k / args.per_transform:10.0f}%" for k in ok)
-            print(row, flush=True)
 
-    # --- 3. throughput -------------------------------------------------------------------------
-    t = cat_tracks[0]
+def identification_table(bench: Bench, args: argparse.Namespace) -> None:
+    """2. Identification per transform, at the thresholds set by the negatives; printed row by row."""
+    catalog, tracks = bench.catalog, bench.tracks
+    negs = negative_queries(tracks, args.negatives, np.random.default_rng(args.seed + 1))
+    # copies shorter than the negatives (10–30 s) are held to negatives cut to their length
+    cut = {secs: secs if secs < NEGATIVE_S[0] else None for secs in args.durations}
+    null = {c: zero_false_match(catalog, negs, tracks, c) for c in dict.fromkeys(cut.values())}
+    thresholds = {secs: null[c] for secs, c in cut.items()}
+
+    names = args.only or [*C.TRANSFORMS, "guitar-over-backing", "splice-in-new"]
+    print(f"\nTrack-level identification at zero false matches ({args.per_transform} queries per cell):")
+    layers = ("emb", "chroma", "landm", "any", "merged")
+    print(f"{'transform':<22}" + "".join(f"{f'{layer} {d:g}s':>11}" for d in args.durations for layer in layers))
+    for name in names:
+        row = f"{name:<22}"
+        for secs in args.durations:
+            ok = np.zeros(5)
+            for _ in range(args.per_transform):
+                q = C.make_query(name, secs, bench.cat_tracks, bench.songs, bench.new_material, bench.rng)
+                hit = [identified(found, C.related(q.truth, tracks), thr)
+                       for found, thr in zip(evidence(catalog, q.samples, name), thresholds[secs])]
+                ok += [*hit[:3], any(hit[:3]), hit[3]]
+            row += "".join(f"{100 * k / args.per_transform:10.0f}%" for k in ok)
+        print(row, flush=True)
+
+
+def throughput(bench: Bench) -> None:
+    """3. Embedding throughput on the first catalog track; printed."""
+    t = bench.cat_tracks[0]
     t0 = time.perf_counter()
     clip = decode(t.path, C.SR)
     t1 = time.perf_counter()
-    hop = engine.embedder.ref_hop_s
-    engine.embedder.embed(clip, hop_s=hop)
+    hop = bench.engine.embedder.ref_hop_s
+    bench.engine.embedder.embed(clip, hop_s=hop)
     t2 = time.perf_counter()
     print(f"\nEmbedding throughput ({clip.duration:.0f} s track, hop {hop:g} s): "
           f"{clip.duration / (t2 - t1):.0f}x real time (decode excluded), "
           f"{clip.duration / (t2 - t0):.0f}x (decode included)")
+
+
+def main(argv=None) -> None:
+    args = _arguments(argv)
+    bench = _bench(args)
+    if args.segments:
+        segment_table(bench, args.segments)
+    if args.per_transform:
+        identification_table(bench, args)
+    throughput(bench)
 
 
 def segment_hit(catalog, references, cat_tracks, tracks, secs: int, rng) -> np.ndarray:

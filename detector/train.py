@@ -194,7 +194,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
     return nn.functional.cross_entropy(sim, target)
 
 
-def main(argv=None) -> None:
+def _arguments(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--music", type=Path, required=True, help="corpus folder laid out by get-music --set full")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/clearance/train-audio")
@@ -221,8 +221,11 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def main(argv=None) -> None:
+    args = _arguments(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
@@ -241,6 +244,13 @@ def main(argv=None) -> None:
     if init:
         model.load_state_dict(init["state_dict"])
     model.to(aug.device)
+    train(model, fe, arch, sampler, aug, args)
+
+
+def train(model: nn.Module, fe: FrontEnd, arch: dict, sampler: Sampler, aug: Augment, args: argparse.Namespace) -> None:
+    """Train ``model`` for ``args.steps`` steps of the schedule (or ``args.stop_after``): NT-Xent
+    between each anchor window and its augmented positive; progress printed every 25 steps, the
+    weights saved every 500 and at the end."""
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     spec = aug.spec

@@ -30,7 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Union
+from typing import Callable, Generator, Iterable, Iterator, Union
 
 import numpy as np
 
@@ -292,47 +292,59 @@ def run_ray(files: Iterable[Path], fingerprinter: Fingerprinter, workers: int, i
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        paths = [str(f) for f in files]
-        identified = {}
-        if paths:
-            identified = {row["path"]: row for row in
-                          ray.data.from_items([{"path": p} for p in paths]).map(_ray_identify).iter_rows()}
-        new: list[Source] = []
-        hashes: set[str] = set()
-        for path in paths:          # in the files' order, not Ray's: of two identical files the first is kept
-            row = identified[path]
-            if row["error"]:
-                yield Failure(row["path"], row["error"])
-                continue
-            source = Source(row["path"], row["sha256"], int(row["size_bytes"]), float(row["hash_s"]))
-            if source.sha256 in hashes or is_known(source.sha256):
-                yield Skipped(source)
-            else:
-                hashes.add(source.sha256)
-                new.append(source)
-        if not new:
-            return
-        items = [{"path": s.path, "sha256": s.sha256, "size_bytes": s.size_bytes, "hash_s": s.hash_s} for s in new]
-        ds = ray.data.from_items(items).map_batches(
-            _RayFingerprinter, fn_constructor_args=(fingerprinter, str(incoming)), batch_size=batch_files,
-            batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1)
-        shards = ShardStore(incoming)
-        cached = None
-        for row in ds.iter_rows():
-            source = Source(row["path"], row["sha256"], int(row["size_bytes"]), float(row["hash_s"]))
-            if row["error"]:
-                yield Failure(source.path, row["error"])
-                continue
-            if cached is None or str(cached.path) != row["shard"]:
-                cached = shards.read(Path(row["shard"]), fingerprinter.embedder.dim)
-            a, b = int(row["offset"]), int(row["offset"]) + int(row["vectors"])
-            yield Fingerprint(source, float(row["duration_s"]), cached.ids[a:b], cached.vectors[a:b],
-                              np.frombuffer(row["chromaprint"], "<u4").astype(np.uint32),
-                              np.frombuffer(row["peaks"], "<u4").astype(np.uint32), cached.model,
-                              StageTimes(*(float(row[f.name]) for f in fields(StageTimes))))
+        new = yield from _ray_sources(ray, [str(f) for f in files], is_known)
+        if new:
+            yield from _ray_fingerprints(ray, new, fingerprinter, workers, incoming, batch_files)
     finally:
         if started:
             ray.shutdown()
+
+
+def _ray_sources(ray, paths: list[str], is_known: Callable[[str], bool]) -> Generator[Outcome, None, list[Source]]:
+    """Hash ``paths`` as Ray tasks; yields the failures and the skipped (known content, or content
+    seen earlier in ``paths``), returns the sources to fingerprint."""
+    identified = {}
+    if paths:
+        identified = {row["path"]: row for row in
+                      ray.data.from_items([{"path": p} for p in paths]).map(_ray_identify).iter_rows()}
+    new: list[Source] = []
+    hashes: set[str] = set()
+    for path in paths:          # in the files' order, not Ray's: of two identical files the first is kept
+        row = identified[path]
+        if row["error"]:
+            yield Failure(row["path"], row["error"])
+            continue
+        source = Source(row["path"], row["sha256"], int(row["size_bytes"]), float(row["hash_s"]))
+        if source.sha256 in hashes or is_known(source.sha256):
+            yield Skipped(source)
+        else:
+            hashes.add(source.sha256)
+            new.append(source)
+    return new
+
+
+def _ray_fingerprints(ray, new: list[Source], fingerprinter: Fingerprinter, workers: int, incoming: Path,
+                      batch_files: int) -> Iterator[Outcome]:
+    """Fingerprints (or failures) of ``new`` from ``workers`` Ray actors, each batch's vectors
+    read back from the shard it wrote under ``incoming``."""
+    items = [{"path": s.path, "sha256": s.sha256, "size_bytes": s.size_bytes, "hash_s": s.hash_s} for s in new]
+    ds = ray.data.from_items(items).map_batches(
+        _RayFingerprinter, fn_constructor_args=(fingerprinter, str(incoming)), batch_size=batch_files,
+        batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1)
+    shards = ShardStore(incoming)
+    cached = None
+    for row in ds.iter_rows():
+        source = Source(row["path"], row["sha256"], int(row["size_bytes"]), float(row["hash_s"]))
+        if row["error"]:
+            yield Failure(source.path, row["error"])
+            continue
+        if cached is None or str(cached.path) != row["shard"]:
+            cached = shards.read(Path(row["shard"]), fingerprinter.embedder.dim)
+        a, b = int(row["offset"]), int(row["offset"]) + int(row["vectors"])
+        yield Fingerprint(source, float(row["duration_s"]), cached.ids[a:b], cached.vectors[a:b],
+                          np.frombuffer(row["chromaprint"], "<u4").astype(np.uint32),
+                          np.frombuffer(row["peaks"], "<u4").astype(np.uint32), cached.model,
+                          StageTimes(*(float(row[f.name]) for f in fields(StageTimes))))
 
 
 def _ray_init(ray, workers: int, address: str | None) -> None:

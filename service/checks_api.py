@@ -46,19 +46,6 @@ def checks_router(engine: Engine, pool: WorkPool, metrics: Metrics) -> APIRouter
     router = APIRouter(tags=["checks"])
     uploads = Uploads(engine.settings)
 
-    def run_check(upload: UploadFile, submitter: str, idempotency_key: str | None) -> dict:
-        """Check an upload (on a worker thread) and count the outcome."""
-        t0 = time.perf_counter()
-        try:
-            result = engine.check(upload.file.read(), upload.filename or "upload", submitter=submitter,
-                                  idempotency_key=idempotency_key)
-        except AudioError as exc:
-            metrics.decode_failures.labels("too_large" if exc.too_large else "unreadable").inc()
-            raise
-        metrics.check_seconds.observe(time.perf_counter() - t0)
-        metrics.checks.labels(result["decision"]).inc()
-        return result
-
     @router.post(CHECKS, summary="Check a generated output against the catalog", openapi_extra=form_body(CheckForm),
                  responses={200: {"description": "the check result, stored; also the stored result of an earlier "
                                                  "request with the same Idempotency-Key"}})
@@ -74,7 +61,8 @@ def checks_router(engine: Engine, pool: WorkPool, metrics: Metrics) -> APIRouter
                 return replayed(stored)
         async with uploads.read_form(request, CheckForm, principal.key_id) as form, pool.slot():
             try:
-                return JSONResponse(await pool.run(run_check, form.audio, principal.key_id, idempotency_key))
+                return JSONResponse(await pool.run(run_check, engine, metrics, form.audio, principal.key_id,
+                                                   idempotency_key))
             except DuplicateCheck:    # the same key, sent twice at once: the first stored wins
                 return replayed(await run_in_threadpool(engine.store.find_idempotent, principal.key_id,
                                                         idempotency_key))
@@ -104,6 +92,21 @@ def checks_router(engine: Engine, pool: WorkPool, metrics: Metrics) -> APIRouter
         return found[0]
 
     return router
+
+
+def run_check(engine: Engine, metrics: Metrics, upload: UploadFile, submitter: str,
+              idempotency_key: str | None) -> dict:
+    """Check an upload (on a worker thread) and count the outcome."""
+    t0 = time.perf_counter()
+    try:
+        result = engine.check(upload.file.read(), upload.filename or "upload", submitter=submitter,
+                              idempotency_key=idempotency_key)
+    except AudioError as exc:
+        metrics.decode_failures.labels("too_large" if exc.too_large else "unreadable").inc()
+        raise
+    metrics.check_seconds.observe(time.perf_counter() - t0)
+    metrics.checks.labels(result["decision"]).inc()
+    return result
 
 
 def replayed(result: dict) -> JSONResponse:
