@@ -3,7 +3,6 @@ generator applies to a copied recording (real DSP on the waveform, not the train
 approximations)."""
 from __future__ import annotations
 
-import csv
 import math
 import os
 import subprocess
@@ -15,22 +14,10 @@ import torch
 import torchaudio.functional as AF
 
 from detector.audio import Clip, decode, encode
+from detector.corpus import Track, manifest      # noqa: F401  (the benchmarks read the manifest as C.manifest)
 
 SR = 8000
 REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class Track:
-    track_id: str
-    path: Path
-    split: str
-    role: str
-    package: str
-    stem_group: str
-    stem: str
-    related: frozenset[str]
-    sets: frozenset[str]           # the get-music sets that hold it: test, full
 
 
 def related(track: Track, tracks: list[Track]) -> set[str]:
@@ -45,13 +32,6 @@ def music_folder(which: str = "full") -> Path:
     script = REPO / "scripts" / "get-music"
     out = subprocess.run([str(script), "--set", which, "--quiet"], check=True, capture_output=True, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
-
-
-def manifest(folder: Path) -> list[Track]:
-    with open(folder / "manifest.csv", newline="") as f:
-        return [Track(r["track_id"], folder / r["path"], r["split"], r["bench_role"], r["deb_package"],
-                      r["stem_group"], r["stem"], frozenset(r["related"].split()), frozenset(r["sets"].split()))
-                for r in csv.DictReader(f)]
 
 
 def load(track: Track, cache: Path = Path.home() / ".cache/clearance/bench-audio") -> Clip:

@@ -14,7 +14,6 @@ cache of 8 kHz float16 arrays. ``--device cuda`` moves the augmentation and the 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torchaudio.functional as AF
 from torch import nn
 
 from detector.audio import decode
+from detector.corpus import manifest
 from detector.features import FrontEnd, Spectrogram, normalise, shift_bands
 from detector.model import CHECKPOINT_FORMAT, DEFAULT_WEIGHTS, REF_HOP_S, build
 
@@ -33,12 +33,12 @@ def load_training_audio(music: Path, sample_rate: int, cache: Path) -> list[np.n
     """The ``split=train`` tracks of the corpus at ``sample_rate`` Hz, decoded once and cached."""
     cache.mkdir(parents=True, exist_ok=True)
     tracks = []
-    with open(music / "manifest.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
-    for r in rows:
-        npy = cache / f"{r['track_id']}-{sample_rate}.npy"
+    for t in manifest(music):
+        if t.split != "train":
+            continue
+        npy = cache / f"{t.track_id}-{sample_rate}.npy"
         if not npy.exists():
-            clip = decode(music / r["path"], sample_rate)
+            clip = decode(t.path, sample_rate)
             tmp = npy.with_suffix(".tmp.npy")
             np.save(tmp, clip.samples.astype(np.float16))
             tmp.replace(npy)

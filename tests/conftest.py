@@ -2,42 +2,31 @@
 of 20 protected catalog tracks built once per session through the real indexing code."""
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from detector.audio import Clip, decode, encode
+from detector.corpus import Track, manifest
 from service.engine import Engine
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@dataclass(frozen=True)
-class Row:
-    track_id: str
-    path: Path
-    role: str
-    related: str
-
-
 @pytest.fixture(scope="session")
-def music() -> dict[str, Row]:
+def music() -> dict[str, Track]:
     """The ``test`` corpus by track id (``scripts/get-music --set test``; the folder may
     also hold the full corpus, whose extra tracks are left out)."""
     script = REPO / "scripts" / "get-music"
     out = subprocess.run([str(script), "--set", "test", "--quiet"], check=True, capture_output=True, text=True)
     folder = Path(out.stdout.strip().splitlines()[-1])
-    with open(folder / "manifest.csv", newline="") as f:
-        return {r["track_id"]: Row(r["track_id"], folder / r["path"], r["bench_role"], r["related"])
-                for r in csv.DictReader(f) if "test" in r["sets"].split()}
+    return {t.track_id: t for t in manifest(folder) if "test" in t.sets}
 
 
-def cut(row: Row, start: float, seconds: float, dest: Path, fmt: str = "mp3") -> Path:
+def cut(row: Track, start: float, seconds: float, dest: Path, fmt: str = "mp3") -> Path:
     """Write an excerpt of a corpus track, re-encoded to ``fmt``, and return its path."""
     clip = decode(row.path, 22050)
     part = clip.excerpt(start, start + seconds)
