@@ -38,3 +38,22 @@ class ModelError(ClearanceError):
 
 class PolicyError(ClearanceError):
     """A policy file that is missing, malformed or inconsistent."""
+
+
+class NotFound(ClearanceError):
+    """No such thing as was named: a track, a check, an API key (or none the caller may see)."""
+
+
+class Conflict(ClearanceError):
+    """The request clashes with what is stored: an id or a recording already in the catalog, a
+    verdict recorded against a view someone else has changed meanwhile, a catalog that another
+    indexing job holds (its writer lock) until it finishes."""
+
+
+class Busy(ClearanceError):
+    """Every slot of a bounded work pool is taken: the same request may succeed later, after
+    ``retry_after_s`` seconds (None: unknown)."""
+
+    def __init__(self, message: str, retry_after_s: int | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -18,17 +18,18 @@ from typing import Callable, Iterator
 import numpy as np
 
 from detector.audio import Clip, DecodeLimits, find_audio
-from detector.errors import ClearanceError
+from detector.errors import ClearanceError, Conflict, NotFound
 from detector.matcher import Calibration, Match, Matcher
 from detector.model import Embedder
 from detector.policy import Rights
 from index.layers.embedding import REPORTED_P, embedding_matches
 from index.layers.landmarks import landmark_matches
-from index.pipeline import Failure, Fingerprinter, Outcome, Skipped, new_job_folder, run_local, run_ray
+from index.pipeline import (Failure, Fingerprinter, IndexEngine, Outcome, Skipped, new_job_folder, run_local,
+                            run_ray)
 from index.rebuild import RebuildReport, rebuild, rebuild_locked
 from index.search import Searcher
 from index.shards import ShardStore
-from index.store import CatalogError, Store, Track
+from index.store import Store, Track, TrackState
 from index.vectors import AUTO, VectorIndex, auto_factory, min_training_vectors, new_index, split_ids, vector_ids
 
 
@@ -145,7 +146,7 @@ class Catalog:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise CatalogError(f"another indexing job is writing to {self.home}; wait for it to finish") from None
+                raise Conflict(f"another indexing job is writing to {self.home}; wait for it to finish") from None
             shutil.rmtree(self.home / "incoming", ignore_errors=True)
             self.shards.clear_temporary()
             self._loaded = None           # always start from what is published
@@ -165,11 +166,13 @@ class Catalog:
         """Make the database and ``vectors`` agree after a crash between the steps of indexing."""
         in_index = vectors.tracks()
         rows = {t.id: t for t in self.store.list_tracks(state=None)}
-        stray = [k for k in in_index if k not in rows or (rows[k].state == "pending" and rows[k].vectors != in_index[k])]
-        adopt = [k for k in in_index if k in rows and rows[k].state == "pending" and k not in stray]
-        lost = [k for k, t in rows.items() if t.state == "pending" and k not in in_index and t.vectors > 0]
-        lost += [k for k, t in rows.items() if t.state == "indexed" and t.vectors > 0 and in_index.get(k) != t.vectors]
-        silent = [k for k, t in rows.items() if t.state == "pending" and t.vectors == 0]
+        stray = [k for k in in_index
+                 if k not in rows or (rows[k].state is TrackState.pending and rows[k].vectors != in_index[k])]
+        adopt = [k for k in in_index if k in rows and rows[k].state is TrackState.pending and k not in stray]
+        lost = [k for k, t in rows.items() if t.state is TrackState.pending and k not in in_index and t.vectors > 0]
+        lost += [k for k, t in rows.items()
+                 if t.state is TrackState.indexed and t.vectors > 0 and in_index.get(k) != t.vectors]
+        silent = [k for k, t in rows.items() if t.state is TrackState.pending and t.vectors == 0]
         if stray or lost:
             vectors.remove(stray + lost)
             vectors.save()
@@ -179,7 +182,8 @@ class Catalog:
     def index_paths(self, paths: list[str | Path], rights: Rights, owner: str = "", manifest: str | Path | None = None,
                     entries: dict[Path, ManifestEntry] | None = None,
                     progress: Callable[[str, str, float], None] | None = None, publish_every_s: float = 30.0,
-                    workers: int = 0, engine: str = "local", ray_address: str | None = None) -> IndexSummary:
+                    workers: int = 0, engine: IndexEngine | str = IndexEngine.local,
+                    ray_address: str | None = None) -> IndexSummary:
         """Index audio files and folders; a bad file is recorded and the job goes on.
 
         External ids, titles and owners come from ``entries`` (resolved path → entry), else from
@@ -191,8 +195,11 @@ class Catalog:
         running it again does the rest. At the end, the index is retrained if the factory
         wanted for its new size differs from the one it has (``RebuildReport`` in ``rebuilt``).
         """
-        if engine not in ENGINES:
-            raise ClearanceError(f"unknown indexing engine '{engine}'; use one of {', '.join(ENGINES)}")
+        try:
+            engine = IndexEngine(engine)
+        except ValueError:
+            raise ClearanceError(f"unknown indexing engine '{engine}'; use one of "
+                                 f"{', '.join(e.value for e in IndexEngine)}") from None
         if self.factory != AUTO:
             new_index(self.embedder.dim, self.factory)       # refuse a bad factory before the work, not after
         entries = {**(read_manifest(manifest) if manifest else {}), **(entries or {})}
@@ -230,7 +237,7 @@ class Catalog:
                   is_known: Callable[[str], bool] | None = None) -> Iterator[Outcome]:
         fingerprinter = Fingerprinter(self.embedder, self.limits)
         is_known = is_known or (lambda sha: self.store.find_by_hash(sha) is not None)
-        if engine == "ray":
+        if engine == IndexEngine.ray:
             return run_ray(files, fingerprinter, workers or 1, is_known, new_job_folder(self.home / "incoming"),
                            ray_address)
         return run_local(files, fingerprinter, workers, is_known)
@@ -261,7 +268,7 @@ class Catalog:
                 rights=rights, sha256=source.sha256, source_path=str(path.resolve()), duration_s=outcome.duration_s,
                 model=outcome.model, vectors=len(outcome.windows), fingerprint=outcome.chromaprint,
                 peaks=outcome.peaks)
-        except CatalogError as exc:
+        except Conflict as exc:
             return self._fail(source.path, str(exc), summary)
         vectors.add(key, outcome.vectors, outcome.windows)
         batch.add(key, source.sha256, vector_ids(key, outcome.windows), outcome.vectors)
@@ -299,7 +306,7 @@ class Catalog:
         found = [self.store.find(e) for e in external_ids]
         missing = [e for e, t in zip(external_ids, found) if t is None]
         if missing:
-            raise CatalogError(f"no track with external_id {', '.join(repr(m) for m in missing)}")
+            raise NotFound(f"no track with external_id {', '.join(repr(m) for m in missing)}")
         keys = np.asarray([t.id for t in found], np.int64)
         with self.writing() as vectors:
             vectors.remove(keys.tolist())
@@ -321,9 +328,6 @@ class Catalog:
         """Drop the loaded indexes: the next search opens what is published."""
         self._vectors = None
         self.searcher.forget()
-
-
-ENGINES = ("local", "ray")
 
 
 class _Unpublished:

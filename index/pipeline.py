@@ -29,6 +29,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Callable, Generator, Iterable, Iterator, Union
 
@@ -99,6 +100,15 @@ class Skipped:
 
 
 Outcome = Union[Fingerprint, Failure, Skipped]
+
+
+class IndexEngine(StrEnum):
+    """What runs the stages of an indexing job: ``local`` (this process or worker processes,
+    ``run_local``) or ``ray`` (Ray Data tasks, ``run_ray``); the names the CLI and settings take
+    (a ``StrEnum``: ``str()`` is the name, as the settings table and messages print it)."""
+
+    local = "local"
+    ray = "ray"
 
 
 def identify(path: str | Path) -> Source | Failure:

@@ -9,18 +9,32 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 
 import sqlalchemy as sa
 
-from detector.errors import ClearanceError
+from detector.errors import Conflict, NotFound
 from detector.policy import Rights
 from index.schema import api_keys, audit_log, checks, review_sessions, tracks
-from index.store import CatalogError, Store, Track, now, track_from_row, utc
+from index.store import Store, Track, TrackState, now, track_from_row, utc
 
 UNREVIEWED = "unreviewed"
 
 
-class ReviewConflict(ClearanceError):
+class ReviewVerdict(str, Enum):
+    """What a reviewer decides about a check (the audit log's ``action``), and the review state it
+    leaves the check in (the audit log's ``new``)."""
+
+    confirm = "confirm"      # confirm the block
+    override = "override"    # override to allow: needs a reason
+    escalate = "escalate"    # hand to counsel
+
+    @property
+    def state(self) -> str:
+        return {"confirm": "blocked", "override": "allowed", "escalate": "escalated"}[self.value]
+
+
+class ReviewConflict(Conflict):
     """A verdict recorded against a stale view: someone else reviewed the check meanwhile."""
 
 
@@ -184,28 +198,28 @@ class Review:
             by_state = dict(c.execute(sa.select(sub.c.state, sa.func.count()).group_by(sub.c.state)).all())
         return by_decision, by_state
 
-    def record_verdict(self, check_id: str, action: str, new_state: str, *, actor: Actor, reason: str, note: str,
+    def record_verdict(self, check_id: str, verdict: ReviewVerdict, *, actor: Actor, reason: str, note: str,
                        seen_audit_id: int) -> AuditEntry:
         """Append a verdict on a check. ``seen_audit_id`` is the latest entry the reviewer saw
         (0: none); if another was added since, ``ReviewConflict`` is raised and nothing is written."""
         with self.engine.begin() as c:
             if not c.execute(sa.select(checks.c.id).where(checks.c.id == check_id)).first():
-                raise CatalogError(f"no check with id '{check_id}'")
+                raise NotFound(f"no check with id '{check_id}'")
             last = c.execute(sa.select(audit_log).where(audit_log.c.subject == "check",
                                                         audit_log.c.subject_id == check_id)
                              .order_by(audit_log.c.id.desc()).limit(1)).first()
             if (last.id if last else 0) != seen_audit_id:
                 raise ReviewConflict(f"check '{check_id}' was reviewed by {last.actor_name} meanwhile "
                                      f"({last.action}); reload the page and decide again")
-            return self._append(c, actor, "check", check_id, action, last.new if last else UNREVIEWED,
-                                new_state, reason, note)
+            return self._append(c, actor, "check", check_id, verdict.value, last.new if last else UNREVIEWED,
+                                verdict.state, reason, note)
 
     def change_rights(self, external_id: str, rights: Rights, *, actor: Actor, note: str) -> AuditEntry:
         """Change a track's rights and audit it, in one transaction."""
         with self.engine.begin() as c:
             before = c.execute(sa.select(tracks.c.rights).where(tracks.c.external_id == external_id)).scalar()
             if before is None:
-                raise CatalogError(f"no track with external_id '{external_id}'")
+                raise NotFound(f"no track with external_id '{external_id}'")
             c.execute(tracks.update().where(tracks.c.external_id == external_id)
                       .values(rights=rights.value, updated_at=now()))
             return self._append(c, actor, "track", external_id, "rights", before, rights.value, "", note)
@@ -223,7 +237,8 @@ class Review:
 
     def search_tracks(self, text: str = "", rights: Rights | None = None, limit: int = 200) -> list[Track]:
         """Indexed tracks whose external id, title or owner contains ``text``."""
-        q = sa.select(tracks).where(tracks.c.state == "indexed").order_by(tracks.c.external_id).limit(limit)
+        q = (sa.select(tracks).where(tracks.c.state == TrackState.indexed.value).order_by(tracks.c.external_id)
+             .limit(limit))
         if text:
             q = q.where(sa.or_(*(col.contains(text, autoescape=True)
                                  for col in (tracks.c.external_id, tracks.c.title, tracks.c.owner))))
@@ -235,7 +250,7 @@ class Review:
     def owners(self) -> list[str]:
         """Distinct owners of indexed tracks, for the queue's filter."""
         with self.engine.connect() as c:
-            return list(c.execute(sa.select(tracks.c.owner).distinct().where(tracks.c.state == "indexed",
+            return list(c.execute(sa.select(tracks.c.owner).distinct().where(tracks.c.state == TrackState.indexed.value,
                                                                                tracks.c.owner != "")
                                   .order_by(tracks.c.owner)).scalars())
 

@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from urllib.parse import quote
 
@@ -20,18 +21,23 @@ import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event
 
-from detector.errors import ClearanceError, StorageError
+from detector.errors import ClearanceError, Conflict, NotFound, StorageError
 from detector.policy import Rights, TrackInfo
 from index import migrate
 from index.schema import api_keys, checks, chromaprints, failures, landmarks, metadata, tracks
 
 
-class CatalogError(ClearanceError):
-    """A catalog operation that cannot be done as asked (unknown track, id clash)."""
-
-
-class DuplicateCheck(ClearanceError):
+class DuplicateCheck(Conflict):
     """A submitter stored a second check under an idempotency key it had used already."""
+
+
+class TrackState(str, Enum):
+    """Where a track is in indexing (the ``tracks.state`` column): ``pending`` from its insert
+    until the index holding its vectors is published, then ``indexed``; readers see only
+    ``indexed`` tracks."""
+
+    pending = "pending"
+    indexed = "indexed"
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ class Track:
     duration_s: float
     model: str
     vectors: int
-    state: str
+    state: TrackState
 
     @property
     def info(self) -> TrackInfo:
@@ -80,7 +86,7 @@ def utc(t: datetime) -> datetime:
 
 def track_from_row(r) -> Track:
     return Track(r.id, r.external_id, r.title, r.owner, Rights(r.rights), r.content_sha256, r.source_path,
-                 r.duration_s, r.model, r.vectors, r.state)
+                 r.duration_s, r.model, r.vectors, TrackState(r.state))
 
 
 class Store:
@@ -130,12 +136,12 @@ class Store:
         t = now()
         with self.engine.begin() as c:
             if c.execute(sa.select(tracks.c.id).where(tracks.c.external_id == external_id)).first():
-                raise CatalogError(f"external_id '{external_id}' is already used by another recording; "
-                                   "remove it first or give this file another id")
+                raise Conflict(f"external_id '{external_id}' is already used by another recording; "
+                               "remove it first or give this file another id")
             key = c.execute(tracks.insert().values(
                 external_id=external_id, title=title, owner=owner, rights=rights.value, content_sha256=sha256,
-                source_path=source_path, duration_s=duration_s, model=model, vectors=vectors, state="pending",
-                created_at=t, updated_at=t)).inserted_primary_key[0]
+                source_path=source_path, duration_s=duration_s, model=model, vectors=vectors,
+                state=TrackState.pending.value, created_at=t, updated_at=t)).inserted_primary_key[0]
             c.execute(chromaprints.insert().values(track_id=key, fingerprint=fingerprint.astype("<u4").tobytes()))
             c.execute(landmarks.insert().values(track_id=key, peaks=peaks.astype("<u4").tobytes()))
         return int(key)
@@ -143,7 +149,8 @@ class Store:
     def mark_indexed(self, keys: list[int]) -> None:
         with self.engine.begin() as c:
             for part in _chunks(map(int, keys)):
-                c.execute(tracks.update().where(tracks.c.id.in_(part)).values(state="indexed", updated_at=now()))
+                c.execute(tracks.update().where(tracks.c.id.in_(part))
+                          .values(state=TrackState.indexed.value, updated_at=now()))
 
     def delete(self, keys: list[int]) -> None:
         with self.engine.begin() as c:
@@ -159,10 +166,10 @@ class Store:
             for key, n in counts.items():
                 c.execute(tracks.update().where(tracks.c.id == key).values(vectors=n, model=model, updated_at=now()))
 
-    def list_tracks(self, state: str | None = "indexed") -> list[Track]:
+    def list_tracks(self, state: TrackState | None = TrackState.indexed) -> list[Track]:
         q = sa.select(tracks).order_by(tracks.c.external_id)
         if state:
-            q = q.where(tracks.c.state == state)
+            q = q.where(tracks.c.state == TrackState(state).value)
         with self.engine.connect() as c:
             return [track_from_row(r) for r in c.execute(q)]
 
@@ -172,7 +179,7 @@ class Store:
         if not keys:
             return {}
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(tracks).where(tracks.c.id.in_(keys), tracks.c.state == "indexed"))
+            rows = c.execute(sa.select(tracks).where(tracks.c.id.in_(keys), tracks.c.state == TrackState.indexed.value))
             return {r.id: track_from_row(r).info for r in rows}
 
     def chromaprints(self) -> dict[int, np.ndarray]:
@@ -185,7 +192,7 @@ class Store:
 
     def _uint32_arrays(self, column: sa.Column) -> dict[int, np.ndarray]:
         """A per-track array column (little-endian uint32) of every indexed track."""
-        q = sa.select(column.table.c.track_id, column).join(tracks).where(tracks.c.state == "indexed")
+        q = sa.select(column.table.c.track_id, column).join(tracks).where(tracks.c.state == TrackState.indexed.value)
         with self.engine.connect() as c:
             return {key: np.frombuffer(blob, "<u4").astype(np.uint32) for key, blob in c.execute(q)}
 
@@ -256,7 +263,7 @@ class Store:
             n = c.execute(api_keys.update().where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                           .values(revoked_at=now())).rowcount
         if not n:
-            raise CatalogError(f"no active key with id '{key_id}'")
+            raise NotFound(f"no active key with id '{key_id}'")
 
     # --- failures -----------------------------------------------------------------------
     def record_failure(self, path: str, reason: str) -> None:

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from detector.audio import AUDIO_SUFFIXES
-from detector.errors import AudioError
+from detector.errors import AudioError, Conflict, NotFound
 from detector.policy import Rights
 from index.catalog import Catalog, ManifestEntry
 from index.reviews import Review
@@ -27,7 +27,6 @@ from index.store import Track
 from service.auth import Principal, Role, require
 from service.engine import Engine
 from service.pool import WorkPool
-from service.problems import Conflict, NotFound
 from service.uploads import Uploads, form_body
 
 TRACKS = "/v1/tracks"
@@ -81,9 +80,8 @@ class CatalogAdmin:
         return store.find(form.external_id)
 
     def remove(self, external_id: str) -> None:
-        """Take a track down: its vectors and row go, and its audio if it was uploaded here."""
-        if self.engine.store.find(external_id) is None:
-            raise NotFound(f"no track with external_id '{external_id}'")
+        """Take a track down: its vectors and row go, and its audio if it was uploaded here
+        (``NotFound`` when there is no such track)."""
         for track in self.catalog.remove([external_id]):
             if Path(track.source_path).parent == self.references.resolve():
                 Path(track.source_path).unlink(missing_ok=True)
@@ -131,7 +129,6 @@ def catalog_router(engine: Engine, pool: WorkPool) -> APIRouter:
     @router.patch(TRACKS + "/{external_id:path}", summary="Change a track's rights")
     def change_rights(external_id: str, change: RightsChange, who: Principal = Depends(catalog_admin)) -> dict:
         """The change is audited under the caller's key, as a change made in the dashboard is."""
-        _track(engine, external_id)
         Review(engine.store).change_rights(external_id, change.rights, actor=who.actor, note=change.note)
         return _shown(_track(engine, external_id))
 

@@ -12,6 +12,7 @@ import click
 
 from detector.errors import AudioError, ClearanceError, StorageError
 from detector.policy import Rights
+from index.pipeline import IndexEngine
 from index.reviews import Actor, Review
 from index.store import Store
 from service.auth import Role, create_key
@@ -79,7 +80,7 @@ def main(ctx: click.Context, home: Path | None, db: str | None) -> None:
 @click.option("--workers", type=click.IntRange(min=0), help="workers that decode, embed, Chromaprint and take landmarks "
                                                             "[env CLEARANCE_INDEX_WORKERS; default one per core; "
                                                             "0: in this process]")
-@click.option("--engine", "engine_name", type=click.Choice(["local", "ray"]),
+@click.option("--engine", "engine_name", type=click.Choice([e.value for e in IndexEngine]),
               help="local worker processes or Ray Data tasks [env CLEARANCE_INDEX_ENGINE; default local]")
 @click.option("--ray-address", help="Ray cluster for --engine ray [env CLEARANCE_RAY_ADDRESS or RAY_ADDRESS; "
                                     "default a local Ray instance]")

@@ -14,18 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable, TypeVar
 
-from detector.errors import ClearanceError
+from detector.errors import Busy
 
 T = TypeVar("T")
-
-
-class Busy(ClearanceError):
-    """Every slot of a pool is taken; ``retry_after_s`` is when one is likely to be free."""
-
-    def __init__(self, pool: str, capacity: int, retry_after_s: int):
-        super().__init__(f"the {pool} queue is full ({capacity} requests running or waiting); "
-                         f"try again in {retry_after_s} s")
-        self.retry_after_s = retry_after_s
 
 
 class WorkPool:
@@ -50,7 +41,9 @@ class WorkPool:
         if self.taken >= self.capacity:
             self.refused += 1
             # a slot frees when the next of the running jobs ends: on average every mean/workers s
-            raise Busy(self.what, self.capacity, max(1, math.ceil(self.mean_run_s / self.workers)))
+            retry_after_s = max(1, math.ceil(self.mean_run_s / self.workers))
+            raise Busy(f"the {self.what} queue is full ({self.capacity} requests running or waiting); "
+                       f"try again in {retry_after_s} s", retry_after_s)
         self.taken += 1
         try:
             yield

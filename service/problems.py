@@ -1,5 +1,7 @@
-"""Errors of the HTTP service and their one translation into ``application/problem+json``
-(RFC 9457): ``{"type", "title", "status", "detail"}``, plus ``errors`` for invalid requests.
+"""Errors of the HTTP service, the one mapping of Clearance's errors to HTTP statuses
+(``status_of``, shared with the dashboard's HTML pages), and their translation into
+``application/problem+json`` (RFC 9457): ``{"type", "title", "status", "detail"}``, plus
+``errors`` for invalid requests.
 
 Everything that goes wrong in a request ends here: Clearance's own errors (``ClearanceError``
 and subclasses, by the table ``STATUS``), the framework's (unknown route 404, wrong method
@@ -15,19 +17,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from detector.errors import AudioError, ClearanceError
-from index.store import CatalogError
+from detector.errors import AudioError, Busy, ClearanceError, Conflict, NotFound
 from service.auth import Forbidden, Unauthenticated
-from service.pool import Busy
 from service.uploads import TooManyUploads, UploadTimeout
-
-
-class NotFound(ClearanceError):
-    """No such check or track (or none the caller may see)."""
-
-
-class Conflict(ClearanceError):
-    """The request clashes with what is stored: an id or a recording already in the catalog."""
 
 
 class InvalidRequest(ClearanceError):
@@ -40,12 +32,25 @@ STATUS: list[tuple[type[ClearanceError], int, str | None]] = [   # (error, statu
     (NotFound, 404, None),
     (UploadTimeout, 408, None),
     (Conflict, 409, None),
-    (CatalogError, 409, None),
     (InvalidRequest, 422, "Invalid request"),
     (TooManyUploads, 429, None),
     (Busy, 503, None),
 ]
 """Other ``ClearanceError``s are answered 500; titles default to the status's phrase."""
+
+
+def status_of(exc: ClearanceError) -> tuple[int, str | None, dict[str, str]]:
+    """The HTTP status, title (None: the status's phrase) and headers that answer ``exc``, over
+    the API and in the dashboard alike."""
+    if isinstance(exc, AudioError):
+        return (413, "Audio too large", {}) if exc.too_large else (422, "Unreadable audio", {})
+    status, title = next(((code, title) for cls, code, title in STATUS if isinstance(exc, cls)), (500, None))
+    headers = {}
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, Busy) and exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return status, title, headers
 
 
 def problem(status: int, detail: str, *, title: str | None = None, headers: dict[str, str] | None = None,
@@ -57,16 +62,7 @@ def problem(status: int, detail: str, *, title: str | None = None, headers: dict
 
 
 async def clearance_error(_request: Request, exc: ClearanceError) -> JSONResponse:
-    if isinstance(exc, AudioError):
-        if exc.too_large:
-            return problem(413, f"{exc.source}: {exc.reason}", title="Audio too large")
-        return problem(422, f"{exc.source}: {exc.reason}", title="Unreadable audio")
-    status, title = next(((code, title) for cls, code, title in STATUS if isinstance(exc, cls)), (500, None))
-    headers = {}
-    if isinstance(exc, Unauthenticated):
-        headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, Busy):
-        headers["Retry-After"] = str(exc.retry_after_s)
+    status, title, headers = status_of(exc)
     return problem(status, str(exc), title=title, headers=headers)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from detector.policy import DEFAULT_POLICY
+from index.pipeline import IndexEngine
 
 
 class Settings(BaseSettings):
@@ -31,8 +31,9 @@ class Settings(BaseSettings):
                                description="processes (local engine) or Ray actors that decode, embed, "
                                            "Chromaprint and take the landmarks of catalog files (default: one per "
                                            "CPU core); 0: the indexing process itself")
-    index_engine: Literal["local", "ray"] = Field("local", description="where indexing runs: 'local' (worker processes "
-                                                                       "on this machine) or 'ray' (Ray Data tasks)")
+    index_engine: IndexEngine = Field(IndexEngine.local, description="where indexing runs: 'local' (worker "
+                                                                     "processes on this machine) or 'ray' (Ray Data "
+                                                                     "tasks)")
     ray_address: str | None = Field(None, description="Ray cluster for --engine ray ('head:6379' or "
                                                       "'ray://head:10001'); default RAY_ADDRESS, else a local instance")
     index_publish_s: float = Field(30.0, gt=0, description="seconds between publishes of the index during a job; a "

@@ -16,14 +16,12 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from detector.errors import AudioError
-from index.reviews import ReviewConflict
-from index.store import CatalogError
+from detector.errors import AudioError, ClearanceError
 from service.dashboard import audio, catalog, checks, signin
 from service.dashboard.errors import Refused, SignInRequired
 from service.dashboard.pages import HERE, render, session_of
 from service.engine import Engine
-from service.pool import Busy
+from service.problems import status_of
 
 # Pages may load only their own scripts, styles (wavesurfer adds inline ones), audio and images,
 # and may not be framed, so a verdict button cannot be clicked through another site.
@@ -70,22 +68,15 @@ async def refused_page(request: Request, exc: Refused):
     return render(request, "error.html", session_of(request), exc.status, status=exc.status, message=exc.message)
 
 
-async def conflict(request: Request, exc: ReviewConflict):
-    return await refused_page(request, Refused(409, str(exc)))
-
-
-async def catalog_error(request: Request, exc: CatalogError):
-    return await refused_page(request, Refused(404, str(exc)))
-
-
-async def audio_error(request: Request, exc: AudioError):
-    return await refused_page(request, Refused(500, f"the audio cannot be read: {exc}"))
-
-
-async def busy(request: Request, exc: Busy):
-    response = await refused_page(request, Refused(503, str(exc)))
-    response.headers["Retry-After"] = str(exc.retry_after_s)
+async def clearance_error(request: Request, exc: ClearanceError):     # NotFound, Conflict, Busy…
+    status, _title, headers = status_of(exc)        # the status the API answers (service/problems.py)
+    response = await refused_page(request, Refused(status, str(exc)))
+    response.headers.update(headers)
     return response
+
+
+async def audio_error(request: Request, exc: AudioError):       # a catalog reference: the server's fault
+    return await refused_page(request, Refused(500, f"the audio cannot be read: {exc}"))
 
 
 async def http_error(request: Request, exc: HTTPException):      # no such page (404), wrong method (405)
@@ -99,6 +90,5 @@ async def invalid(request: Request, exc: RequestValidationError):
         f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors())))
 
 
-ERROR_PAGES = {SignInRequired: to_sign_in, Refused: refused_page, ReviewConflict: conflict,
-               CatalogError: catalog_error, AudioError: audio_error, Busy: busy, HTTPException: http_error,
-               RequestValidationError: invalid}
+ERROR_PAGES = {SignInRequired: to_sign_in, Refused: refused_page, ClearanceError: clearance_error,
+               AudioError: audio_error, HTTPException: http_error, RequestValidationError: invalid}

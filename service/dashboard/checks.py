@@ -1,13 +1,13 @@
 """The review queue and a check's pages: the evidence, the verdict form and the evidence report."""
 from __future__ import annotations
 
-from enum import Enum
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
 
-from index.reviews import UNREVIEWED, QueueFilter
+from detector.policy import Verdict
+from index.reviews import UNREVIEWED, QueueFilter, ReviewVerdict
 from index.store import now
 from service.auth import Role
 from service.dashboard import evidence
@@ -20,20 +20,8 @@ MAX_PAGE = 10 ** 6           # of the review queue; a larger number is refused, 
 router = APIRouter()
 
 
-class Verdict(str, Enum):
-    """What a reviewer decides about a check, and the review state it leaves the check in."""
-
-    confirm = "confirm"      # confirm the block
-    override = "override"    # override to allow: needs a reason
-    escalate = "escalate"    # hand to counsel
-
-    @property
-    def state(self) -> str:
-        return {"confirm": "blocked", "override": "allowed", "escalate": "escalated"}[self.value]
-
-
-STATES = [UNREVIEWED, *(v.state for v in Verdict)]
-DECISIONS = ["block", "review", "allow"]
+STATES = [UNREVIEWED, *(v.state for v in ReviewVerdict)]
+DECISIONS = [v.value for v in Verdict]
 
 
 @router.get("/")
@@ -65,7 +53,7 @@ def queue(request: Request, decision: str = "", state: str = "", since: str = ""
 @router.get("/checks/{check_id}")
 def check_page(request: Request, check_id: str, session: Session = Depends(signed_in)):
     view = reviewer_view(request, check_id, session)
-    return render(request, "check.html", session, view=view, verdicts=list(Verdict))
+    return render(request, "check.html", session, view=view, verdicts=list(ReviewVerdict))
 
 
 @router.post("/checks/{check_id}/verdicts")
@@ -75,15 +63,15 @@ def record_verdict(request: Request, check_id: str, action: str = Form(""), reas
     session.check_csrf(csrf)
     session.require(Role.reviewer)
     try:
-        verdict = Verdict(action)
+        verdict = ReviewVerdict(action)
     except ValueError:
         raise Refused(400, f"'{action}' is not a verdict; choose one of "
-                           f"{', '.join(v.value for v in Verdict)}") from None
+                           f"{', '.join(v.value for v in ReviewVerdict)}") from None
     reason, note = text(reason, "reason"), text(note, "note")
-    if verdict is Verdict.override and not reason:
+    if verdict is ReviewVerdict.override and not reason:
         raise Refused(400, "an override to allow needs a reason")
-    review(request).record_verdict(check_id, verdict.value, verdict.state, actor=session.actor, reason=reason,
-                                   note=note, seen_audit_id=seen)
+    review(request).record_verdict(check_id, verdict, actor=session.actor, reason=reason, note=note,
+                                   seen_audit_id=seen)
     return RedirectResponse(f"{request.scope['root_path']}/checks/{quote(check_id)}#audit", status_code=303)
 
 

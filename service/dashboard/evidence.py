@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from detector.audio import Clip, DecodeLimits, decode, encode
+from detector.errors import NotFound
 from index.reviews import AuditEntry, CheckRecord, Review
 from service.dashboard import spectrogram
 from service.dashboard.errors import Refused
@@ -98,7 +99,7 @@ def check_view(engine: Engine, review: Review, check_id: str) -> CheckView:
     """Everything the check page and the report show about ``check_id``; 404 when unknown."""
     record = review.check_record(check_id)
     if record is None:
-        raise Refused(404, f"no check with id '{check_id}'")
+        raise NotFound(f"no check with id '{check_id}'")
     result = record.result
     margin = engine.settings.review_excerpt_margin_s
     views = []
