@@ -76,7 +76,8 @@ def decode(source: str | os.PathLike | bytes, sample_rate: int, *, name: str | N
         container.close()
     samples = np.concatenate(chunks)[:want] if chunks else np.zeros(0, np.float32)
     if len(samples) == 0:
-        raise AudioError(label, f"the audio ends before {start:g} s")
+        raise AudioError(label, f"the audio ends before {start:g} s" if start > 0 else
+                         "no audio could be decoded (truncated or corrupt file)")
     np.clip(samples, -1.0, 1.0, out=samples)
     return Clip(samples, sample_rate, label)
 
