@@ -197,13 +197,13 @@ def originals_rows(results) -> list[str]:
 
 
 def copies_rows(results) -> list[str]:
-    cells = defaultdict(list)
+    cells, lengths = defaultdict(list), defaultdict(list)
     for song, d, _ in results:
         cells[song.kind].append(found(d, song))
-        length = song.kind.split(" s ")[0] + " s" if " s " in song.kind else "whole"
-        cells[f"all {length}"].append(found(d, song))
+        lengths[song.kind.split(" s ")[0] + " s" if " s " in song.kind else "whole tracks"].append(found(d, song))
     rows = [f"{'hidden copy':<22}{'n':>5}{'blocked at its place':>22}"]
     rows += [f"{kind:<22}{len(v):>5}{100 * np.mean(v):>21.1f}%" for kind, v in cells.items()]
+    rows += [f"{'all ' + length:<22}{len(v):>5}{100 * np.mean(v):>21.1f}%" for length, v in lengths.items()]
     wrong = sum(bool(false_blocks(d, s)) for s, d, _ in results)
     rows.append(f"Copies also blocked naming an unrelated track: {wrong}/{len(results)}")
     return rows

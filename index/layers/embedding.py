@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from detector.audio import Clip
-from detector.matcher import Hits, Match, window_background
+from detector.matcher import LOCAL_S, Hits, Match, window_background
 from index.layers import Layer
 from index.vectors import VectorIndex, split_ids
 
@@ -21,6 +21,10 @@ NEIGHBOURS = 8              # hits per query window
 BACKGROUND_SEARCH = 64      # neighbours searched for each query window's background
 TRANSPOSE_ST = 6.0
 REPORTED_P = 0.5            # embedding matches less likely than this by chance are reported
+# outputs longer than LOCAL_S (whole songs) are searched more cheaply: transposed every other
+# window, and a window as similar as this to an earlier one (a loop's repeats) takes its neighbours
+SPARSE_TRANSPOSE = 2
+REPEAT_COSINE = 0.98
 
 
 class EmbeddingLayer(Layer):
@@ -45,7 +49,8 @@ def embedding_matches(catalog: Catalog, clip: Clip, max_p_false: float = REPORTE
     far beyond what the encoder absorbs by itself (about ±3 st) are still found. ``p_false``
     is that of music as long as the output (``Calibration.p_false``), as landmark matches' is.
     """
-    hits = [_hits(catalog, clip, t) for t in (0.0, -TRANSPOSE_ST, TRANSPOSE_ST)]
+    long = clip.duration > LOCAL_S
+    hits = [_hits(catalog, clip, t, SPARSE_TRANSPOSE if t and long else 1, long) for t in (0.0, -TRANSPOSE_ST, TRANSPOSE_ST)]
     merged = Hits(*(np.concatenate([getattr(h, f) for h in hits]) for f in ("query_t", "track", "ref_t", "weight")))
     cal = catalog.matcher.cal
     found = [replace(m, p_false=cal.p_false(m.evidence, clip.duration))
@@ -53,16 +58,40 @@ def embedding_matches(catalog: Catalog, clip: Clip, max_p_false: float = REPORTE
     return [m for m in found if m.p_false <= max_p_false]
 
 
-def _hits(catalog: Catalog, clip: Clip, transpose: float) -> Hits:
+def _hits(catalog: Catalog, clip: Clip, transpose: float, every: int = 1, repeats: bool = False) -> Hits:
     """Each voiced query window's ``NEIGHBOURS`` nearest reference windows, weighed by their
-    similarity above the window's background (from its ``BACKGROUND_SEARCH`` nearest)."""
-    emb = catalog.embedder.embed(clip, hop_s=QUERY_HOP_S, transpose=transpose)
+    similarity above the window's background (from its ``BACKGROUND_SEARCH`` nearest).
+
+    ``every`` > 1 embeds and searches one window in ``every`` and gives each searched window's
+    hits to the ``every - 1`` after it too (the reference a hop later): a quarter-second hop
+    apart, overlapping 1 s windows find the same reference windows. ``repeats``: windows at least
+    ``REPEAT_COSINE`` similar to an earlier one are not searched but take its neighbours."""
+    emb = catalog.embedder.embed(clip, hop_s=QUERY_HOP_S * every, transpose=transpose)
     voiced = np.flatnonzero(emb.voiced)
-    sims, ids = catalog.vectors.search(emb.vectors[voiced], BACKGROUND_SEARCH)
+    vectors = emb.vectors[voiced]
+    first = first_of_repeats(vectors, REPEAT_COSINE) if repeats else np.arange(len(vectors))
+    distinct, inverse = np.unique(first, return_inverse=True)
+    sims, ids = (a[inverse] for a in catalog.vectors.search(vectors[distinct], BACKGROUND_SEARCH))
     tracks, windows = split_ids(ids)
     tracks[ids < 0] = -1
     background = window_background(sims, tracks, windows)[:, None]
     valid = ids[:, :NEIGHBOURS] >= 0
-    return Hits(query_t=np.repeat(emb.starts[voiced], valid.sum(1)), track=tracks[:, :NEIGHBOURS][valid],
-                ref_t=windows[:, :NEIGHBOURS][valid] * catalog.vectors.info.hop_s,
-                weight=(sims[:, :NEIGHBOURS] - background)[valid])
+    query_t = np.repeat(emb.starts[voiced], valid.sum(1))
+    ref_t = windows[:, :NEIGHBOURS][valid] * catalog.vectors.info.hop_s
+    track, weight = tracks[:, :NEIGHBOURS][valid], (sims[:, :NEIGHBOURS] - background)[valid]
+    shifts = np.arange(every) * QUERY_HOP_S
+    return Hits(query_t=(query_t[None, :] + shifts[:, None]).ravel(), track=np.tile(track, every),
+                ref_t=(ref_t[None, :] + shifts[:, None]).ravel(), weight=np.tile(weight, every))
+
+
+def first_of_repeats(vectors: np.ndarray, cosine: float) -> np.ndarray:
+    """For each of ``vectors`` (n, dim), L2-normalised, the index of the first of them at least
+    ``cosine`` similar to it (itself where none before is): a loop's repeats, searched once."""
+    first = np.arange(len(vectors))
+    for a in range(0, len(vectors), 512):
+        sims = vectors[a:a + 512] @ vectors[:a + 512].T                 # (block, a + block)
+        for i in range(sims.shape[0]):
+            earlier = np.flatnonzero(sims[i, :a + i] >= cosine)
+            if len(earlier):
+                first[a + i] = first[earlier[0]]
+    return first

@@ -295,3 +295,26 @@ def test_whole_songs_not_in_the_catalog_match_nothing_and_a_copy_hidden_in_one_i
     assert info.external_id == "drascula-track11"
     assert m.query_start == pytest.approx(100.0, abs=1.0) and m.query_end == pytest.approx(110.0, abs=1.5)
     assert m.ref_start - m.query_start == pytest.approx(-60.0, abs=0.3)
+
+
+def test_a_long_output_finds_a_copy_pitched_beyond_what_the_encoder_absorbs(engine, music):
+    # past LOCAL_S the transposed searches take every other window (and a loop's repeats are
+    # searched once): a copy 5 semitones up inside a minute of other music is still found
+    import torch
+    import torchaudio.functional as AF
+
+    from detector.audio import Clip, decode
+    from detector.policy import Verdict
+    from index.layers.embedding import first_of_repeats
+
+    sr = engine.embedder.fe.sample_rate
+    copy = decode(music["drascula-track11"].path, sr).excerpt(40.0, 55.0).samples
+    pitched = AF.pitch_shift(torch.from_numpy(copy)[None], sr, 5)[0].numpy()
+    other = decode(music["drascula-track18"].path, sr).samples
+    song = np.concatenate([other[:30 * sr], pitched, other[30 * sr:60 * sr]])
+    decision = engine.assess(Clip(song, sr, "pitched copy"))
+    assert decision.verdict is Verdict.block
+    m, info = decision.blocking[0]
+    assert info.external_id == "drascula-track11" and m.query_start == pytest.approx(30.0, abs=1.5)
+    vectors = np.eye(4, 8, dtype=np.float32)[[0, 1, 0, 2, 1, 3]]
+    assert first_of_repeats(vectors, 0.98).tolist() == [0, 1, 0, 3, 1, 5]
