@@ -65,6 +65,22 @@ class Spectrogram(torch.nn.Module):
         power = spec.real ** 2 + spec.imag ** 2
         return torch.einsum("bft,fn->bnt", power, self.fb)
 
+    def of_long(self, wave: torch.Tensor, block_frames: int = 6000) -> torch.Tensor:
+        """``forward`` of one waveform (samples,), ``block_frames`` frames (2 minutes) at a time:
+        the same band power (n_bands, frames), without ever holding the complex spectrum of the
+        whole (n_fft / 2 + 1 values a frame: 1 GB an hour), so an hour-long recording costs the
+        bands it keeps, about 46 MB."""
+        n_fft, hop = self.fe.n_fft, self.fe.hop_length
+        padded = torch.nn.functional.pad(wave[None, None], (n_fft // 2, n_fft // 2), mode="reflect")[0, 0]
+        frames = len(wave) // hop + 1
+        blocks = []
+        for f0 in range(0, frames, block_frames):
+            f1 = min(frames, f0 + block_frames)
+            spec = torch.stft(padded[f0 * hop:(f1 - 1) * hop + n_fft], n_fft, hop, window=self.window, center=False,
+                              return_complex=True)
+            blocks.append(torch.einsum("bft,fn->bnt", (spec.real ** 2 + spec.imag ** 2)[None], self.fb)[0])
+        return torch.cat(blocks, 1)
+
 
 def normalise(power: torch.Tensor) -> torch.Tensor:
     """Band power (batch, n_bands, frames) of one window each → log scale, zero mean, unit

@@ -171,13 +171,13 @@ class Embedder:
         need = int(round((starts[-1] + fe.window_s) * fe.sample_rate)) + 1
         if len(wave) < need:
             wave = nn.functional.pad(wave, (0, need - len(wave)))
-        power = self._spectrogram(transpose)(wave[None])[0]           # (bands, frames)
+        power = self._spectrogram(transpose).of_long(wave)             # (bands, frames)
         nf = fe.frames_per_window
         first = np.round(starts * fe.sample_rate / fe.hop_length).astype(int)
         idx = torch.from_numpy(first[:, None] + np.arange(nf)[None, :])
         idx = idx.clamp(max=power.shape[1] - 1)
-        windows = power[:, idx].permute(1, 0, 2)                      # (n, bands, nf)
         out = np.empty((len(starts), self.dim), np.float32)
         for i in range(0, len(starts), batch):
-            out[i:i + batch] = self.encoder(normalise(windows[i:i + batch])).numpy()
+            windows = power[:, idx[i:i + batch]].permute(1, 0, 2)    # (batch, bands, nf)
+            out[i:i + batch] = self.encoder(normalise(windows)).numpy()
         return Embeddings(starts, out, is_voiced, fe.window_s)
