@@ -62,8 +62,11 @@ class Spectrogram(torch.nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(wave, self.fe.n_fft, self.fe.hop_length, window=self.window, center=True,
                           return_complex=True)
-        power = spec.real ** 2 + spec.imag ** 2
-        return torch.einsum("bft,fn->bnt", power, self.fb)
+        return self._bands(spec)
+
+    def _bands(self, spec: torch.Tensor) -> torch.Tensor:
+        """Complex STFT (batch, bins, frames) → power in semitone bands (batch, n_bands, frames)."""
+        return torch.einsum("bft,fn->bnt", spec.real ** 2 + spec.imag ** 2, self.fb)
 
     def of_long(self, wave: torch.Tensor, block_frames: int = 6000) -> torch.Tensor:
         """``forward`` of one waveform (samples,), ``block_frames`` frames (2 minutes) at a time:
@@ -78,7 +81,7 @@ class Spectrogram(torch.nn.Module):
             f1 = min(frames, f0 + block_frames)
             spec = torch.stft(padded[f0 * hop:(f1 - 1) * hop + n_fft], n_fft, hop, window=self.window, center=False,
                               return_complex=True)
-            blocks.append(torch.einsum("bft,fn->bnt", (spec.real ** 2 + spec.imag ** 2)[None], self.fb)[0])
+            blocks.append(self._bands(spec[None])[0])
         return torch.cat(blocks, 1)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from detector.audio import Clip
-from detector.matcher import LOCAL_S, Calibration, Match, core
+from detector.matcher import LOCAL_S, Calibration, Match, core, local_sum
 
 VERSION = "landmarks-v3"          # the settings below and the search; recorded in the landmark calibration
 SAMPLE_RATE = 8000
@@ -255,7 +255,7 @@ class LandmarkIndex:
         votes = int(per_second.sum())
         if votes < MIN_VOTES:
             return None
-        local = int(np.convolve(per_second, np.ones(int(LOCAL_S)), "valid").max()) if len(per_second) > LOCAL_S else votes
+        local = local_sum(np.arange(len(per_second)), per_second, LOCAL_S)     # its best LOCAL_S seconds
         inside = (qt >= q[0]) & (qt <= q[-1]) & (np.abs(cell - c) <= TEXTURE_CELLS + 1)
         counts = np.bincount(cell[inside] - (c - TEXTURE_CELLS - 1), minlength=2 * TEXTURE_CELLS + 3)
         sums = counts[:-2] + counts[1:-1] + counts[2:]                 # [j]: cells c - TEXTURE_CELLS + j ± 1

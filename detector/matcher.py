@@ -229,7 +229,7 @@ class Matcher:
             return None, None
         inl &= (q >= qs[0]) & (q <= qs[-1])          # the line's other runs may be copies of their own
         # per 0.5 s of output (whatever the query hop), of reference when the copy is slowed down
-        evidence = float(_local_sum(qs, best, LOCAL_S) * (0.5 / hop) * min(1.0, tempo))
+        evidence = float(local_sum(qs, best, LOCAL_S) * (0.5 / hop) * min(1.0, tempo))
         q0, q1 = float(qs.min()), float(qs.max() + self.window_s)
         m = Match(track=track, query_start=q0, query_end=q1, ref_start=offset + tempo * q0,
                   ref_end=offset + tempo * q1, tempo_ratio=float(tempo), evidence=evidence,
@@ -371,7 +371,7 @@ def core(times: np.ndarray, weights: np.ndarray, step: float, share: float = COR
     return (cell >= lo) & (cell <= hi)
 
 
-def _local_sum(qs: np.ndarray, weights: np.ndarray, span_s: float) -> float:
+def local_sum(qs: np.ndarray, weights: np.ndarray, span_s: float) -> float:
     """The highest sum of ``weights`` over windows starting within ``span_s`` seconds of one
     another (``qs`` sorted, seconds): the evidence of the strongest ``span_s`` of a line."""
     if len(qs) == 0 or qs[-1] - qs[0] < span_s:

@@ -50,7 +50,8 @@ def embedding_matches(catalog: Catalog, clip: Clip, max_p_false: float = REPORTE
     is that of music as long as the output (``Calibration.p_false``), as landmark matches' is.
     """
     long = clip.duration > LOCAL_S
-    hits = [_hits(catalog, clip, t, SPARSE_TRANSPOSE if t and long else 1, long) for t in (0.0, -TRANSPOSE_ST, TRANSPOSE_ST)]
+    hits = [_hits(catalog, clip, t, SPARSE_TRANSPOSE if t and long else 1, long)
+            for t in (0.0, -TRANSPOSE_ST, TRANSPOSE_ST)]
     merged = Hits(*(np.concatenate([getattr(h, f) for h in hits]) for f in ("query_t", "track", "ref_t", "weight")))
     cal = catalog.matcher.cal
     found = [replace(m, p_false=cal.p_false(m.evidence, clip.duration))
