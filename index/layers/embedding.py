@@ -72,10 +72,11 @@ def _hits(catalog: Catalog, clip: Clip, transpose: float, every: int = 1, repeat
     vectors = emb.vectors[voiced]
     first = first_of_repeats(vectors, REPEAT_COSINE) if repeats else np.arange(len(vectors))
     distinct, inverse = np.unique(first, return_inverse=True)
-    sims, ids = (a[inverse] for a in catalog.vectors.search(vectors[distinct], BACKGROUND_SEARCH))
+    sims, ids = catalog.vectors.search(vectors[distinct], BACKGROUND_SEARCH)
     tracks, windows = split_ids(ids)
     tracks[ids < 0] = -1
-    background = window_background(sims, tracks, windows)[:, None]
+    background = window_background(sims, tracks, windows)[inverse, None]
+    sims, ids, tracks, windows = (a[inverse] for a in (sims, ids, tracks, windows))   # a repeat takes its first's
     valid = ids[:, :NEIGHBOURS] >= 0
     query_t = np.repeat(emb.starts[voiced], valid.sum(1))
     ref_t = windows[:, :NEIGHBOURS][valid] * catalog.vectors.info.hop_s
