@@ -107,9 +107,11 @@ def hashes(prints: np.ndarray, fan_out: int = CATALOG.fan_out) -> tuple[np.ndarr
     if n < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     i = np.arange(n)[:, None]
-    j = np.minimum(i + np.arange(1, 3 * fan_out + 1)[None, :], n - 1)
+    j = i + np.arange(1, 3 * fan_out + 1)[None, :]
+    inside = j < n                  # the last peaks have fewer after them: no pair is counted twice
+    j = np.minimum(j, n - 1)
     dt, df = t[j] - t[i], f[j] - f[i]
-    ok = (j > i) & (dt >= 1) & (dt <= MAX_DT) & (np.abs(df) <= MAX_DF)
+    ok = inside & (dt >= 1) & (dt <= MAX_DT) & (np.abs(df) <= MAX_DF)
     ok &= np.cumsum(ok, axis=1) <= fan_out
     h = (f[i] << 12) | ((df + MAX_DF + 1) << 6) | dt       # < HASHES: 197 bins, 63 differences, 63 frames
     return h[ok], np.broadcast_to(t[:, None], ok.shape)[ok]
