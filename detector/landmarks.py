@@ -158,10 +158,13 @@ class LandmarkIndex:
             times.append(t)
         h = np.concatenate(hs) if hs else np.zeros(0, np.int64)
         tr = np.concatenate(tracks) if tracks else np.zeros(0, np.int64)
-        order = np.lexsort((tr, h))      # by hash, and each hash's pairs by track (``_of_track``)
-        # 12 bytes per hash: hashes have 20 bits, frames 24
+        # a track is stored as its rank among ``ids``, in the smallest type that holds it: numpy
+        # sorts 8- and 16-bit keys (up to 65,536 tracks) by radix, in linear time (``search``)
+        self.ids, rank = np.unique(tr, return_inverse=True)
+        order = np.lexsort((rank, h))    # by hash, and each hash's pairs by track (``_of_track``)
+        # 9 to 12 bytes per hash: hashes have 20 bits, frames 24, ranks 8, 16 or 32
         self.hashes = h[order].astype(np.int32)
-        self.tracks = tr[order].astype(np.int32)
+        self.tracks = rank[order].astype(np.min_scalar_type(max(len(self.ids) - 1, 0)))
         self.times = np.concatenate(times)[order].astype(np.int32) if times else np.zeros(0, np.int32)
         # where each hash's pairs start (8 MB): a lookup is two reads, not a binary search
         self.starts = np.searchsorted(self.hashes, np.arange(HASHES + 1))
@@ -188,54 +191,81 @@ class LandmarkIndex:
         counts = self.starts[h + 1] - lo
         counts[counts > COMMON] = 0
         if track is not None:
-            lo, hi = self._of_track(lo, lo + counts, track)
+            rank = int(np.searchsorted(self.ids, track))
+            if rank == len(self.ids) or self.ids[rank] != track:
+                return []
+            lo, hi = self._of_track(lo, lo + counts, rank)
             counts = hi - lo
         total = int(counts.sum())
         if total == 0:
             return []
-        idx = np.repeat(lo, counts) + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-        qt = np.repeat(qt, counts)
-        which, offset = self.tracks[idx].astype(np.int64), self.times[idx] - qt
+        idx = np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(total)
+        qt = np.repeat(qt.astype(np.int32), counts)
+        # the pairs grouped by track by a stable sort of their ranks (linear, see ``__init__``);
+        # each track's votes per offset cell are counted in an array as long as its span of cells
+        which = self.tracks[idx]
+        order = np.argsort(which, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(which, minlength=len(self.ids)))])
+        offset = (self.times[idx] - qt)[order]
         cell = offset // OFFSET_BIN
-        first = int(cell.min())
-        keys, votes = np.unique(which << 32 | (cell - first), return_counts=True)
+        groups = np.flatnonzero(np.diff(bounds))
+        key_group, key_cell, votes = [], [], []
+        for g in groups:
+            mine = cell[bounds[g]:bounds[g + 1]]
+            low = mine.min()
+            per_cell = np.bincount(mine - low)
+            c = np.flatnonzero(per_cell)
+            key_group.append(np.full(len(c), g))
+            key_cell.append(c + low)
+            votes.append(per_cell[c])
+        # the (track, offset cell) keys in order, by track then cell: where votes tie, the order
+        # argsort leaves them in decides which candidate is tried first
+        key_group, key_cell, votes = (np.concatenate(a) for a in (key_group, key_cell, votes))
         found: list[LandmarkMatch] = []
         for k in np.argsort(-votes):
             if votes[k] < MIN_VOTES or len(found) >= max_matches:
                 break
-            tr, c = int(keys[k] >> 32), int(keys[k] & 0xFFFFFFFF) + first
+            g, c = key_group[k], int(key_cell[k])
+            tr = int(self.ids[g])
             if any(m.track == tr and abs(m.offset / FRAME_S / OFFSET_BIN - c) < 3 for m in found):
                 continue
-            mine = which == tr
-            m = self._stretch(tr, c, qt[mine], cell[mine], offset[mine], tempo)
+            a, b = bounds[g], bounds[g + 1]
+            m = self._stretch(tr, c, qt[order[a:b]], cell[a:b], offset[a:b], tempo)
             if m is not None:
                 found.append(m)
         found.sort(key=lambda m: (m.p_false, -m.evidence))
         return found
 
-    def _of_track(self, lo: np.ndarray, hi: np.ndarray, track: int) -> tuple[np.ndarray, np.ndarray]:
-        """The pairs of ``track`` within each range ``[lo, hi)`` of one hash's pairs, found by
-        bisection (a hash's pairs are sorted by track): a search of one track reads only its own
-        pairs, however large the catalog."""
-        first, last = lo.copy(), lo.copy()
+    def _of_track(self, lo: np.ndarray, hi: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+        """The pairs of the track ``self.ids[rank]`` within each range ``[lo, hi)`` of one hash's
+        pairs, found by bisection (a hash's pairs are sorted by track): a search of one track reads
+        only its own pairs, however large the catalog. A range is bisected only where its first
+        and last pairs' tracks enclose the track, and for its end only where the track is there."""
         some = np.flatnonzero(hi > lo)
-        a = np.concatenate([lo[some], lo[some]])            # lower bounds, then upper bounds
-        b = np.concatenate([hi[some], hi[some]])
-        upper = np.arange(2 * some.size) >= some.size
+        some = some[(self.tracks[lo[some]] <= rank) & (self.tracks[hi[some] - 1] >= rank)]
+        first = lo.copy()
+        first[some] = self._first_from(lo[some], hi[some], rank)
+        last = first.copy()
+        some = some[self.tracks[first[some]] == rank]
+        last[some] = self._first_from(first[some], hi[some], rank + 1)
+        return first, last
+
+    def _first_from(self, a: np.ndarray, b: np.ndarray, rank: int) -> np.ndarray:
+        """The first pair of each range ``[a, b)`` (sorted by track) whose track's rank is at
+        least ``rank``, or ``b``."""
+        a, b = a.copy(), b.copy()
         while (open_ := np.flatnonzero(a < b)).size:
             mid = (a[open_] + b[open_]) // 2
-            t = self.tracks[mid]
-            after = np.where(upper[open_], t <= track, t < track)
+            after = self.tracks[mid] < rank
             a[open_[after]] = mid[after] + 1
             b[open_[~after]] = mid[~after]
-        first[some], last[some] = a[:some.size], a[some.size:]
-        return first, last
+        return a
 
     def _stretch(self, track: int, c: int, qt: np.ndarray, cell: np.ndarray, offset: np.ndarray,
                  tempo: float) -> LandmarkMatch | None:
         """The densest run of pairs aligned at offset cell ``c`` (chance agreements elsewhere in
         the output do not stretch the match over material that is not a copy), given all of
-        ``track``'s pairs: their output times ``qt`` (frames, on the reference's time scale),
+        ``track``'s pairs, in any order: their output times ``qt`` (frames, on the reference's time scale),
         offset cells and offsets (frames).
 
         Its evidence is its votes, over its best ``LOCAL_S`` seconds (a long output offers more

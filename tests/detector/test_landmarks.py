@@ -2,6 +2,8 @@
 offset, unrelated music and silence are not."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -103,10 +105,21 @@ def test_a_search_of_one_track_finds_there_what_the_whole_catalog_search_finds(t
     # each hash's pairs of one track, found by bisection, are the pairs a scan of the hash finds
     h, _ = landmarks.hashes(query, landmarks.QUERY.fan_out)
     lo, hi = index.starts[h], index.starts[h + 1]
-    for track in range(3):
-        first, last = index._of_track(lo, hi, track)
+    for rank in range(3):
+        first, last = index._of_track(lo, hi, rank)
         assert [index.tracks[a:b].tolist() for a, b in zip(first, last)] == \
-               [[track] * int(np.sum(index.tracks[a:b] == track)) for a, b in zip(lo, hi)]
+               [[rank] * int(np.sum(index.tracks[a:b] == rank)) for a, b in zip(lo, hi)]
+
+
+def test_tracks_are_named_by_their_keys(tracks, index):
+    # the index stores a track's rank among the keys, and answers with its key
+    key = {0: 12, 1: 300, 2: 70_000}
+    renamed = landmarks.LandmarkIndex({key[k]: landmarks.peaks(c) for k, c in enumerate(list(tracks.values())[:3])},
+                                      CAL)
+    query = landmarks.peaks(tracks["drascula-track6"].excerpt(30.0, 45.0), landmarks.QUERY)
+    assert renamed.search(query) == [replace(m, track=key[m.track]) for m in index.search(query)]
+    assert renamed.search(query, track=300) == [replace(m, track=300) for m in index.search(query, track=1)]
+    assert renamed.search(query, track=1) == []
 
 
 def _texture_piece(seconds: float, rng: np.random.Generator, phase: float = 0.0) -> Clip:
