@@ -35,6 +35,9 @@ REPEAT_WITHIN = 0.05
 # negatives'), and a longer output is that many stretches of LOCAL_S, each a chance (``stretches``)
 LOCAL_S = 30.0
 RUN_GAP_S = 8.0           # output seconds without a hit on the line that end a copy
+# a window's weight counts once per this many seconds of output it stands for: twice at the 0.25 s
+# query hop the calibration was fitted with, four times at a whole song's 0.5 s
+EVIDENCE_UNIT_S = 0.125
 CORE_SHARE = 0.1          # of a hit's median weight: what each empty step costs a copy's span (``core``)
 
 
@@ -228,8 +231,9 @@ class Matcher:
         if len(qs) < self.min_windows:
             return None, None
         inl &= (q >= qs[0]) & (q <= qs[-1])          # the line's other runs may be copies of their own
-        # per 0.5 s of output (whatever the query hop), of reference when the copy is slowed down
-        evidence = float(local_sum(qs, best, LOCAL_S) * (0.5 / hop) * min(1.0, tempo))
+        # each window's weight times the output time it stands for (``EVIDENCE_UNIT_S``: the same
+        # evidence at any query hop), of reference when the copy is slowed down
+        evidence = float(local_sum(qs, best, LOCAL_S) * (hop / EVIDENCE_UNIT_S) * min(1.0, tempo))
         q0, q1 = float(qs.min()), float(qs.max() + self.window_s)
         m = Match(track=track, query_start=q0, query_end=q1, ref_start=offset + tempo * q0,
                   ref_end=offset + tempo * q1, tempo_ratio=float(tempo), evidence=evidence,

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from index.search import Searcher
 
 QUERY_HOP_S = 0.25
-LONG_QUERY_HOP_S = 0.5      # outputs longer than LOCAL_S (whole songs); the matcher counts evidence per 0.5 s either way
+LONG_QUERY_HOP_S = 0.5      # outputs longer than LOCAL_S (whole songs); evidence is per second of output either way
 NEIGHBOURS = 8              # hits per query window
 BACKGROUND_SEARCH = 64      # neighbours searched for each query window's background
 TRANSPOSE_ST = 6.0
