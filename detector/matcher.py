@@ -35,8 +35,8 @@ REPEAT_WITHIN = 0.05
 # negatives'), and a longer output is that many stretches of LOCAL_S, each a chance (``stretches``)
 LOCAL_S = 30.0
 RUN_GAP_S = 8.0           # output seconds without a hit on the line that end a copy
-# a window's weight counts once per this many seconds of output it stands for: twice at the 0.25 s
-# query hop the calibration was fitted with, four times at a whole song's 0.5 s
+# a window's weight counts once per this many seconds of output it stands for (twice at the 0.25 s
+# query hop the calibration was fitted with), so that evidence does not depend on the hop
 EVIDENCE_UNIT_S = 0.125
 CORE_SHARE = 0.1          # of a hit's median weight: what each empty step costs a copy's span (``core``)
 
