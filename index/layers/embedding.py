@@ -21,11 +21,12 @@ NEIGHBOURS = 8              # hits per query window
 BACKGROUND_SEARCH = 64      # neighbours searched for each query window's background
 TRANSPOSE_ST = 6.0
 REPORTED_P = 0.5            # embedding matches less likely than this by chance are reported
-# outputs longer than LOCAL_S (whole songs) are searched more cheaply: transposed one window in
-# SPARSE_TRANSPOSE (every 1 s), and a window as similar as this to an earlier one (a loop's
-# repeats) takes its neighbours. Searched every 0.5 s untransposed as well, hidden 5 s copies
-# pitched 2 st were found in 75 % instead of 92 % (``benchmarks/songs.py``)
-SPARSE_TRANSPOSE = 4
+# outputs longer than LOCAL_S (whole songs) are searched more cheaply: transposed every other
+# window, and a window as similar as this to an earlier one (a loop's repeats) takes its
+# neighbours. Sparser searches cost recall and chance matches: every 0.5 s untransposed, hidden
+# 5 s copies pitched 2 st were found in 75 % instead of 92 % (``benchmarks/songs.py``); transposed
+# every 1 s, a looped original was sent to review (``tests/index/test_catalog.py``)
+SPARSE_TRANSPOSE = 2
 REPEAT_COSINE = 0.98
 
 
