@@ -67,8 +67,8 @@ def _hits(catalog: Catalog, clip: Clip, transpose: float, every: int = 1, repeat
     similarity above the window's background (from its ``BACKGROUND_SEARCH`` nearest).
 
     ``every`` > 1 embeds and searches one window in ``every`` and gives each searched window's
-    hits to the ``every - 1`` after it too (the reference a hop later): less than a second
-    apart, overlapping 1 s windows find mostly the same reference windows. ``repeats``: windows at least
+    hits to the ``every - 1`` after it too (the reference a hop later): half a second apart (at
+    ``SPARSE_TRANSPOSE``), overlapping 1 s windows find mostly the same reference windows. ``repeats``: windows at least
     ``REPEAT_COSINE`` similar to an earlier one are not searched but take its neighbours."""
     emb = catalog.embedder.embed(clip, hop_s=QUERY_HOP_S * every, transpose=transpose)
     voiced = np.flatnonzero(emb.voiced)

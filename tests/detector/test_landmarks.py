@@ -55,6 +55,7 @@ def test_each_pair_is_hashed_once_up_to_the_last_peak(tracks):
         assert len(set(zip(h.tolist(), t.tolist()))) == len(h)
         assert t.max() < (p[-1] >> 8)
 
+
 @pytest.mark.parametrize("snr_db", [0.0, -5.0])
 def test_copy_under_other_music_is_found_at_its_offset(tracks, index, snr_db):
     a, b = tracks["drascula-track6"], tracks["asc-frontiers"]         # b: new material, not in the catalog
