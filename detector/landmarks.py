@@ -86,6 +86,13 @@ def peaks(clip: Clip, picking: Picking = CATALOG) -> np.ndarray:
     return ((t[order].astype(np.uint32) << 8) | f[order].astype(np.uint32)).astype(np.uint32)
 
 
+def between(prints: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
+    """The peaks of ``prints`` (``peaks``' order) from ``start_s`` to ``end_s`` seconds."""
+    frames = prints >> 8
+    lo, hi = np.searchsorted(frames, [max(start_s, 0.0) / FRAME_S, end_s / FRAME_S])
+    return prints[lo:hi]
+
+
 def _window_max(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     """Maximum over the centred window of odd length ``k`` along ``dim`` (a sparse table: a few
     elementwise maxima instead of a k-wide pooling kernel)."""

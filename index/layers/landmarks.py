@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from index.search import Searcher
 
 TEMPO_LOOKS = 2             # landmark searches at a tempo the embedding measured, per output
+LOOK_MARGIN_S = 10.0        # how far beyond the embedding match's span such a search looks
 
 
 class LandmarkLayer(Layer):
@@ -35,11 +36,16 @@ def landmark_matches(index: landmarks.LandmarkIndex, clip: Clip, embedding: list
     weak. Only the strongest few are asked: every search is another chance for unrelated
     music to collect votes, and an output's weaker matches at other tempos are mostly chance
     alignments (asked for all of them, the landmarks' strongest chance match rose from about
-    20 votes to 35 on the robustness benchmark's negatives)."""
+    20 votes to 35 on the robustness benchmark's negatives). And each is asked only where its
+    match lies, up to ``LOOK_MARGIN_S`` beyond: a copy is one stretch at one tempo, and a
+    whole song searched at a weak match's tempo offers its chance alignments everywhere (a
+    chance match's tempo on one track found 18 votes two minutes away from it, in a song
+    made of other music)."""
     query = landmarks.peaks(clip, landmarks.QUERY)
     found = index.search(query)
     changed = [m for m in embedding if abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE]
     for m in sorted(changed, key=lambda m: m.evidence, reverse=True)[:TEMPO_LOOKS]:
-        found += index.search(query, tempo=m.tempo_ratio, track=m.track)
+        found += index.search(landmarks.between(query, m.query_start - LOOK_MARGIN_S, m.query_end + LOOK_MARGIN_S),
+                              tempo=m.tempo_ratio, track=m.track)
     cal = index.calibration
     return [replace(landmarks.to_match(m), p_false=cal.p_false(m.evidence, clip.duration)) for m in found]

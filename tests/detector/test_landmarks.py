@@ -7,9 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from benchmarks.corpus import tempo
 from detector import landmarks
 from detector.audio import Clip, decode
-from detector.matcher import Calibration
+from detector.matcher import Calibration, Match
+from index.layers.landmarks import landmark_matches
 
 CAL = Calibration(model="test", tail_start=10.0, tail_p=0.1, tail_scale=3.0)
 SR = landmarks.SAMPLE_RATE
@@ -110,6 +112,21 @@ def test_a_search_of_one_track_finds_there_what_the_whole_catalog_search_finds(t
         first, last = index._of_track(lo, hi, rank)
         assert [index.tracks[a:b].tolist() for a, b in zip(first, last)] == \
                [[rank] * int(np.sum(index.tracks[a:b] == rank)) for a, b in zip(lo, hi)]
+
+
+def test_a_search_at_a_measured_tempo_looks_only_near_the_match_that_measured_it(tracks, index):
+    # a copy played 1.1x as fast, then a minute of other music: the landmarks find it at the tempo
+    # the embedding measured where the embedding found it, and nowhere when the embedding's match
+    # (at that tempo, on that track) lies far away: a weak match's tempo is no licence to search
+    # a whole song
+    copy = tempo(tracks["drascula-track6"].excerpt(30.0, 45.0).samples, 1.1)
+    song = Clip(np.concatenate([copy, tracks["asc-frontiers"].excerpt(0.0, 60.0).samples]), SR, "song")
+    hint = Match(track=1, query_start=2.0, query_end=8.0, ref_start=32.2, ref_end=38.8, tempo_ratio=1.1,
+                 evidence=1.0, p_false=0.5, method="embedding")
+    near = [m for m in landmark_matches(index, song, [hint]) if m.tempo_ratio == 1.1]
+    assert near and near[0].track == 1 and near[0].query_start < 2.0 and near[0].query_end > 10.0
+    far = replace(hint, query_start=50.0, query_end=56.0)
+    assert all(m.query_start >= 40.0 for m in landmark_matches(index, song, [far]) if m.tempo_ratio == 1.1)
 
 
 def test_tracks_are_named_by_their_keys(tracks, index):
