@@ -22,8 +22,8 @@ BACKGROUND_SEARCH = 64      # neighbours searched for each query window's backgr
 TRANSPOSE_ST = 6.0
 REPORTED_P = 0.5            # embedding matches less likely than this by chance are reported
 # outputs longer than LOCAL_S (whole songs) are searched more cheaply: transposed every other
-# window, and a window as similar as this to an earlier one (a loop's repeats) takes its
-# neighbours. Sparser searches cost recall and chance matches: every 0.5 s untransposed, hidden
+# window, a window as similar as this to an earlier one (a loop's repeats) takes its neighbours,
+# and the index's skim is searched, not all of its vectors (``index/vectors.py``). Sparser searches cost recall and chance matches: every 0.5 s untransposed, hidden
 # 5 s copies pitched 2 st were found in 75 % instead of 92 % (``benchmarks/songs.py``); transposed
 # every 1 s, a looped original was sent to review (``tests/index/test_catalog.py``)
 SPARSE_TRANSPOSE = 2
@@ -62,20 +62,21 @@ def embedding_matches(catalog: Catalog, clip: Clip, max_p_false: float = REPORTE
     return [m for m in found if m.p_false <= max_p_false]
 
 
-def _hits(catalog: Catalog, clip: Clip, transpose: float, every: int = 1, repeats: bool = False) -> Hits:
+def _hits(catalog: Catalog, clip: Clip, transpose: float, every: int = 1, long: bool = False) -> Hits:
     """Each voiced query window's ``NEIGHBOURS`` nearest reference windows, weighed by their
     similarity above the window's background (from its ``BACKGROUND_SEARCH`` nearest).
 
     ``every`` > 1 embeds and searches one window in ``every`` and gives each searched window's
     hits to the ``every - 1`` after it too (the reference a hop later): half a second apart (at
-    ``SPARSE_TRANSPOSE``), overlapping 1 s windows find mostly the same reference windows. ``repeats``: windows at least
-    ``REPEAT_COSINE`` similar to an earlier one are not searched but take its neighbours."""
+    ``SPARSE_TRANSPOSE``), overlapping 1 s windows find mostly the same reference windows. ``long``: windows at least
+    ``REPEAT_COSINE`` similar to an earlier one are not searched but take its neighbours, and
+    the others are searched in the index's skim."""
     emb = catalog.embedder.embed(clip, hop_s=QUERY_HOP_S * every, transpose=transpose)
     voiced = np.flatnonzero(emb.voiced)
     vectors = emb.vectors[voiced]
-    first = first_of_repeats(vectors, REPEAT_COSINE) if repeats else np.arange(len(vectors))
+    first = first_of_repeats(vectors, REPEAT_COSINE) if long else np.arange(len(vectors))
     distinct, inverse = np.unique(first, return_inverse=True)
-    sims, ids = catalog.vectors.search(vectors[distinct], BACKGROUND_SEARCH)
+    sims, ids = catalog.vectors.search(vectors[distinct], BACKGROUND_SEARCH, exact=not long)
     tracks, windows = split_ids(ids)
     tracks[ids < 0] = -1
     background = window_background(sims, tracks, windows)[inverse, None]

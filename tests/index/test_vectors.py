@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from index import vectors
 from index.shards import Shard, ShardError, ShardStore
 from index.vectors import (COMPRESSED, FLAT_MAX_VECTORS, IndexFactoryError, IndexMismatch, VectorIndex, auto_factory,
                            measure_recall, min_training_vectors, new_index)
@@ -72,6 +73,32 @@ def test_compressed_index_finds_what_exact_search_finds(tmp_path):
     approx.save()
     again = VectorIndex.open(tmp_path / "pq", "m1", 32, 0.5)
     assert again.info.factory == "IVF16,PQ16x4fs" and again.info.recall == 0.95 and again.size == 19800
+
+
+def test_whole_songs_search_a_skim_that_finds_the_exact_neighbours_and_follows_takedowns(tmp_path, monkeypatch):
+    monkeypatch.setattr(vectors, "SKIM_MIN_VECTORS", 10_000)
+    base = unit(20000, dim=32, seed=6)
+    ids = (np.repeat(np.arange(200), 100).astype(np.int64) << 22) + np.tile(np.arange(100), 200)
+    idx = VectorIndex.open(tmp_path, "m1", 32, 0.5)
+    idx.add_ids(ids, base)
+    q = near_copies(base[::40], 0.9, seed=7)
+    want_sims, want = idx.search(q, 8)
+    assert np.array_equal(idx.search(q, 8, exact=False)[1], want)      # no skim before it is published
+    idx.save()
+    assert (tmp_path / "gen-000001" / "skim.faiss").exists()
+    again = VectorIndex.open(tmp_path, "m1", 32, 0.5)
+    for skimmed in (idx, again):
+        sims, got = skimmed.search(q, 8, exact=False)
+        assert np.mean(got[:, 0] == want[:, 0]) >= 0.95        # (random vectors have no other near neighbours)
+        exact = np.einsum("qd,qkd->qk", q, base[np.searchsorted(ids, got)])
+        assert np.allclose(sims, exact, atol=1e-5) and np.all(np.diff(sims, axis=1) <= 0)   # rescored exactly, in order
+    # a takedown drops the skim (its rows would name other vectors) until the next publish makes another
+    assert again.remove([0]) == 100
+    _, after = again.search(q, 8, exact=False)
+    assert not np.isin(after >> 22, [0]).any() and np.array_equal(after, again.search(q, 8)[1])
+    again.save()
+    _, later = VectorIndex.open(tmp_path, "m1", 32, 0.5).search(q, 8, exact=False)
+    assert not np.isin(later >> 22, [0]).any() and np.mean(later[:, 0] == after[:, 0]) >= 0.95
 
 
 def test_auto_factory_is_exact_for_small_catalogs_and_compressed_for_large():
