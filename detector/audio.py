@@ -42,6 +42,9 @@ class Clip:
 
 
 SEEK_PREROLL_S = 0.5   # seconds decoded before a span and dropped: decoders need audio before a seek point (Opus 80 ms)
+# decoded frames are resampled this many at once (64 MP3 frames: 1.7 s of audio), not one by one:
+# resampling a 240 s MP3 frame by frame cost 0.24 s of calls, more than decoding it (0.18 s)
+BATCH_FRAMES = 64
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ def _blocks(container, label: str, sample_rate: int, limits: DecodeLimits, start
     max_samples = int(limits.max_seconds * sample_rate)
     deadline = time.monotonic() + limits.max_wall_seconds
     total = 0
-    for frame in itertools.chain(frames, [None]):      # None: the resampler's last samples
+    for frame in itertools.chain(_batched(frames), [None]):      # None: the resampler's last samples
         for out in resampler.resample(frame):
             chunk = out.to_ndarray().reshape(-1)
             total += len(chunk)
@@ -184,6 +187,30 @@ def _frames(container, stream, label: str, whole: bool = True) -> Iterator[av.Au
             raise AudioError(label, f"not a readable audio file ({_why(exc)})") from None
     if whole and not decoded:
         raise AudioError(label, "no audio could be decoded (truncated or corrupt file)")
+
+
+def _batched(frames: Iterator[av.AudioFrame], size: int = BATCH_FRAMES) -> Iterator[av.AudioFrame]:
+    """``frames`` joined ``size`` at a time into one frame, as long as they share their sample
+    format, channel layout and rate (a stream that changes them starts a new frame there)."""
+    batch: list[np.ndarray] = []
+    kind = None
+    for frame in frames:
+        this = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if batch and (this != kind or len(batch) == size):
+            yield _joined(batch, kind)
+            batch = []
+        kind = this
+        batch.append(frame.to_ndarray())
+    if batch:
+        yield _joined(batch, kind)
+
+
+def _joined(arrays: list[np.ndarray], kind: tuple[str, str, int]) -> av.AudioFrame:
+    """One frame of the samples of ``arrays`` (``to_ndarray`` of frames of one ``kind``)."""
+    fmt, layout, rate = kind
+    frame = av.AudioFrame.from_ndarray(np.concatenate(arrays, axis=1), format=fmt, layout=layout)
+    frame.sample_rate = rate
+    return frame
 
 
 def _cut(frames: Iterator[av.AudioFrame], start: float, origin: float | None, label: str) -> Iterator[av.AudioFrame]:
