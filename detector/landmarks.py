@@ -54,6 +54,7 @@ QUERY = Picking((9, 11), 90, 20)
 OFFSET_BIN = 4                    # frames: alignments this close vote together
 COMMON = 1000                     # hashes found this often in the catalog carry no evidence
 MIN_VOTES = 6
+VOTE_BINS = 1 << 22               # (track, offset cell) counters a search holds at once: 32 MB
 PER_SECOND_VOTES = 10
 GAP_S = 3.0                       # a stretch of aligned pairs ends at a gap this long
 CORE_STEP_S = 0.25                # a stretch's ends are where its pairs stop being dense (``matcher.core``)
@@ -208,27 +209,12 @@ class LandmarkIndex:
             return []
         idx = np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(total)
         qt = np.repeat(qt.astype(np.int32), counts)
-        # the pairs grouped by track by a stable sort of their ranks (linear, see ``__init__``);
-        # each track's votes per offset cell are counted in an array as long as its span of cells
         which = self.tracks[idx]
-        order = np.argsort(which, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(which, minlength=len(self.ids)))])
-        offset = (self.times[idx] - qt)[order]
+        offset = self.times[idx] - qt
         cell = offset // OFFSET_BIN
-        groups = np.flatnonzero(np.diff(bounds))
-        key_group, key_cell, votes = [], [], []
-        for g in groups:
-            mine = cell[bounds[g]:bounds[g + 1]]
-            low = mine.min()
-            per_cell = np.bincount(mine - low)
-            c = np.flatnonzero(per_cell)
-            key_group.append(np.full(len(c), g))
-            key_cell.append(c + low)
-            votes.append(per_cell[c])
-        # the (track, offset cell) keys in order, by track then cell: where votes tie, the order
-        # argsort leaves them in decides which candidate is tried first
-        key_group, key_cell, votes = (np.concatenate(a) for a in (key_group, key_cell, votes))
+        key_group, key_cell, votes = self._votes(which, cell)
         found: list[LandmarkMatch] = []
+        pairs: dict[int, np.ndarray] = {}      # a candidate track's pairs, in the order found
         for k in np.argsort(-votes):
             if votes[k] < MIN_VOTES or len(found) >= max_matches:
                 break
@@ -236,12 +222,34 @@ class LandmarkIndex:
             tr = int(self.ids[g])
             if any(m.track == tr and abs(m.offset / FRAME_S / OFFSET_BIN - c) < 3 for m in found):
                 continue
-            a, b = bounds[g], bounds[g + 1]
-            m = self._stretch(tr, c, qt[order[a:b]], cell[a:b], offset[a:b], tempo)
+            if g not in pairs:
+                pairs[g] = np.flatnonzero(which == g)
+            mine = pairs[g]
+            m = self._stretch(tr, c, qt[mine], cell[mine], offset[mine], tempo)
             if m is not None:
                 found.append(m)
         found.sort(key=lambda m: (m.p_false, -m.evidence))
         return found
+
+    def _votes(self, which: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(track ranks, offset cells, votes) of every (track, offset cell) with a pair, ordered by
+        track then cell: where votes tie, the order ``argsort`` leaves them in decides which
+        candidate ``search`` tries first. Counted by ``np.bincount`` over both as one key, in
+        passes over as many tracks as ``VOTE_BINS`` counters hold: the pairs are never sorted."""
+        low = int(cell.min())
+        span = int(cell.max()) - low + 1
+        per_pass = max(1, VOTE_BINS // span)
+        key_group, key_cell, votes = [], [], []
+        for first in range(0, len(self.ids), per_pass):
+            some = slice(None) if per_pass >= len(self.ids) else \
+                np.flatnonzero((which >= first) & (which < first + per_pass))
+            key = (which[some].astype(np.int64) - first) * span + (cell[some] - low)
+            per_cell = np.bincount(key)
+            keys = np.flatnonzero(per_cell)
+            key_group.append(keys // span + first)
+            key_cell.append(keys % span + low)
+            votes.append(per_cell[keys])
+        return tuple(np.concatenate(a) for a in (key_group, key_cell, votes))
 
     def _of_track(self, lo: np.ndarray, hi: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
         """The pairs of the track ``self.ids[rank]`` within each range ``[lo, hi)`` of one hash's
