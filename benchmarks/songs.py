@@ -1,7 +1,7 @@
 """Whole songs: decisions on outputs of 1 to 8 minutes, as generators publish them, against the
 whole corpus.
 
-    python -m benchmarks.songs [--originals 300] [--per-cell 16] [--model PATH] [--seed 5]
+    python -m benchmarks.songs [--originals 300] [--per-cell 16] [--model PATH] [--seed 5] [--timing-only]
 
 The catalog is every track of the ``full`` corpus but the held-out ``unseen`` ones (230 tracks,
 15.8 h, all protected). Queries:
@@ -19,7 +19,8 @@ The catalog is every track of the ``full`` corpus but the held-out ``unseen`` on
   tempo 1.1×.
 
 Then seconds per check (``Engine.assess``: fingerprint, search, match, decide; decoding is
-``benchmarks.latency``'s) against output length: 30 s, 1, 4 and 10 min.
+``benchmarks.latency``'s) against output length: 30 s, 1, 4 and 10 min, timed first, before the
+decisions. ``--timing-only`` prints those alone (a minute), for a quiet machine.
 """
 from __future__ import annotations
 
@@ -231,6 +232,7 @@ def main(argv=None) -> None:
     ap.add_argument("--whole", type=int, default=24, help="whole catalog tracks transformed")
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--home", type=Path, default=Path.home() / ".cache/clearance/bench-home")
+    ap.add_argument("--timing-only", action="store_true", help="print the seconds per check alone")
     args = ap.parse_args(argv)
 
     folder = C.music_folder("full")
@@ -242,13 +244,16 @@ def main(argv=None) -> None:
           f"tracks ({hours:.1f} h), {catalog.vectors.size} vectors", flush=True)
     rng = np.random.default_rng(args.seed)
     engine.assess(Clip(host_music([t for t in tracks if t.role == "unseen"], 30, rng), C.SR, "warm-up"))
-    timed = timing_rows(engine, tracks, np.random.default_rng(args.seed + 3))
+    timed = ["Seconds per check against output length (fingerprint, search, match, decide):",
+             *timing_rows(engine, tracks, np.random.default_rng(args.seed + 3))]
+    if args.timing_only:
+        print("\n".join(timed))
+        return
     orig = assess_all(engine, originals(tracks, args.originals, np.random.default_rng(args.seed)), "originals")
     copies = assess_all(engine, hidden_copies(tracks, args.per_cell, np.random.default_rng(args.seed + 1))
                         + whole_copies(tracks, args.whole, np.random.default_rng(args.seed + 2)), "copies")
     print()
-    for row in [*originals_rows(orig), "", *copies_rows(copies), "", "Seconds per check against output length "
-                "(fingerprint, search, match, decide):", *timed]:
+    for row in [*originals_rows(orig), "", *copies_rows(copies), "", *timed]:
         print(row)
 
 

