@@ -259,12 +259,11 @@ class VectorIndex:
     def _use_skim(self, skim: faiss.Index | None) -> None:
         """Search ``skim`` (made by ``make_skim`` from this index as it is now) for inexact searches;
         None: search exactly. The last skim's training is kept for the next (``make_skim``)."""
-        self._skim = skim
-        self._trained = skim or self._trained
-        self._skim_ids = faiss.vector_to_array(faiss.downcast_index(self.index).id_map) if skim is not None else None
+        self._skim, self._skim_ids = skim, None
         if skim is not None:
-            ivf = faiss.extract_index_ivf(skim)
-            ivf.nprobe = max(1, ivf.nlist // SKIM_PROBE)
+            self._trained = skim
+            self._skim_ids = faiss.vector_to_array(faiss.downcast_index(self.index).id_map)
+            faiss.extract_index_ivf(skim).nprobe = max(1, faiss.extract_index_ivf(skim).nlist // SKIM_PROBE)
 
     def save(self) -> None:
         """Publish the in-memory index as a new generation, atomically."""
