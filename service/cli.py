@@ -253,8 +253,10 @@ def serve(engine: Engine, host: str, port: int) -> None:
     import uvicorn
 
     from service.api import create_app
+    from service.pool import one_malloc_arena
     from service.uploads import HeadTimeoutH11
 
+    one_malloc_arena()              # before the first worker thread starts
     uvicorn.run(create_app(engine), host=host, port=port, log_level="info",
                 http=partial(HeadTimeoutH11, head_timeout_s=engine.settings.header_timeout_s))
 
