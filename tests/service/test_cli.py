@@ -16,6 +16,7 @@ from index import migrate
 from index.reviews import Review
 from index.store import Store
 from service.auth import Role, create_key
+from service.pool import one_malloc_arena
 from tests.conftest import cut
 from tests.service.conftest import free_port
 
@@ -217,3 +218,9 @@ def test_read_only_catalog_whose_schema_needs_an_upgrade_is_one_line(catalog_hom
     assert r.returncode == 2 and r.stderr.startswith(f"clearance: {home / 'catalog.db'}: the schema is at revision "
                                                      f"0001, this version of Clearance reads {migrate.head()};"), r.stderr
     assert len(r.stderr.splitlines()) == 1
+
+
+def test_worker_threads_can_share_the_main_heap():
+    """``clearance serve`` asks glibc for one malloc arena (``service.pool.one_malloc_arena``);
+    the machines this runs on have glibc, where the call must succeed."""
+    assert one_malloc_arena()
