@@ -166,8 +166,7 @@ class LandmarkIndex:
             times.append(t)
         h = np.concatenate(hs) if hs else np.zeros(0, np.int64)
         tr = np.concatenate(tracks) if tracks else np.zeros(0, np.int64)
-        # a track is stored as its rank among ``ids``, in the smallest type that holds it: numpy
-        # sorts 8- and 16-bit keys (up to 65,536 tracks) by radix, in linear time (``search``)
+        # a track is stored as its rank among ``ids``, in the smallest type that holds it
         self.ids, rank = np.unique(tr, return_inverse=True)
         order = np.lexsort((rank, h))    # by hash, and each hash's pairs by track (``_of_track``)
         # 9 to 12 bytes per hash: hashes have 20 bits, frames 24, ranks 8, 16 or 32

@@ -243,8 +243,7 @@ class VectorIndex:
         """The ``k`` nearest of each query among its ``SKIM_CANDIDATES × k`` nearest in the skim,
         by exact similarity (a missing candidate: row -1, similarity -1)."""
         _, rows = self._skim.search(queries, SKIM_CANDIDATES * k)
-        flat = faiss.downcast_index(faiss.downcast_index(self.index).index)
-        vectors = faiss.rev_swig_ptr(flat.get_xb(), self.size * self.info.dim).reshape(self.size, self.info.dim)
+        vectors = flat_vectors(self.index)
         sims, ids = np.empty((len(queries), k), np.float32), np.empty((len(queries), k), np.int64)
         for a in range(0, len(queries), RESCORE_BLOCK):
             r = rows[a:a + RESCORE_BLOCK]
@@ -263,7 +262,8 @@ class VectorIndex:
         if skim is not None:
             self._trained = skim
             self._skim_ids = faiss.vector_to_array(faiss.downcast_index(self.index).id_map)
-            faiss.extract_index_ivf(skim).nprobe = max(1, faiss.extract_index_ivf(skim).nlist // SKIM_PROBE)
+            ivf = faiss.extract_index_ivf(skim)
+            ivf.nprobe = max(1, ivf.nlist // SKIM_PROBE)
 
     def save(self) -> None:
         """Publish the in-memory index as a new generation, atomically."""
@@ -297,6 +297,13 @@ class VectorIndex:
         self.info = IndexInfo(self.info.model, self.info.dim, self.info.hop_s, self.info.factory, recall)
 
 
+def flat_vectors(index: faiss.Index) -> np.ndarray:
+    """(ntotal, d) float32: the vectors of an exact ``IDMap2,Flat`` index in row order, a view of
+    FAISS's memory (valid until the index changes)."""
+    flat = faiss.downcast_index(faiss.downcast_index(index).index)
+    return faiss.rev_swig_ptr(flat.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+
+
 def make_skim(index: faiss.Index, info: IndexInfo, trained: faiss.Index | None = None,
               seed: int = 0) -> faiss.Index | None:
     """The skim of an exact ``index`` (``SKIM``: its ids are the rows of the exact index's
@@ -308,8 +315,7 @@ def make_skim(index: faiss.Index, info: IndexInfo, trained: faiss.Index | None =
     n = index.ntotal
     if info.factory != "Flat" or n < SKIM_MIN_VECTORS or info.dim % 2:
         return None
-    flat = faiss.downcast_index(faiss.downcast_index(index).index)
-    vectors = faiss.rev_swig_ptr(flat.get_xb(), n * info.dim).reshape(n, info.dim)
+    vectors = flat_vectors(index)
     nlist = 2 ** round(math.log2(2 * math.sqrt(n)))
     if trained is not None and faiss.extract_index_ivf(trained).nlist == nlist:
         skim = faiss.clone_index(trained)

@@ -23,9 +23,10 @@ TRANSPOSE_ST = 6.0
 REPORTED_P = 0.5            # embedding matches less likely than this by chance are reported
 # outputs longer than LOCAL_S (whole songs) are searched more cheaply: transposed every other
 # window, a window as similar as this to an earlier one (a loop's repeats) takes its neighbours,
-# and the index's skim is searched, not all of its vectors (``index/vectors.py``). Sparser searches cost recall and chance matches: every 0.5 s untransposed, hidden
-# 5 s copies pitched 2 st were found in 75 % instead of 92 % (``benchmarks/songs.py``); transposed
-# every 1 s, a looped original was sent to review (``tests/index/test_catalog.py``)
+# and the index's skim is searched, not all of its vectors (``index/vectors.py``). Sparser
+# searches cost recall and chance matches: every 0.5 s untransposed, hidden 5 s copies pitched
+# 2 st were found in 75 % instead of 92 % (``benchmarks/songs.py``); transposed every 1 s, a
+# looped original was sent to review (``tests/index/test_catalog.py``)
 SPARSE_TRANSPOSE = 2
 REPEAT_COSINE = 0.98
 
@@ -68,9 +69,9 @@ def _hits(catalog: Catalog, clip: Clip, transpose: float, every: int = 1, long: 
 
     ``every`` > 1 embeds and searches one window in ``every`` and gives each searched window's
     hits to the ``every - 1`` after it too (the reference a hop later): half a second apart (at
-    ``SPARSE_TRANSPOSE``), overlapping 1 s windows find mostly the same reference windows. ``long``: windows at least
-    ``REPEAT_COSINE`` similar to an earlier one are not searched but take its neighbours, and
-    the others are searched in the index's skim."""
+    ``SPARSE_TRANSPOSE``), overlapping 1 s windows find mostly the same reference windows.
+    ``long``: windows at least ``REPEAT_COSINE`` similar to an earlier one are not searched but
+    take its neighbours, and the others are searched in the index's skim."""
     emb = catalog.embedder.embed(clip, hop_s=QUERY_HOP_S * every, transpose=transpose)
     voiced = np.flatnonzero(emb.voiced)
     vectors = emb.vectors[voiced]
