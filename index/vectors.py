@@ -51,7 +51,7 @@ FLAT_MAX_VECTORS = 1_000_000    # exact search up to ~69 h of audio at a 0.25 s 
 COMPRESSED = "IVF{nlist},PQ64x4fsr"   # 40 B per vector with its id, fast-scan search; see benchmarks/scale.py
 # The skim of an exact index: 4-bit PQ codes of dim / 2 sub-vectors (32 B per 128-d vector, 8 B
 # more for its row), about 2 √n lists, one list in SKIM_PROBE probed; each query's SKIM_CANDIDATES × k
-# nearest by code are rescored exactly. On a 240 s output against 253,042 vectors (1,915 queries,
+# nearest by code are rescored exactly. Once, on a 240 s output against 253,042 vectors (1,915 queries,
 # 64 neighbours): 0.17 s instead of 1.14 s, with 99.2 % of the 8 nearest and 99.8 % of the nearest
 # the exact ones. Below SKIM_MIN_VECTORS, exact search is fast enough for any output.
 SKIM = "IVF{nlist},PQ{m}x4fsr"
