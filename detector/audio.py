@@ -42,9 +42,11 @@ class Clip:
 
 
 SEEK_PREROLL_S = 0.5   # seconds decoded before a span and dropped: decoders need audio before a seek point (Opus 80 ms)
-# decoded frames are resampled this many at once (64 MP3 frames: 1.7 s of audio), not one by one:
-# resampling a 240 s MP3 frame by frame cost 0.24 s of calls, more than decoding it (0.18 s)
-BATCH_FRAMES = 64
+# decoded frames are resampled once this many samples a channel have come (57 MP3 frames: 1.5 s at
+# 44.1 kHz), not one by one: resampling a 240 s MP3 frame by frame cost 0.24 s of calls, more
+# than decoding it (0.18 s). Counted in samples, not frames, so that a file of large frames (FLAC
+# allows 65,535 samples a frame) holds no more: at most two such blocks, 8 MB at 8 channels.
+BATCH_SAMPLES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -189,18 +191,20 @@ def _frames(container, stream, label: str, whole: bool = True) -> Iterator[av.Au
         raise AudioError(label, "no audio could be decoded (truncated or corrupt file)")
 
 
-def _batched(frames: Iterator[av.AudioFrame], size: int = BATCH_FRAMES) -> Iterator[av.AudioFrame]:
-    """``frames`` joined ``size`` at a time into one frame, as long as they share their sample
-    format, channel layout and rate (a stream that changes them starts a new frame there)."""
+def _batched(frames: Iterator[av.AudioFrame], size: int = BATCH_SAMPLES) -> Iterator[av.AudioFrame]:
+    """``frames`` joined into frames of at least ``size`` samples a channel (but the last), as long
+    as they share their sample format, channel layout and rate (a stream that changes them starts
+    a new frame there)."""
     batch: list[np.ndarray] = []
-    kind = None
+    held, kind = 0, None
     for frame in frames:
         this = (frame.format.name, frame.layout.name, frame.sample_rate)
-        if batch and (this != kind or len(batch) == size):
+        if batch and (this != kind or held >= size):
             yield _joined(batch, kind)
-            batch = []
+            batch, held = [], 0
         kind = this
         batch.append(frame.to_ndarray())
+        held += frame.samples
     if batch:
         yield _joined(batch, kind)
 
