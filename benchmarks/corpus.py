@@ -125,6 +125,56 @@ def mix(x: np.ndarray, other: np.ndarray, snr_db: float) -> np.ndarray:
     return AF.add_noise(_t(x)[None], _t(other)[None], torch.tensor([snr_db]))[0].numpy()
 
 
+def lufs(x: np.ndarray) -> float:
+    """Integrated loudness of ``x`` (ITU-R BS.1770: K-weighted, gated), LUFS."""
+    return float(AF.loudness(_t(x)[None], SR))
+
+
+def gain_curve(target_db: np.ndarray, attack: float, release: float) -> np.ndarray:
+    """Per-block gain (dB) that follows ``target_db`` (≤ 0) down with the one-pole coefficient
+    ``attack`` and back up with ``release``: a compressor's or limiter's ballistics."""
+    g, out = 0.0, np.empty(len(target_db), np.float32)
+    for i, t in enumerate(target_db):
+        g += (t - g) * (attack if t < g else release)
+        out[i] = g
+    return out
+
+
+def master(x: np.ndarray, lufs_target: float = -14.0, threshold_db: float = -22.0, ratio: float = 4.0,
+           ceiling_db: float = -1.0) -> np.ndarray:
+    """What a mastering chain does to a finished mix: loudness to ``lufs_target``, an RMS compressor
+    (``ratio``:1 above ``threshold_db``, attack 5 ms, release 100 ms) and make-up gain back to the
+    target, then a look-ahead peak limiter (2 ms blocks, release 50 ms) holding ``ceiling_db``."""
+    y = x * 10 ** ((lufs_target - lufs(x)) / 20)
+    block = SR // 200                                                       # 5 ms
+    n = len(y) // block * block
+    rms = 10 * np.log10((y[:n].reshape(-1, block) ** 2).mean(1) + 1e-10)
+    over = np.maximum(rms - threshold_db, 0.0)
+    g = gain_curve(-over * (1 - 1 / ratio), attack=0.63, release=0.049)        # 5 ms, 100 ms
+    gain = np.interp(np.arange(len(y)), np.arange(len(g)) * block + block / 2, 10 ** (g / 20))
+    y = y * gain
+    y *= 10 ** ((lufs_target - lufs(y)) / 20)
+    block = SR // 500                                                       # 2 ms
+    n = -(-len(y) // block) * block
+    peak = np.abs(np.pad(y, (0, n - len(y)))).reshape(-1, block).max(1)
+    need = np.minimum(0.0, ceiling_db - 20 * np.log10(peak + 1e-10))
+    need = np.minimum(need, np.roll(need, -1))                               # look one block ahead
+    g = gain_curve(need, attack=1.0, release=0.039)                             # at once, 50 ms
+    gain = np.repeat(10 ** (g / 20), block)[: len(y)]
+    return np.clip(y * gain, -10 ** (ceiling_db / 20), 10 ** (ceiling_db / 20)).astype(np.float32)
+
+
+def produce(copy: np.ndarray, overlay: np.ndarray, snr_db: float, at: float) -> np.ndarray:
+    """A producer's mix: ``copy`` placed at ``at`` seconds into ``overlay`` (which sets the output's
+    length), ``snr_db`` dB louder than the overlay over the copy's span by integrated loudness,
+    mastered (``master``) and encoded as MP3 at 64 kbit/s."""
+    i = int(at * SR)
+    under = overlay[i:i + len(copy)]
+    out = overlay * 10 ** ((lufs(copy) - snr_db - lufs(under)) / 20)
+    out[i:i + len(copy)] += copy
+    return codec(master(out), "mp3", 64)
+
+
 def heldout_catalog(engine, folder: Path, tracks: list[Track]):
     """The engine's catalog holding every held-out ``catalog`` track as protected (built once
     per engine home; indexing is idempotent)."""

@@ -1,0 +1,181 @@
+"""Copies under new material, mixed the way producers mix (held-out tracks only).
+
+    python -m benchmarks.mixes [--per-cell 16] [--negatives 300] [--seconds 5 10 30] [--snr 0 -5 -10]
+
+The catalog is the decision benchmark's (the held-out ``catalog`` tracks, every fourth licensed).
+Each query copies an excerpt of a protected track and mixes it as ``corpus.produce`` does: under
+music of a game other than the copy's, from the held-out ``unseen`` tracks (never trained on),
+the two matched by integrated loudness (BS.1770) over the copy's span at the row's SNR, the copy
+filling the output or, for half of the queries, placed at a random point of an output twice as
+long; then mastered (compressor and peak limiter) and MP3-encoded. The same copy under the same
+music is also mixed the old way (``corpus.mix``: RMS over the excerpt, the copy filling the
+output, neither master nor codec: the robustness benchmark's ``mix-*dB`` rows) for comparison.
+Negatives are held-out ``unseen`` music of one game mixed under that of another through the same
+chain, as long as the rows' copies and at their SNRs.
+
+Prints, per copy length and SNR, the copies blocked naming the copied track where the copy is
+(new chain, old chain), which layers made the blocking match, and the false blocks.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import corpus as C
+from benchmarks.calibrate import WEIGHTS
+from benchmarks.decision import Bench, _bench, upper95
+from detector.policy import Decision, Verdict
+
+
+@dataclass(frozen=True)
+class Mix:
+    """One output: ``samples`` at 8 kHz, ``truth`` the copied track, the copy from ``start`` to
+    ``end`` seconds of the output."""
+
+    samples: np.ndarray
+    truth: C.Track
+    start: float
+    end: float
+
+
+def loud_excerpt(track: C.Track, secs: float, rng: np.random.Generator) -> np.ndarray | None:
+    clip = C.load(track)
+    s = C.loud_start(clip, secs, rng)
+    return None if s is None else clip.excerpt(s, s + secs).samples
+
+
+def overlay_for(track: C.Track, pool: list[C.Track], secs: float, rng: np.random.Generator) -> np.ndarray:
+    """A loud ``secs`` of a random track of ``pool`` from a package other than ``track``'s."""
+    others = [t for t in pool if t.package != track.package]
+    while True:
+        x = loud_excerpt(others[rng.integers(len(others))], secs, rng)
+        if x is not None:
+            return x
+
+
+def make_pair(among: list[C.Track], pool: list[C.Track], secs: float, snr_db: float,
+              rng: np.random.Generator) -> tuple[Mix, Mix]:
+    """A ``secs`` copy of a random track of ``among`` mixed at ``snr_db``: (the producer's mix,
+    the old mix of the same copy under the same music)."""
+    while True:
+        truth = among[rng.integers(len(among))]
+        copy = loud_excerpt(truth, secs, rng)
+        if copy is not None:
+            break
+    length = secs if rng.random() < 0.5 else 2 * secs
+    overlay = overlay_for(truth, pool, length, rng)
+    at = float(rng.uniform(0, length - secs))
+    new = Mix(C.produce(copy, overlay, snr_db, at), truth, at, at + secs)
+    i = int(at * C.SR)
+    old = Mix(C.mix(copy, overlay[i:i + len(copy)], snr_db), truth, 0.0, secs)
+    return new, old
+
+
+def found(d: Decision, q: Mix, tracks: list[C.Track]) -> str | None:
+    """The layers of the match that blocks naming the copied track (or one sharing its material)
+    where the copy is, or None."""
+    related = C.related(q.truth, tracks)
+    return next((m.method for m, i in d.blocking
+                 if i.external_id in related and m.query_start < q.end and m.query_end > q.start), None)
+
+
+def false_blocks(d: Decision, q: Mix, tracks: list[C.Track]) -> list:
+    related = C.related(q.truth, tracks)
+    return [(m, i) for m, i in d.blocking if i.external_id not in related]
+
+
+def _arguments(argv) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=WEIGHTS)
+    ap.add_argument("--per-cell", type=int, default=16, help="copies per length and SNR")
+    ap.add_argument("--negatives", type=int, default=300)
+    ap.add_argument("--seconds", type=float, nargs="+", default=[5.0, 10.0, 30.0], help="copy lengths")
+    ap.add_argument("--snr", type=float, nargs="+", default=[0.0, -5.0, -10.0],
+                    help="loudness of the copy over the music it is mixed under, dB")
+    ap.add_argument("--seed", type=int, default=37)
+    ap.add_argument("--home", type=Path, default=Path.home() / ".cache/clearance/bench-home")
+    args = ap.parse_args(argv)
+    args.factory, args.nprobe, args.seconds_range = "auto", 32, (min(args.seconds), max(args.seconds))
+    return args
+
+
+def copies(bench: Bench, pool: list[C.Track], args) -> tuple[dict, list]:
+    """Per (seconds, snr): lists of the layers that blocked each new-chain and old-chain copy (None
+    where it was not blocked); and every block naming an unrelated track."""
+    cells, wrong, t0 = defaultdict(lambda: ([], [])), [], time.time()
+    for secs in args.seconds:
+        for snr in args.snr:
+            for _ in range(args.per_cell):
+                pair = make_pair(bench.protected_tracks, pool, secs, snr, bench.rng)
+                for q, got in zip(pair, cells[secs, snr]):
+                    d = bench.run(q.samples)
+                    got.append(found(d, q, bench.tracks))
+                    wrong += [(f"{secs:g} s at {snr:g} dB of {q.truth.track_id}", *m)
+                              for m in false_blocks(d, q, bench.tracks)[:1]]
+            new, old = cells[secs, snr]
+            print(f"  {secs:g} s at {snr:g} dB: {sum(map(bool, new))}/{len(new)} blocked, old mix "
+                  f"{sum(map(bool, old))}/{len(old)} ({time.time() - t0:.0f} s)", flush=True)
+    return cells, wrong
+
+
+def negatives(bench: Bench, pool: list[C.Track], args) -> tuple[int, int, list]:
+    """``args.negatives`` mixes of music not in the catalog, of the rows' lengths and SNRs:
+    (checked, sent to review, each false block's negative and first unrelated match)."""
+    rng = np.random.default_rng(args.seed + 1)
+    review, blocks = 0, []
+    for k in range(args.negatives):
+        secs, snr = args.seconds[k % len(args.seconds)], args.snr[k // len(args.seconds) % len(args.snr)]
+        while True:
+            t = pool[rng.integers(len(pool))]
+            x = loud_excerpt(t, secs, rng)
+            if x is not None:
+                break
+        d = bench.run(C.produce(x, overlay_for(t, pool, secs, rng), snr, 0.0))
+        wrong = [(m, i) for m, i in d.blocking if i.external_id not in C.related(t, bench.tracks)]
+        if wrong:
+            blocks.append((f"{secs:g} s at {snr:g} dB of {t.track_id}", *wrong[0]))
+        review += d.verdict is Verdict.review
+    return args.negatives, review, blocks
+
+
+def rows(cells: dict) -> list[str]:
+    out = [f"{'copy':<8}{'SNR':>6}{'n':>5}{'blocked':>9}{'old mix':>9}   layers of the blocking match"]
+    totals = defaultdict(lambda: ([], []))
+    for (secs, snr), (new, old) in cells.items():
+        layers = Counter(m for m in new if m)
+        out.append(f"{secs:>5g} s{snr:>5g} dB{len(new):>4}{100 * np.mean([bool(m) for m in new]):>8.1f}%"
+                   f"{100 * np.mean([bool(m) for m in old]):>8.1f}%   "
+                   + ", ".join(f"{k} {v}" for k, v in layers.most_common()))
+        totals[snr][0].extend(new)
+        totals[snr][1].extend(old)
+    for snr, (new, old) in totals.items():
+        out.append(f"{'all':>7}{snr:>5g} dB{len(new):>4}{100 * np.mean([bool(m) for m in new]):>8.1f}%"
+                   f"{100 * np.mean([bool(m) for m in old]):>8.1f}%")
+    return out
+
+
+def main(argv=None) -> None:
+    args = _arguments(argv)
+    bench = _bench(argparse.Namespace(**{**vars(args), "seconds": args.seconds_range}))
+    pool = [t for t in bench.tracks if t.split == "heldout" and t.role == "unseen"]
+    cells, wrong = copies(bench, pool, args)
+    n, review, blocks = negatives(bench, pool, args)
+    print(f"\nCopies of protected held-out tracks mixed under held-out music of another game "
+          f"({args.per_cell} per row), blocked naming the copied track where it is:")
+    print("\n".join(rows(cells)))
+    print(f"Copies also blocked naming an unrelated track: {len(wrong)} of {2 * sum(len(n) for n, _ in cells.values())}")
+    for name, m, i in wrong:
+        print(f"  {name} → {i.external_id} ({m.method}, score {m.score:.6f}, {m.duration:.1f} s)")
+    print(f"False blocks on {n} mixed negatives: {len(blocks)} (95% upper bound {100 * upper95(len(blocks), n):.2f}%), "
+          f"sent to review {review}")
+    for name, m, i in blocks:
+        print(f"  {name} → {i.external_id} ({m.method}, score {m.score:.6f}, {m.duration:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
