@@ -57,6 +57,7 @@ MIN_VOTES = 6
 VOTE_BINS = 1 << 22               # (track, offset cell) counters a search holds at once: 32 MB
 PER_SECOND_VOTES = 10
 GAP_S = 3.0                       # a stretch of aligned pairs ends at a gap this long
+EXTENT_GAP_S = 6.0                # ... and the copy it evidences, at a gap this long (``_stretch``)
 CORE_STEP_S = 0.25                # a stretch's ends are where its pairs stop being dense (``matcher.core``)
 TEXTURE_CELLS = 31                # offset cells (~2 s) either side where a texture's other alignments lie
 CALIBRATION = "landmarks.calibration.json"
@@ -287,14 +288,20 @@ class LandmarkIndex:
         strongest other alignment within ``TEXTURE_CELLS`` gets over the same stretch. A copy
         aligns at one offset; a texture that repeats every fraction of a second (a hi-hat, an
         arpeggio) aligns with any texture of the same period at every multiple of it, and two
-        unrelated pieces at one tempo collect many votes at each of them."""
+        unrelated pieces at one tempo collect many votes at each of them.
+
+        Its span is the copy's extent: the stretch's pairs and those of the same alignment up to
+        ``EXTENT_GAP_S`` beyond, trimmed to where they are dense. Under new material a copy's pairs
+        come in bursts, where it is the loudest thing in the spectrum, and the bursts of one 10 s
+        copy can lie more than ``GAP_S`` apart; its evidence stays that of its densest burst."""
         near = np.abs(cell - c) <= 1
         order = np.argsort(qt[near])
         q_near, off_near = qt[near][order], offset[near][order]
-        breaks = np.flatnonzero(np.diff(q_near) * FRAME_S > GAP_S) + 1
-        run = max(np.split(np.arange(len(q_near)), breaks), key=len)
-        run = run[core(q_near[run] * FRAME_S, np.ones(len(run)), CORE_STEP_S)]
+        run = _dense_run(q_near, GAP_S)
         q = q_near[run]
+        extent = _dense_run(q_near, EXTENT_GAP_S)
+        if q_near[extent[0]] <= q[-1] and q_near[extent[-1]] >= q[0]:    # the copy the stretch belongs to
+            run = np.union1d(run, extent)
         # at most PER_SECOND_VOTES from any one second: a burst of identical pairs (a click, a
         # held synthetic tone) is one moment of agreement, not many
         per_second = np.minimum(np.bincount((q - q[0]) // round(1 / FRAME_S)), PER_SECOND_VOTES)
@@ -309,6 +316,15 @@ class LandmarkIndex:
         others = np.concatenate([sums[:centre - 2], sums[centre + 3:]])
         share = min(1.0, others.max() / max(sums[centre], 1))
         evidence = local * (1.0 - share)
-        return LandmarkMatch(track, float(q[0] * FRAME_S / tempo), float((q[-1] + MAX_DT / 2) * FRAME_S / tempo),
+        first, last = q_near[run[0]], q_near[run[-1]]
+        return LandmarkMatch(track, float(first * FRAME_S / tempo), float((last + MAX_DT / 2) * FRAME_S / tempo),
                              float(np.median(off_near[run]) * FRAME_S), votes,
                              self.calibration.p_false(evidence), tempo, evidence)
+
+
+def _dense_run(times: np.ndarray, gap_s: float) -> np.ndarray:
+    """Indices of the longest run of ``times`` (sorted, frames) without a gap over ``gap_s``
+    seconds, trimmed to where they are dense (``matcher.core``)."""
+    breaks = np.flatnonzero(np.diff(times) * FRAME_S > gap_s) + 1
+    run = max(np.split(np.arange(len(times)), breaks), key=len)
+    return run[core(times[run] * FRAME_S, np.ones(len(run)), CORE_STEP_S)]

@@ -72,6 +72,23 @@ def test_copy_under_other_music_is_found_at_its_offset(tracks, index, snr_db):
     assert all(m.track == 1 or m.votes < found[0].votes / 4 for m in found)
 
 
+def test_a_copy_drowned_for_seconds_in_its_middle_spans_both_its_bursts(tracks, index):
+    # under new material a copy's pairs come in bursts; one 12 s copy stays one match, not its
+    # longest burst (the policy blocks a copy by its length), and its evidence is that burst's
+    copy = tracks["drascula-track6"].excerpt(30.0, 42.0).samples
+    other = tracks["asc-frontiers"].excerpt(40.0, 52.0).samples
+    drowned = slice(4 * SR, int(8.5 * SR))
+    query = copy.copy()
+    query[drowned] = mix(copy[drowned], other[drowned], -30.0)
+    found = index.search(landmarks.peaks(Clip(query, SR, "drowned"), landmarks.QUERY))
+    m = found[0]
+    assert m.track == 1 and m.offset == pytest.approx(30.0, abs=0.1)
+    assert m.query_start < 2.0 and m.query_end > 10.0
+    bursts = [index.search(landmarks.peaks(Clip(part, SR, "burst"), landmarks.QUERY))[0].evidence
+              for part in (copy[:4 * SR], copy[int(8.5 * SR):])]
+    assert m.evidence <= max(bursts) + 1
+
+
 def test_a_copy_10_db_under_other_music_is_found_by_dense_query_peaks(tracks, index):
     # the catalog's sparse peaks and pairs, used for the query too, give this mix 13 votes
     copy = tracks["xmoto-foxrun"].excerpt(20.0, 40.0).samples
