@@ -168,7 +168,8 @@ def main(argv=None) -> None:
     print(f"\nCopies of protected held-out tracks mixed under held-out music of another game "
           f"({args.per_cell} per row), blocked naming the copied track where it is:")
     print("\n".join(rows(cells)))
-    print(f"Copies also blocked naming an unrelated track: {len(wrong)} of {2 * sum(len(n) for n, _ in cells.values())}")
+    checked = 2 * sum(len(new) for new, _ in cells.values())
+    print(f"Copies also blocked naming an unrelated track: {len(wrong)} of {checked}")
     for name, m, i in wrong:
         print(f"  {name} → {i.external_id} ({m.method}, score {m.score:.6f}, {m.duration:.1f} s)")
     print(f"False blocks on {n} mixed negatives: {len(blocks)} (95% upper bound {100 * upper95(len(blocks), n):.2f}%), "
