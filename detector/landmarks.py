@@ -299,8 +299,8 @@ class LandmarkIndex:
         q_near, off_near = qt[near][order], offset[near][order]
         run = _dense_run(q_near, GAP_S)
         q = q_near[run]
-        extent = _dense_run(q_near, EXTENT_GAP_S)
-        if q_near[extent[0]] <= q[-1] and q_near[extent[-1]] >= q[0]:    # the copy the stretch belongs to
+        extent = _dense_run(q_near, EXTENT_GAP_S, holding=run[0])
+        if q_near[extent[0]] <= q[-1] and q_near[extent[-1]] >= q[0]:    # still the stretch's copy once trimmed
             run = np.union1d(run, extent)
         # at most PER_SECOND_VOTES from any one second: a burst of identical pairs (a click, a
         # held synthetic tone) is one moment of agreement, not many
@@ -322,9 +322,11 @@ class LandmarkIndex:
                              self.calibration.p_false(evidence), tempo, evidence)
 
 
-def _dense_run(times: np.ndarray, gap_s: float) -> np.ndarray:
-    """Indices of the longest run of ``times`` (sorted, frames) without a gap over ``gap_s``
-    seconds, trimmed to where they are dense (``matcher.core``)."""
+def _dense_run(times: np.ndarray, gap_s: float, holding: int | None = None) -> np.ndarray:
+    """Indices of a run of ``times`` (sorted, frames) without a gap over ``gap_s`` seconds, the
+    one that holds index ``holding`` (None: the longest), trimmed to where its times are dense
+    (``matcher.core``)."""
     breaks = np.flatnonzero(np.diff(times) * FRAME_S > gap_s) + 1
-    run = max(np.split(np.arange(len(times)), breaks), key=len)
+    runs = np.split(np.arange(len(times)), breaks)
+    run = max(runs, key=len) if holding is None else runs[int(np.searchsorted(breaks, holding, "right"))]
     return run[core(times[run] * FRAME_S, np.ones(len(run)), CORE_STEP_S)]
