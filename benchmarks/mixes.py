@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +28,8 @@ import numpy as np
 from benchmarks import corpus as C
 from benchmarks.calibrate import WEIGHTS
 from benchmarks.decision import Bench, _bench, upper95
-from detector.policy import Decision, Verdict
-
-
-@dataclass(frozen=True)
-class Mix:
-    """One output: ``samples`` at 8 kHz, ``truth`` the copied track, the copy from ``start`` to
-    ``end`` seconds of the output."""
-
-    samples: np.ndarray
-    truth: C.Track
-    start: float
-    end: float
+from benchmarks.songs import Song, blocked_by, false_blocks
+from detector.policy import Verdict
 
 
 def loud_excerpt(track: C.Track, secs: float, rng: np.random.Generator) -> np.ndarray | None:
@@ -51,15 +40,11 @@ def loud_excerpt(track: C.Track, secs: float, rng: np.random.Generator) -> np.nd
 
 def overlay_for(track: C.Track, pool: list[C.Track], secs: float, rng: np.random.Generator) -> np.ndarray:
     """A loud ``secs`` of a random track of ``pool`` from a package other than ``track``'s."""
-    others = [t for t in pool if t.package != track.package]
-    while True:
-        x = loud_excerpt(others[rng.integers(len(others))], secs, rng)
-        if x is not None:
-            return x
+    return C.other_music([t for t in pool if t.package != track.package], secs, rng)
 
 
-def make_pair(among: list[C.Track], pool: list[C.Track], secs: float, snr_db: float,
-              rng: np.random.Generator) -> tuple[Mix, Mix]:
+def make_pair(among: list[C.Track], pool: list[C.Track], tracks: list[C.Track], secs: float, snr_db: float,
+              rng: np.random.Generator) -> tuple[Song, Song]:
     """A ``secs`` copy of a random track of ``among`` mixed at ``snr_db``: (the producer's mix,
     the old mix of the same copy under the same music)."""
     while True:
@@ -70,23 +55,11 @@ def make_pair(among: list[C.Track], pool: list[C.Track], secs: float, snr_db: fl
     length = secs if rng.random() < 0.5 else 2 * secs
     overlay = overlay_for(truth, pool, length, rng)
     at = float(rng.uniform(0, length - secs))
-    new = Mix(C.produce(copy, overlay, snr_db, at), truth, at, at + secs)
+    related = frozenset(C.related(truth, tracks))
+    new = Song("producer", C.produce(copy, overlay, snr_db, at), related, truth.track_id, at, at + secs)
     i = int(at * C.SR)
-    old = Mix(C.mix(copy, overlay[i:i + len(copy)], snr_db), truth, 0.0, secs)
+    old = Song("old", C.mix(copy, overlay[i:i + len(copy)], snr_db), related, truth.track_id, 0.0, secs)
     return new, old
-
-
-def found(d: Decision, q: Mix, tracks: list[C.Track]) -> str | None:
-    """The layers of the match that blocks naming the copied track (or one sharing its material)
-    where the copy is, or None."""
-    related = C.related(q.truth, tracks)
-    return next((m.method for m, i in d.blocking
-                 if i.external_id in related and m.query_start < q.end and m.query_end > q.start), None)
-
-
-def false_blocks(d: Decision, q: Mix, tracks: list[C.Track]) -> list:
-    related = C.related(q.truth, tracks)
-    return [(m, i) for m, i in d.blocking if i.external_id not in related]
 
 
 def _arguments(argv) -> argparse.Namespace:
@@ -99,9 +72,7 @@ def _arguments(argv) -> argparse.Namespace:
                     help="loudness of the copy over the music it is mixed under, dB")
     ap.add_argument("--seed", type=int, default=37)
     ap.add_argument("--home", type=Path, default=Path.home() / ".cache/clearance/bench-home")
-    args = ap.parse_args(argv)
-    args.factory, args.nprobe, args.seconds_range = "auto", 32, (min(args.seconds), max(args.seconds))
-    return args
+    return ap.parse_args(argv)
 
 
 def copies(bench: Bench, pool: list[C.Track], args) -> tuple[dict, list]:
@@ -111,12 +82,12 @@ def copies(bench: Bench, pool: list[C.Track], args) -> tuple[dict, list]:
     for secs in args.seconds:
         for snr in args.snr:
             for _ in range(args.per_cell):
-                pair = make_pair(bench.protected_tracks, pool, secs, snr, bench.rng)
+                pair = make_pair(bench.protected_tracks, pool, bench.tracks, secs, snr, bench.rng)
                 for q, got in zip(pair, cells[secs, snr]):
                     d = bench.run(q.samples)
-                    got.append(found(d, q, bench.tracks))
-                    wrong += [(f"{secs:g} s at {snr:g} dB of {q.truth.track_id}", *m)
-                              for m in false_blocks(d, q, bench.tracks)[:1]]
+                    match = blocked_by(d, q)
+                    got.append(match.method if match else None)
+                    wrong += [(f"{secs:g} s at {snr:g} dB of {q.truth}", *b) for b in false_blocks(d, q)[:1]]
             new, old = cells[secs, snr]
             print(f"  {secs:g} s at {snr:g} dB: {sum(map(bool, new))}/{len(new)} blocked, old mix "
                   f"{sum(map(bool, old))}/{len(old)} ({time.time() - t0:.0f} s)", flush=True)
@@ -135,8 +106,10 @@ def negatives(bench: Bench, pool: list[C.Track], args) -> tuple[int, int, list]:
             x = loud_excerpt(t, secs, rng)
             if x is not None:
                 break
-        d = bench.run(C.produce(x, overlay_for(t, pool, secs, rng), snr, 0.0))
-        wrong = [(m, i) for m, i in d.blocking if i.external_id not in C.related(t, bench.tracks)]
+        q = Song("negative", C.produce(x, overlay_for(t, pool, secs, rng), snr, 0.0),
+                 frozenset(C.related(t, bench.tracks)))
+        d = bench.run(q.samples)
+        wrong = false_blocks(d, q)
         if wrong:
             blocks.append((f"{secs:g} s at {snr:g} dB of {t.track_id}", *wrong[0]))
         review += d.verdict is Verdict.review
@@ -161,7 +134,9 @@ def rows(cells: dict) -> list[str]:
 
 def main(argv=None) -> None:
     args = _arguments(argv)
-    bench = _bench(argparse.Namespace(**{**vars(args), "seconds": args.seconds_range}))
+    # the decision benchmark's catalog, exact index (its defaults)
+    bench = _bench(argparse.Namespace(**{**vars(args), "factory": "auto", "nprobe": 32,
+                                         "seconds": (min(args.seconds), max(args.seconds))}))
     pool = [t for t in bench.tracks if t.split == "heldout" and t.role == "unseen"]
     cells, wrong = copies(bench, pool, args)
     n, review, blocks = negatives(bench, pool, args)

@@ -36,6 +36,7 @@ from benchmarks import corpus as C
 from benchmarks.calibrate import WEIGHTS
 from benchmarks.decision import upper95
 from detector.audio import Clip
+from detector.matcher import Match
 from detector.policy import Decision, Rights, Verdict
 
 LONGEST_S = 480.0
@@ -159,8 +160,14 @@ def false_blocks(d: Decision, song: Song) -> list:
 
 def found(d: Decision, song: Song) -> bool:
     """Blocked, naming the copied track (or one sharing its material) where the copy is."""
-    return any(i.external_id in song.related and m.query_start < song.end and m.query_end > song.start
-               for m, i in d.blocking)
+    return blocked_by(d, song) is not None
+
+
+def blocked_by(d: Decision, song: Song) -> Match | None:
+    """The match that blocks ``song`` naming the copied track (or one sharing its material) where
+    the copy is, or None."""
+    return next((m for m, i in d.blocking
+                 if i.external_id in song.related and m.query_start < song.end and m.query_end > song.start), None)
 
 
 def assess_all(engine, queries: list[Song], label: str) -> list[tuple[Song, Decision, float]]:
