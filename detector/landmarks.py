@@ -25,7 +25,8 @@ import torch
 from detector.audio import Clip
 from detector.matcher import LOCAL_S, Calibration, Match, core, local_sum
 
-VERSION = "landmarks-v3"          # the settings below and the search; recorded in the landmark calibration
+VERSION = "landmarks-v4"          # the settings below and the search; recorded in the landmark calibration
+PEAKS = "peaks-v2"                # how catalog peaks are picked (``CATALOG``); stored with each track's peaks
 SAMPLE_RATE = 8000
 N_FFT, HOP = 512, 128             # 64 ms frames every 16 ms
 FRAME_S = HOP / SAMPLE_RATE
@@ -44,13 +45,20 @@ class Picking:
     fan_out: int                    # pairs per anchor peak
 
 
-# Catalog tracks are indexed sparsely: ±7 bins × ±10 frames (±0.16 s), 10 pairs per peak.
-CATALOG = Picking((15, 21), 30, 10)
-# Outputs are searched densely. Under new material a recording's peak is often not the maximum
-# of its wide neighbourhood any more, and the new material's peaks between its own push a catalog
-# pair out of an anchor's first 10. A query's peaks include the sparse settings' (all but a few
-# tenths of a percent, where a second holds more than 90) and each anchor pairs twice as far.
-QUERY = Picking((9, 11), 90, 20)
+# Catalog tracks are indexed at ±4 bins × ±5 frames (±0.08 s), at most 60 peaks a second, 10 pairs
+# per peak. Under new material a recording's peak is often not the maximum of a wide neighbourhood
+# any more: the catalog keeps the peaks that a copy keeps where it is only locally the loudest
+# (sparser picking, ±7 × ±10 and 30 a second, found 82.5 % of 10 s copies mixed at 0 dB under
+# other music, this one 92.5 %, at 2.3 times the pairs; ``docs/model-history.md``).
+CATALOG = Picking((9, 11), 60, 10)
+# Outputs are searched more densely still, and each anchor pairs twice as far: the new material's
+# peaks between a copy's own push a catalog pair out of an anchor's first 10.
+QUERY = Picking((7, 9), 120, 20)
+# A search's candidate pairs grow with the output's pairs times the catalog's: an output longer
+# than ``LOCAL_S`` is searched at tempo 1.0 with sparser peaks (a 10-minute output against 15.8 h
+# of catalog: 0.6 s and 0.6 GB, where ``QUERY``'s would take 2.9 s and 3.0 GB); near the matches
+# whose tempo it is searched at, it keeps ``QUERY``'s (``index/layers/landmarks.py``).
+LONG_QUERY = Picking((11, 15), 45, 10)
 OFFSET_BIN = 4                    # frames: alignments this close vote together
 COMMON = 1000                     # hashes found this often in the catalog carry no evidence
 MIN_VOTES = 6
@@ -180,10 +188,10 @@ class LandmarkIndex:
     def __len__(self) -> int:
         return len(self.hashes)
 
-    def search(self, query: np.ndarray, max_matches: int = 5, tempo: float = 1.0,
-               track: int | None = None) -> list[LandmarkMatch]:
+    def search(self, query: np.ndarray, max_matches: int = 5, tempo: float = 1.0, track: int | None = None,
+               fan_out: int = QUERY.fan_out) -> list[LandmarkMatch]:
         """Stretches of catalog tracks aligned with the output's peaks ``query`` (``peaks(clip,
-        QUERY)``), best first.
+        QUERY)``, or another picking whose ``fan_out`` is given), best first.
 
         ``tempo`` (reference seconds per output second) searches for a copy played that much
         faster: it keeps the frequencies of its peaks but not their spacing, so the output's peak
@@ -192,7 +200,7 @@ class LandmarkIndex:
         p = query
         if tempo != 1.0:
             p = np.sort(np.round((p >> 8) * tempo).astype(np.uint32) << 8 | (p & 0xFF))
-        h, qt = hashes(p, QUERY.fan_out)
+        h, qt = hashes(p, fan_out)
         if len(h) == 0 or len(self.hashes) == 0:
             return []
         lo = self.starts[h]

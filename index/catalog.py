@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from detector import landmarks
 from detector.audio import Clip, DecodeLimits, find_audio
 from detector.errors import ClearanceError, Conflict, NotFound
 from detector.matcher import Calibration, Match, Matcher
@@ -26,7 +27,7 @@ from index.layers.embedding import REPORTED_P, embedding_matches
 from index.layers.landmarks import landmark_matches
 from index.pipeline import (Failure, Fingerprinter, IndexEngine, Outcome, Skipped, new_job_folder, run_local,
                             run_ray)
-from index.rebuild import RebuildReport, rebuild, rebuild_locked
+from index.rebuild import Progress, RebuildReport, rebuild, rebuild_locked
 from index.search import Searcher
 from index.shards import ShardStore
 from index.store import Store, Track, TrackState
@@ -267,7 +268,7 @@ class Catalog:
                 external_id=entry.external_id, title=entry.title or entry.external_id, owner=entry.owner or owner,
                 rights=rights, sha256=source.sha256, source_path=str(path.resolve()), duration_s=outcome.duration_s,
                 model=outcome.model, vectors=len(outcome.windows), fingerprint=outcome.chromaprint,
-                peaks=outcome.peaks)
+                peaks=outcome.peaks, peaks_version=landmarks.PEAKS)
         except Conflict as exc:
             return self._fail(source.path, str(exc), summary)
         vectors.add(key, outcome.vectors, outcome.windows)
@@ -317,9 +318,10 @@ class Catalog:
         return found
 
     # --- rebuilding ---------------------------------------------------------------------
-    def rebuild(self, workers: int = 0, engine: str = "local", ray_address: str | None = None) -> RebuildReport:
+    def rebuild(self, workers: int = 0, engine: str = "local", ray_address: str | None = None,
+                progress: Progress | None = None) -> RebuildReport:
         """Retrain and rebuild the index from the stored vectors (``index/rebuild.py``)."""
-        return rebuild(self, workers, engine, ray_address)
+        return rebuild(self, workers, engine, ray_address, progress)
 
     def wanted_factory(self, n_vectors: int) -> str:
         return auto_factory(n_vectors) if self.factory == AUTO else self.factory

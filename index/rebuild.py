@@ -1,17 +1,18 @@
 """Rebuilding the vector index: retrained from the stored vectors (``index/shards.py``), with the
-tracks whose vectors are not stored for the loaded model embedded again from their files, then
-compacted into new shards. Run by ``Catalog.rebuild`` and at the end of an indexing job whose
-catalog outgrew its index's factory."""
+tracks whose vectors are not stored for the loaded model, or whose landmark peaks were picked by
+an older version, taken again from their files, then compacted into new shards. Run by
+``Catalog.rebuild`` and at the end of an indexing job whose catalog outgrew its index's factory."""
 from __future__ import annotations
 
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
+from detector import landmarks
 from detector.errors import ClearanceError
 from index.pipeline import Failure
 from index.store import Track, TrackState
@@ -27,13 +28,15 @@ SHARD_VECTORS = 200_000            # vectors per shard written by a rebuild (≈
 @dataclass(frozen=True)
 class RebuildReport:
     """What ``Catalog.rebuild`` made: an index of ``factory`` holding ``vectors`` vectors of
-    ``tracks`` tracks (``reembedded`` of them embedded again from their files), ``bytes`` on disk,
-    with ``recall`` (recall@1 against exact search on noisy copies of stored vectors)."""
+    ``tracks`` tracks (``reembedded`` of them embedded again from their files, ``repicked`` of
+    those for their landmark peaks), ``bytes`` on disk, with ``recall`` (recall@1 against exact
+    search on noisy copies of stored vectors)."""
 
     factory: str
     tracks: int
     vectors: int
     reembedded: int
+    repicked: int
     bytes: int
     recall: float
     elapsed_s: float
@@ -50,11 +53,16 @@ class RebuildError(ClearanceError):
     gone or changed. Nothing was changed."""
 
 
-def rebuild(catalog: Catalog, workers: int = 0, engine: str = "local", ray_address: str | None = None) -> RebuildReport:
+Progress = Callable[[int, int], None]    # (tracks taken again from their files so far, of how many)
+
+
+def rebuild(catalog: Catalog, workers: int = 0, engine: str = "local", ray_address: str | None = None,
+            progress: Progress | None = None) -> RebuildReport:
     """Retrain and rebuild ``catalog``'s index from the stored vectors, with the factory of the
     settings (or ``auto``'s choice for the catalog's size); tracks whose vectors are not
-    stored for the loaded model (a new model, a catalog older than shards) are embedded again
-    from their files, through the indexing engine."""
+    stored for the loaded model (a new model, a catalog older than shards) or whose landmark
+    peaks are not ``landmarks.PEAKS`` are taken again from their files, through the indexing
+    engine, ``progress`` called after each."""
     with catalog.writer_lock():
         try:
             catalog.reconcile(catalog.vectors)
@@ -62,17 +70,19 @@ def rebuild(catalog: Catalog, workers: int = 0, engine: str = "local", ray_addre
             # another model's index: unfinished rows of that model are dropped (indexing the
             # files again adds them); finished ones are embedded again below
             catalog.store.delete([t.id for t in catalog.store.list_tracks(state=TrackState.pending)])
-        return rebuild_locked(catalog, workers, engine, ray_address)
+        return rebuild_locked(catalog, workers, engine, ray_address, progress)
 
 
-def rebuild_locked(catalog: Catalog, workers: int, engine: str, ray_address: str | None) -> RebuildReport:
+def rebuild_locked(catalog: Catalog, workers: int, engine: str, ray_address: str | None,
+                   progress: Progress | None = None) -> RebuildReport:
     """``rebuild`` for a caller that holds the writer lock and has reconciled."""
     t0 = time.perf_counter()
     dim, model = catalog.embedder.dim, catalog.embedder.version
     rows = {t.id: t for t in catalog.store.list_tracks()}
     where = _stored_tracks(catalog, rows)
-    missing = [t for k, t in rows.items() if k not in where and not (t.vectors == 0 and t.model == model)]
-    where.update(_reembed(catalog, missing, workers, engine, ray_address))
+    stale = set(catalog.store.stale_peaks(landmarks.PEAKS))
+    missing = [t for k, t in rows.items() if k in stale or (k not in where and not (t.vectors == 0 and t.model == model))]
+    where.update(_reembed(catalog, missing, workers, engine, ray_address, progress))
     counts = {k: n for k, (_, n) in where.items()}
     total = sum(counts.values())
     factory = catalog.wanted_factory(total)
@@ -94,7 +104,7 @@ def rebuild_locked(catalog: Catalog, workers: int, engine: str, ray_address: str
         if p not in written:
             p.unlink(missing_ok=True)
     catalog.unload()
-    return RebuildReport(factory, len(counts), new.size, len(missing), new.bytes, new.info.recall,
+    return RebuildReport(factory, len(counts), new.size, len(missing), len(stale), new.bytes, new.info.recall,
                          time.perf_counter() - t0, new.info.hop_s)
 
 
@@ -153,11 +163,12 @@ def _sample(catalog: Catalog, where: dict[int, tuple[Path, int]], n: int, seed: 
     return np.concatenate([v[rng.random(len(v)) < p] for _, v in _live_vectors(catalog, where)])
 
 
-def _reembed(catalog: Catalog, tracks: list[Track], workers: int, engine: str,
-             ray_address: str | None) -> dict[int, tuple[Path, int]]:
+def _reembed(catalog: Catalog, tracks: list[Track], workers: int, engine: str, ray_address: str | None,
+             progress: Progress | None) -> dict[int, tuple[Path, int]]:
     """Embed ``tracks`` again from their files with the loaded model, store the vectors as
-    shards and return where they are (as ``_stored_tracks``). Refuses (``RebuildError``,
-    nothing changed) when a file is gone, unreadable or no longer the indexed content."""
+    shards and the landmark peaks in the database, and return where the vectors are (as
+    ``_stored_tracks``). Refuses (``RebuildError``, no peaks changed and the index kept) when a
+    file is gone, unreadable or no longer the indexed content."""
     if not tracks:
         return {}
     by_path = {t.source_path: t for t in tracks}
@@ -167,6 +178,7 @@ def _reembed(catalog: Catalog, tracks: list[Track], workers: int, engine: str,
         raise RebuildError(_rebuild_refusal(problems))
     found: dict[int, tuple[Path, int]] = {}
     done: list[tuple[int, np.ndarray, np.ndarray]] = []
+    peaks: dict[int, np.ndarray] = {}
 
     def flush() -> None:
         if done:
@@ -176,7 +188,9 @@ def _reembed(catalog: Catalog, tracks: list[Track], workers: int, engine: str,
             done.clear()
 
     outcomes = catalog.outcomes([Path(p) for p in by_path], workers, engine, ray_address, is_known=lambda sha: False)
-    for outcome in outcomes:
+    for done_so_far, outcome in enumerate(outcomes, 1):
+        if progress:
+            progress(done_so_far, len(tracks))
         if isinstance(outcome, Failure):
             problems.append(f"{by_path[outcome.path].external_id}: {outcome.path}: {outcome.reason}")
             continue
@@ -185,15 +199,18 @@ def _reembed(catalog: Catalog, tracks: list[Track], workers: int, engine: str,
             problems.append(f"{t.external_id}: {t.source_path}: the file changed since it was indexed")
             continue
         done.append((t.id, outcome.windows, outcome.vectors))
+        peaks[t.id] = outcome.peaks
         if sum(len(w) for _, w, _ in done) >= SHARD_VECTORS:
             flush()
     flush()
     if problems:
         raise RebuildError(_rebuild_refusal(problems))
+    catalog.store.set_peaks(peaks, landmarks.PEAKS)
     return found
 
 
 def _rebuild_refusal(problems: list[str]) -> str:
     shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-    return (f"cannot rebuild the index: {len(problems)} tracks have no stored vectors for this model and cannot be "
-            f"embedded again ({shown}); restore their files or remove the tracks, then rebuild")
+    return (f"cannot rebuild the index: {len(problems)} tracks must be taken again from their files (no stored "
+            f"vectors for this model, or landmark peaks of an older version) and cannot be ({shown}); restore their "
+            f"files or remove the tracks, then rebuild")

@@ -41,6 +41,8 @@ landmarks = sa.Table(
     "landmarks", metadata,
     sa.Column("track_id", sa.Integer, sa.ForeignKey("tracks.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("peaks", sa.LargeBinary, nullable=False),         # little-endian uint32 array
+    # how they were picked (``detector.landmarks.PEAKS``); rows from before it was recorded: peaks-v1
+    sa.Column("version", sa.String(16), nullable=False, server_default="peaks-v1"),
 )
 
 checks = sa.Table(

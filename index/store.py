@@ -131,8 +131,9 @@ class Store:
 
     def add_pending(self, *, external_id: str, title: str, owner: str, rights: Rights, sha256: str,
                     source_path: str, duration_s: float, model: str, vectors: int, fingerprint: np.ndarray,
-                    peaks: np.ndarray) -> int:
-        """Insert a track in state ``pending`` with its Chromaprint and landmark peaks; returns its key."""
+                    peaks: np.ndarray, peaks_version: str) -> int:
+        """Insert a track in state ``pending`` with its Chromaprint and landmark peaks (picked as
+        ``peaks_version`` says); returns its key."""
         t = now()
         with self.engine.begin() as c:
             if c.execute(sa.select(tracks.c.id).where(tracks.c.external_id == external_id)).first():
@@ -143,7 +144,8 @@ class Store:
                 source_path=source_path, duration_s=duration_s, model=model, vectors=vectors,
                 state=TrackState.pending.value, created_at=t, updated_at=t)).inserted_primary_key[0]
             c.execute(chromaprints.insert().values(track_id=key, fingerprint=fingerprint.astype("<u4").tobytes()))
-            c.execute(landmarks.insert().values(track_id=key, peaks=peaks.astype("<u4").tobytes()))
+            c.execute(landmarks.insert().values(track_id=key, peaks=peaks.astype("<u4").tobytes(),
+                                                version=peaks_version))
         return int(key)
 
     def mark_indexed(self, keys: list[int]) -> None:
@@ -189,6 +191,20 @@ class Store:
     def landmarks(self) -> dict[int, np.ndarray]:
         """Landmark peaks of every indexed track, by track key."""
         return self._uint32_arrays(landmarks.c.peaks)
+
+    def stale_peaks(self, version: str) -> list[int]:
+        """Keys of indexed tracks whose landmark peaks were picked otherwise than ``version``."""
+        q = (sa.select(landmarks.c.track_id).join(tracks)
+             .where(tracks.c.state == TrackState.indexed.value, landmarks.c.version != version))
+        with self.engine.connect() as c:
+            return [key for key, in c.execute(q)]
+
+    def set_peaks(self, peaks: dict[int, np.ndarray], version: str) -> None:
+        """Replace, in one transaction, the landmark peaks of tracks (key → peaks picked as ``version``)."""
+        with self.engine.begin() as c:
+            for key, p in peaks.items():
+                c.execute(landmarks.update().where(landmarks.c.track_id == key)
+                          .values(peaks=p.astype("<u4").tobytes(), version=version))
 
     def _uint32_arrays(self, column: sa.Column) -> dict[int, np.ndarray]:
         """A per-track array column (little-endian uint32) of every indexed track."""

@@ -130,7 +130,13 @@ def index_cmd(engine: Engine, paths, rights, owner, manifest, workers, engine_na
             if summary.rebuilt:
                 _print_rebuild(summary.rebuilt)
         if rebuild:
-            _print_rebuild(engine.catalog.rebuild(**run))
+            with tqdm(unit="track", desc="taken again from their files", file=sys.stderr, dynamic_ncols=True,
+                      disable=None) as bar:
+                def progress(done: int, total: int) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+
+                _print_rebuild(engine.catalog.rebuild(progress=progress, **run))
     except KeyboardInterrupt:
         fail("interrupted: the tracks finished so far are in the catalog; run the same command again to do the rest",
              130)
@@ -156,7 +162,8 @@ def _audio_files(paths) -> tuple[list[Path], list[Path]]:
 
 def _print_rebuild(r) -> None:
     recall = "exact search" if r.recall == 1.0 and r.factory == "Flat" else f"recall@1 {r.recall:.3f} against exact search"
-    click.echo(f"index rebuilt: {r.factory}, {r.vectors} vectors of {r.tracks} tracks ({r.reembedded} embedded again), "
+    again = f"{r.reembedded} embedded again" + (f", {r.repicked} of them for their landmark peaks" if r.repicked else "")
+    click.echo(f"index rebuilt: {r.factory}, {r.vectors} vectors of {r.tracks} tracks ({again}), "
                f"{r.mb_per_hour:.2f} MB per hour of audio, {recall}, {r.elapsed_s:.0f} s")
 
 

@@ -2,18 +2,20 @@
 embedding layer measured."""
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from detector import landmarks
 from detector.audio import Clip
-from detector.matcher import TEMPO_TOLERANCE, Match
+from detector.matcher import LOCAL_S, TEMPO_TOLERANCE, Match
 from index.layers import Layer
 
 if TYPE_CHECKING:
     from index.catalog import Catalog
     from index.search import Searcher
 
+log = logging.getLogger(__name__)
 TEMPO_LOOKS = 2             # landmark searches at a tempo the embedding measured, per output
 LOOK_MARGIN_S = 10.0        # how far beyond the embedding match's span such a search looks
 
@@ -22,6 +24,11 @@ class LandmarkLayer(Layer):
     name = "landmark"
 
     def load(self, catalog: Catalog) -> landmarks.LandmarkIndex:
+        stale = catalog.store.stale_peaks(landmarks.PEAKS)
+        if stale:
+            # still searched (their peaks are sparser: fewer votes for a copy, and for chance)
+            log.warning("%d catalog tracks have landmark peaks picked by an earlier version: copies of them under new "
+                        "material are found less often until `clearance index --rebuild` takes them again", len(stale))
         return landmarks.LandmarkIndex(catalog.store.landmarks())
 
     def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]]) -> list[Match]:
@@ -40,9 +47,16 @@ def landmark_matches(index: landmarks.LandmarkIndex, clip: Clip, embedding: list
     match lies, up to ``LOOK_MARGIN_S`` beyond: a copy is one stretch at one tempo, and a
     whole song searched at a weak match's tempo offers its chance alignments everywhere (a
     chance match's tempo on one track found 18 votes two minutes away from it, in a song
-    made of other music)."""
+    made of other music).
+
+    An output longer than ``LOCAL_S`` is searched at tempo 1.0 with ``landmarks.LONG_QUERY``'s
+    sparser peaks (the search's work and memory grow with the output's length), and near each
+    match at its tempo with ``QUERY``'s, as shorter outputs are everywhere."""
     query = landmarks.peaks(clip, landmarks.QUERY)
-    found = index.search(query)
+    if clip.duration > LOCAL_S:
+        found = index.search(landmarks.peaks(clip, landmarks.LONG_QUERY), fan_out=landmarks.LONG_QUERY.fan_out)
+    else:
+        found = index.search(query)
     changed = [m for m in embedding if abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE]
     for m in sorted(changed, key=lambda m: m.evidence, reverse=True)[:TEMPO_LOOKS]:
         found += index.search(landmarks.between(query, m.query_start - LOOK_MARGIN_S, m.query_end + LOOK_MARGIN_S),

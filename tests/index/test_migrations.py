@@ -53,3 +53,18 @@ def test_new_and_premigration_databases_are_brought_to_the_newest_revision(tmp_p
     engine.dispose()
     Store(old)
     assert_schema_is_metadata(old, migrate_first=False)
+
+
+def test_landmark_peaks_stored_before_their_version_was_recorded_are_marked_for_a_rebuild(tmp_path):
+    url = f"sqlite:///{tmp_path / 'at-0002.db'}"
+    engine = connect(url)
+    with engine.begin() as c:
+        command.upgrade(migrate.config(c), "0002")
+        c.execute(sa.text("INSERT INTO tracks (id, external_id, title, owner, rights, content_sha256, source_path, "
+                          "duration_s, model, vectors, state, created_at, updated_at) VALUES (1, 'old', '', '', "
+                          "'protected', :sha, '', 1.0, 'm', 0, 'indexed', '2026-11-30', '2026-11-30')"), {"sha": "0" * 64})
+        c.execute(sa.text("INSERT INTO landmarks (track_id, peaks) VALUES (1, :p)"), {"p": b"\x01\x00\x00\x00"})
+    engine.dispose()
+    store = Store(url)
+    assert store.stale_peaks("peaks-v2") == [1] and store.stale_peaks("peaks-v1") == []
+    assert store.landmarks()[1].tolist() == [1]
