@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from detector import landmarks
 from detector.audio import Clip
-from detector.matcher import LOCAL_S, TEMPO_TOLERANCE, Match
+from detector.matcher import TEMPO_TOLERANCE, Match
 from index.layers import Layer
 
 if TYPE_CHECKING:
@@ -49,11 +49,11 @@ def landmark_matches(index: landmarks.LandmarkIndex, clip: Clip, embedding: list
     chance match's tempo on one track found 18 votes two minutes away from it, in a song
     made of other music).
 
-    An output longer than ``LOCAL_S`` is searched at tempo 1.0 with ``landmarks.LONG_QUERY``'s
+    An output longer than ``landmarks.DENSE_S`` is searched at tempo 1.0 with ``LONG_QUERY``'s
     sparser peaks (the search's work and memory grow with the output's length), and near each
     match at its tempo with ``QUERY``'s, as shorter outputs are everywhere."""
     query = landmarks.peaks(clip, landmarks.QUERY)
-    if clip.duration > LOCAL_S:
+    if clip.duration > landmarks.DENSE_S:
         found = index.search(landmarks.peaks(clip, landmarks.LONG_QUERY), fan_out=landmarks.LONG_QUERY.fan_out)
     else:
         found = index.search(query)
