@@ -33,7 +33,9 @@ SHORTER_S = (3.0, 5.0, 8.0)  # the negatives cut to these lengths give short out
 
 
 def negative_queries(tracks, n: int, rng: np.random.Generator):
-    """(name, clip samples, track) of ``n`` excerpts of non-catalog music, half transformed."""
+    """(name, clip samples, the tracks whose music it holds) of ``n`` excerpts of non-catalog
+    music, half transformed (a mix holds two tracks' music: a match with a track related to
+    either is no false match)."""
     pool = [t for t in tracks if t.role == "unseen"] + [t for t in tracks if t.split == "train"]
     weights = np.array([3.0 if t.role == "unseen" else 1.0 for t in pool])
     out = []
@@ -45,6 +47,7 @@ def negative_queries(tracks, n: int, rng: np.random.Generator):
         if start is None:
             continue
         x = clip.excerpt(start, start + secs).samples
+        parts = (t,)
         kind = rng.choice(["clean", "noise", "reverb", "pitch", "tempo", "mp3", "mix"])
         if kind == "noise":
             x = C.noise(x, 5, rng)
@@ -63,23 +66,25 @@ def negative_queries(tracks, n: int, rng: np.random.Generator):
             if s2 is None:
                 continue
             x = C.mix(x, oc.excerpt(s2, s2 + secs).samples, 0.0)
-        out.append((f"{t.track_id}@{start:.0f}:{kind}", x, t))
+            parts = (t, o)
+        out.append((f"{t.track_id}@{start:.0f}:{kind}", x, parts))
     return out
 
 
 def null_evidence(catalog, queries, related_ids) -> tuple[np.ndarray, np.ndarray]:
-    """Strongest evidence of each query against an unrelated catalog track: (embedding, landmarks)."""
+    """Strongest evidence of each query against a catalog track unrelated to its parts
+    (``related_ids``): (embedding, landmarks)."""
     from detector.audio import Clip
 
     ids = {t.id: t.external_id for t in catalog.store.list_tracks()}
     emb, lm = [], []
-    for name, x, track in queries:
+    for name, x, parts in queries:
         clip = Clip(x, C.SR, name)
         matches = catalog.embedding_matches(clip, max_p_false=1.0)
-        unrelated = [m for m in matches if ids.get(m.track) not in related_ids(track)]
+        unrelated = [m for m in matches if ids.get(m.track) not in related_ids(parts)]
         emb.append(max((m.evidence for m in unrelated), default=0.0))
         # landmark votes do not depend on the calibration the catalog's landmark index holds
-        unrelated = [m for m in catalog.landmark_matches(clip, matches) if ids.get(m.track) not in related_ids(track)]
+        unrelated = [m for m in catalog.landmark_matches(clip, matches) if ids.get(m.track) not in related_ids(parts)]
         lm.append(max((m.evidence for m in unrelated), default=0.0))
     return np.array(emb), np.array(lm, float)
 
@@ -135,12 +140,12 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(args.seed)
     queries = negative_queries(tracks, args.negatives, rng)
 
-    emb, lm = null_evidence(catalog, queries, lambda t: C.related(t, tracks))
+    emb, lm = null_evidence(catalog, queries, lambda parts: C.related_to(parts, tracks))
     print(f"whole negatives measured ({time.time() - t0:.0f} s)", flush=True)
     cut_emb, cut_lm = {}, {}
     for secs in SHORTER_S:
-        cut = [(name, x[: int(secs * C.SR)], t) for name, x, t in queries]
-        cut_emb[secs], cut_lm[secs] = null_evidence(catalog, cut, lambda t: C.related(t, tracks))
+        cut = [(name, x[: int(secs * C.SR)], parts) for name, x, parts in queries]
+        cut_emb[secs], cut_lm[secs] = null_evidence(catalog, cut, lambda parts: C.related_to(parts, tracks))
         print(f"negatives cut to {secs:g} s measured ({time.time() - t0:.0f} s)", flush=True)
     shortest = min(len(x) for _, x, _ in queries) / C.SR
     cal = fit(emb, engine.embedder.version, shortest, cut_emb)

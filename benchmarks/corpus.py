@@ -27,6 +27,12 @@ def related(track: Track, tracks: list[Track]) -> set[str]:
                                                if track.stem_group and t.stem_group == track.stem_group}
 
 
+def related_to(parts: tuple[Track, ...], tracks: list[Track]) -> set[str]:
+    """Ids of the tracks that share material with any of ``parts``, the tracks whose music an
+    output is made of (a negative mixed from two)."""
+    return set().union(*(related(t, tracks) for t in parts))
+
+
 def music_folder(which: str = "full") -> Path:
     """Fetch (idempotently) and return the corpus folder."""
     script = REPO / "scripts" / "get-music"

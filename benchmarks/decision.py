@@ -201,13 +201,13 @@ def negatives(bench: Bench, n: int, seed: int) -> tuple[dict, list]:
     false_blocks = []
     negs = negative_queries(bench.tracks, n, np.random.default_rng(seed + 1))
     cuts = np.random.default_rng(seed + 2)
-    for name, x, t in negs:
+    for name, x, parts in negs:
         if hi < NEGATIVE_S[0]:      # outputs shorter than every negative: its first lo-hi s
             x = x[: int(cuts.uniform(lo, hi) * C.SR)]
         d = bench.run(x)
         neg["n"] += 1
-        # a match with a track that shares material with the excerpt's is not a false match
-        unrelated = [(m, i) for m, i in d.blocking if i.external_id not in C.related(t, bench.tracks)]
+        # a match with a track that shares material with the music in the output is not a false match
+        unrelated = [(m, i) for m, i in d.blocking if i.external_id not in C.related_to(parts, bench.tracks)]
         if unrelated:
             neg["block"] += 1
             false_blocks += [(name, m, i) for m, i in unrelated]

@@ -77,9 +77,9 @@ def zero_false_match(catalog, negs, tracks, secs: float | None) -> list[float]:
     produced against an unrelated track, per layer (embedding, Chromaprint, landmarks, merged); printed."""
     t0 = time.time()
     null = [[], [], [], []]
-    for name, x, t in negs:
+    for name, x, parts in negs:
         for layer, found in zip(null, evidence(catalog, x if secs is None else x[: int(secs * C.SR)], name)):
-            layer.append(best_unrelated(found, C.related(t, tracks)))
+            layer.append(best_unrelated(found, C.related_to(parts, tracks)))
     out = [max(layer) for layer in null]
     cut = "" if secs is None else f" cut to {secs:g} s"
     print(f"\n{len(negs)} negatives{cut} ({time.time() - t0:.0f} s): zero-false-match thresholds: embedding evidence > "
