@@ -208,11 +208,17 @@ def bench_engine(home: Path, model: Path | None = None, calibration: Path | None
 
 def other_music(pool: list[Track], seconds: float, rng: np.random.Generator) -> np.ndarray:
     """A loud excerpt of a random track from ``pool`` (new material to mix or splice with)."""
+    return music_from(pool, seconds, rng)[1]
+
+
+def music_from(pool: list[Track], seconds: float, rng: np.random.Generator) -> tuple[Track, np.ndarray]:
+    """``other_music``, with the track it comes from."""
     while True:
-        clip = load(pool[rng.integers(len(pool))])
+        track = pool[rng.integers(len(pool))]
+        clip = load(track)
         s = loud_start(clip, seconds, rng)
         if s is not None:
-            return clip.excerpt(s, s + seconds).samples
+            return track, clip.excerpt(s, s + seconds).samples
 
 
 # name → f(x, rng, pool): every transform the robustness and decision benchmarks apply

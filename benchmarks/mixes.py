@@ -14,7 +14,9 @@ Negatives are held-out ``unseen`` music of one game mixed under that of another 
 chain, as long as the rows' copies and at their SNRs.
 
 Prints, per copy length and SNR, the copies blocked naming the copied track where the copy is
-(new chain, old chain), which layers made the blocking match, and the false blocks.
+(new chain, old chain), which layers made the blocking match, and the false blocks (a block
+naming a catalog track that shares material with the music under the copy is not one: that
+music holds it).
 """
 from __future__ import annotations
 
@@ -38,9 +40,11 @@ def loud_excerpt(track: C.Track, secs: float, rng: np.random.Generator) -> np.nd
     return None if s is None else clip.excerpt(s, s + secs).samples
 
 
-def overlay_for(track: C.Track, pool: list[C.Track], secs: float, rng: np.random.Generator) -> np.ndarray:
-    """A loud ``secs`` of a random track of ``pool`` from a package other than ``track``'s."""
-    return C.other_music([t for t in pool if t.package != track.package], secs, rng)
+def overlay_for(track: C.Track, pool: list[C.Track], secs: float,
+                rng: np.random.Generator) -> tuple[C.Track, np.ndarray]:
+    """A loud ``secs`` of a random track of ``pool`` from a package other than ``track``'s, and
+    that track."""
+    return C.music_from([t for t in pool if t.package != track.package], secs, rng)
 
 
 def make_pair(among: list[C.Track], pool: list[C.Track], tracks: list[C.Track], secs: float, snr_db: float,
@@ -53,12 +57,12 @@ def make_pair(among: list[C.Track], pool: list[C.Track], tracks: list[C.Track], 
         if copy is not None:
             break
     length = secs if rng.random() < 0.5 else 2 * secs
-    overlay = overlay_for(truth, pool, length, rng)
+    under, overlay = overlay_for(truth, pool, length, rng)
     at = float(rng.uniform(0, length - secs))
-    related = frozenset(C.related(truth, tracks))
-    new = Song("producer", C.produce(copy, overlay, snr_db, at), related, truth.track_id, at, at + secs)
+    related, host = frozenset(C.related(truth, tracks)), frozenset(C.related(under, tracks))
+    new = Song("producer", C.produce(copy, overlay, snr_db, at), related, truth.track_id, at, at + secs, host)
     i = int(at * C.SR)
-    old = Song("old", C.mix(copy, overlay[i:i + len(copy)], snr_db), related, truth.track_id, 0.0, secs)
+    old = Song("old", C.mix(copy, overlay[i:i + len(copy)], snr_db), related, truth.track_id, 0.0, secs, host)
     return new, old
 
 
@@ -106,8 +110,9 @@ def negatives(bench: Bench, pool: list[C.Track], args) -> tuple[int, int, list]:
             x = loud_excerpt(t, secs, rng)
             if x is not None:
                 break
-        q = Song("negative", C.produce(x, overlay_for(t, pool, secs, rng), snr, 0.0),
-                 frozenset(C.related(t, bench.tracks)))
+        under, overlay = overlay_for(t, pool, secs, rng)
+        q = Song("negative", C.produce(x, overlay, snr, 0.0), frozenset(C.related(t, bench.tracks)),
+                 host=frozenset(C.related(under, bench.tracks)))
         d = bench.run(q.samples)
         wrong = false_blocks(d, q)
         if wrong:

@@ -51,7 +51,9 @@ TIMED_S = (30.0, 60.0, 240.0, 600.0)
 @dataclass(frozen=True)
 class Song:
     """An output: ``samples`` (8 kHz) of ``kind``; ``related`` the catalog ids it may name
-    (its own material); for a copy, ``truth`` and the copy's place in the output (seconds)."""
+    (its own material); for a copy, ``truth`` and the copy's place in the output (seconds), and
+    ``host`` the catalog ids that share material with the music it is mixed under (a block naming
+    one is no false block, nor the copy found)."""
 
     kind: str
     samples: np.ndarray
@@ -59,6 +61,7 @@ class Song:
     truth: str = ""
     start: float = 0.0
     end: float = 0.0
+    host: frozenset[str] = frozenset()
 
 
 def song_catalog(engine, folder: Path, tracks: list[C.Track]):
@@ -155,7 +158,7 @@ def whole_copies(tracks: list[C.Track], n: int, rng: np.random.Generator) -> lis
 
 
 def false_blocks(d: Decision, song: Song) -> list:
-    return [(m, i) for m, i in d.blocking if i.external_id not in song.related]
+    return [(m, i) for m, i in d.blocking if i.external_id not in song.related | song.host]
 
 
 def found(d: Decision, song: Song) -> bool:
