@@ -166,9 +166,10 @@ def _sample(catalog: Catalog, where: dict[int, tuple[Path, int]], n: int, seed: 
 def _reembed(catalog: Catalog, tracks: list[Track], workers: int, engine: str, ray_address: str | None,
              progress: Progress | None) -> dict[int, tuple[Path, int]]:
     """Embed ``tracks`` again from their files with the loaded model, store the vectors as
-    shards and the landmark peaks in the database, and return where the vectors are (as
-    ``_stored_tracks``). Refuses (``RebuildError``, no peaks changed and the index kept) when a
-    file is gone, unreadable or no longer the indexed content."""
+    shards and the landmark peaks in the database, a shard's worth at a time (memory stays
+    bounded however many tracks), and return where the vectors are (as ``_stored_tracks``).
+    Refuses (``RebuildError``, the index kept) when a file is gone, unreadable or no longer the
+    indexed content; peaks already taken again from unchanged files stay, since they are right."""
     if not tracks:
         return {}
     by_path = {t.source_path: t for t in tracks}
@@ -186,6 +187,8 @@ def _reembed(catalog: Catalog, tracks: list[Track], workers: int, engine: str, r
                                      np.concatenate([v for _, _, v in done]), catalog.embedder.version)
             found.update({k: (p, len(w)) for k, w, _ in done})
             done.clear()
+            catalog.store.set_peaks(peaks, landmarks.PEAKS)
+            peaks.clear()
 
     outcomes = catalog.outcomes([Path(p) for p in by_path], workers, engine, ray_address, is_known=lambda sha: False)
     for done_so_far, outcome in enumerate(outcomes, 1):
@@ -205,7 +208,6 @@ def _reembed(catalog: Catalog, tracks: list[Track], workers: int, engine: str, r
     flush()
     if problems:
         raise RebuildError(_rebuild_refusal(problems))
-    catalog.store.set_peaks(peaks, landmarks.PEAKS)
     return found
 
 
