@@ -52,13 +52,16 @@ def landmark_matches(index: landmarks.LandmarkIndex, clip: Clip, embedding: list
     An output longer than ``landmarks.DENSE_S`` is searched at tempo 1.0 with ``LONG_QUERY``'s
     sparser peaks (the search's work and memory grow with the output's length), and near each
     match at its tempo with ``QUERY``'s, as shorter outputs are everywhere."""
-    query = landmarks.peaks(clip, landmarks.QUERY)
     if clip.duration > landmarks.DENSE_S:
+        query = None        # its dense peaks are taken only if a search at a measured tempo needs them
         found = index.search(landmarks.peaks(clip, landmarks.LONG_QUERY), fan_out=landmarks.LONG_QUERY.fan_out)
     else:
+        query = landmarks.peaks(clip, landmarks.QUERY)
         found = index.search(query)
     changed = [m for m in embedding if abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE]
     for m in sorted(changed, key=lambda m: m.evidence, reverse=True)[:TEMPO_LOOKS]:
+        if query is None:
+            query = landmarks.peaks(clip, landmarks.QUERY)
         found += index.search(landmarks.between(query, m.query_start - LOOK_MARGIN_S, m.query_end + LOOK_MARGIN_S),
                               tempo=m.tempo_ratio, track=m.track)
     cal = index.calibration
