@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,6 +71,8 @@ EXTENT_GAP_S = 6.0                # ... and the copy it evidences, at a gap this
 CORE_STEP_S = 0.25                # a stretch's ends are where its pairs stop being dense (``matcher.core``)
 TEXTURE_CELLS = 31                # offset cells (~2 s) either side where a texture's other alignments lie
 CALIBRATION = "landmarks.calibration.json"
+TABLE = ("ids", "tracks", "times", "starts")  # the arrays of a saved ``LandmarkIndex``
+TABLE_FILE = "landmarks-{}.npy"
 
 
 def peaks(clip: Clip, picking: Picking = CATALOG) -> np.ndarray:
@@ -164,30 +167,79 @@ def default_calibration() -> Calibration:
 
 
 class LandmarkIndex:
-    """In-memory inverted index of the catalog's peak-pair hashes."""
+    """Inverted index of the catalog's peak-pair hashes: where each hash's pairs start
+    (``starts``, 8 MB), and each pair's track (its rank among ``ids``, in the smallest type that
+    holds it) and anchor frame, the pairs of one hash in track order: 5 to 8 bytes a pair.
+
+    Built from peaks in memory (``LandmarkIndex(prints)``), changed by ``updated``, written beside
+    a published vector index by ``save`` and opened from there memory-mapped (``open``): a server
+    then starts without building it, and holds in memory the pages that its checks read."""
 
     def __init__(self, prints: dict[int, np.ndarray], calibration: Calibration | None = None):
+        keys = sorted(prints)
+        self._use(*_table(np.asarray(keys, np.int64), [hashes(prints[k]) for k in keys]), calibration)
+
+    def _use(self, ids: np.ndarray, tracks: np.ndarray, times: np.ndarray, starts: np.ndarray,
+             calibration: Calibration | None) -> None:
+        self.ids, self.tracks, self.times, self.starts = ids, tracks, times, starts
         self.calibration = calibration or default_calibration()
-        hs, tracks, times = [], [], []
-        for track, p in prints.items():
-            h, t = hashes(p)
-            hs.append(h)
-            tracks.append(np.full(len(h), track, np.int64))
-            times.append(t)
-        h = np.concatenate(hs) if hs else np.zeros(0, np.int64)
-        tr = np.concatenate(tracks) if tracks else np.zeros(0, np.int64)
-        # a track is stored as its rank among ``ids``, in the smallest type that holds it
-        self.ids, rank = np.unique(tr, return_inverse=True)
-        order = np.lexsort((rank, h))    # by hash, and each hash's pairs by track (``_of_track``)
-        # 9 to 12 bytes per hash: hashes have 20 bits, frames 24, ranks 8, 16 or 32
-        self.hashes = h[order].astype(np.int32)
-        self.tracks = rank[order].astype(np.min_scalar_type(max(len(self.ids) - 1, 0)))
-        self.times = np.concatenate(times)[order].astype(np.int32) if times else np.zeros(0, np.int32)
-        # where each hash's pairs start (8 MB): a lookup is two reads, not a binary search
-        self.starts = np.searchsorted(self.hashes, np.arange(HASHES + 1))
+
+    @classmethod
+    def open(cls, folder: Path, calibration: Calibration | None = None) -> "LandmarkIndex":
+        """The index ``save`` wrote to ``folder``, its pairs memory-mapped."""
+        index = cls.__new__(cls)
+        # plain arrays over the mapped files: what a search computes from them is no ``memmap``
+        ids, *rest = (np.asarray(np.load(folder / TABLE_FILE.format(name), mmap_mode="r")) for name in TABLE)
+        index._use(np.array(ids), *rest, calibration)
+        return index
+
+    @staticmethod
+    def saved_in(folder: Path) -> bool:
+        return all((folder / TABLE_FILE.format(name)).exists() for name in TABLE)
+
+    def save(self, folder: Path) -> None:
+        """Write the index to ``folder`` (``TABLE_FILE``, one file per array)."""
+        for name in TABLE:
+            np.save(folder / TABLE_FILE.format(name), np.ascontiguousarray(getattr(self, name)))
+
+    def updated(self, prints: dict[int, np.ndarray], drop: list[int] = ()) -> "LandmarkIndex":
+        """A new index in memory: this one without the tracks ``drop``, with the tracks of
+        ``prints`` (their peaks) added, which must come after every track kept (``ValueError``
+        otherwise: build a new index then). It reads this one's pairs once, in order, and
+        never sorts them: one pass, where building from peaks hashes and sorts every pair."""
+        kept = self.ids[~np.isin(self.ids, np.asarray(drop, np.int64))]
+        keys = np.asarray(sorted(prints), np.int64)
+        if len(keys) and len(kept) and keys[0] <= kept[-1]:
+            raise ValueError("the tracks added must come after every track kept")
+        new_ids, new_tracks, new_times, new_starts = _table(keys, [hashes(prints[k]) for k in keys])
+        ids = np.concatenate([kept, keys])
+        rank = np.min_scalar_type(max(len(ids) - 1, 0))
+        # each kept pair's hash, and how many kept pairs come before it (``self.tracks`` in order)
+        keep = np.isin(self.ids, kept)[self.tracks]
+        before = np.concatenate([[0], np.cumsum(keep)])
+        old_counts = before[self.starts[1:]] - before[self.starts[:-1]]
+        counts = old_counts + np.diff(new_starts)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        tracks, times = np.empty(starts[-1], rank), np.empty(starts[-1], np.int32)
+        h = np.repeat(np.arange(HASHES, dtype=np.int32), np.diff(self.starts))[keep]
+        at = starts[h] + before[:-1][keep] - before[self.starts[h]]
+        tracks[at] = np.searchsorted(ids, self.ids[self.tracks[keep]])
+        times[at] = self.times[keep]
+        # a hash's added pairs come after its kept ones
+        h = np.repeat(np.arange(HASHES, dtype=np.int32), np.diff(new_starts))
+        at = starts[h] + old_counts[h] + np.arange(len(h)) - new_starts[h]
+        tracks[at] = new_tracks.astype(rank) + len(kept)
+        times[at] = new_times
+        index = LandmarkIndex.__new__(LandmarkIndex)
+        index._use(ids, tracks, times, starts, self.calibration)
+        return index
 
     def __len__(self) -> int:
-        return len(self.hashes)
+        return len(self.times)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, name).nbytes for name in TABLE)
 
     def search(self, query: np.ndarray, max_matches: int = 5, tempo: float = 1.0, track: int | None = None,
                fan_out: int = QUERY.fan_out) -> list[LandmarkMatch]:
@@ -202,7 +254,7 @@ class LandmarkIndex:
         if tempo != 1.0:
             p = np.sort(np.round((p >> 8) * tempo).astype(np.uint32) << 8 | (p & 0xFF))
         h, qt = hashes(p, fan_out)
-        if len(h) == 0 or len(self.hashes) == 0:
+        if len(h) == 0 or len(self.times) == 0:
             return []
         lo = self.starts[h]
         counts = self.starts[h + 1] - lo
@@ -329,6 +381,17 @@ class LandmarkIndex:
         return LandmarkMatch(track, float(first * FRAME_S / tempo), float((last + MAX_DT / 2) * FRAME_S / tempo),
                              float(np.median(off_near[run]) * FRAME_S), votes,
                              self.calibration.p_false(evidence), tempo, evidence)
+
+
+def _table(ids: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """(ids, tracks, times, starts) of ``LandmarkIndex`` from each track's (hashes, anchor frames),
+    in the order of ``ids`` (sorted): a stable sort by hash keeps each hash's pairs in track order."""
+    h = np.concatenate([p[0] for p in pairs]).astype(np.int32) if pairs else np.zeros(0, np.int32)
+    times = np.concatenate([p[1] for p in pairs]).astype(np.int32) if pairs else np.zeros(0, np.int32)
+    rank = np.repeat(np.arange(len(ids)), [len(p[0]) for p in pairs]).astype(np.min_scalar_type(max(len(ids) - 1, 0)))
+    order = np.argsort(h, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(h, minlength=HASHES))])
+    return ids, rank[order], times[order], starts
 
 
 def _dense_run(times: np.ndarray, gap_s: float, holding: int | None = None) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from detector import landmarks
 from detector.errors import ClearanceError
+from index.layers.landmarks import write_index
 from index.pipeline import Failure
 from index.store import Track, TrackState
 from index.vectors import (IndexMismatch, VectorIndex, measure_recall, min_training_vectors, needs_training,
@@ -99,7 +101,7 @@ def rebuild_locked(catalog: Catalog, workers: int, engine: str, ray_address: str
     # model) is refused until a rebuild, which finds every vector in the shards just written
     catalog.store.set_vectors({k: n for k, n in counts.items() if rows[k].model != model or rows[k].vectors != n},
                               model)
-    new.save()
+    new.save(partial(write_index, catalog.store, None))      # the peaks of some tracks were taken again
     for p in before:
         if p not in written:
             p.unlink(missing_ok=True)

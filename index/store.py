@@ -188,9 +188,10 @@ class Store:
         """Chromaprint sub-fingerprints of every indexed track, by track key."""
         return self._uint32_arrays(chromaprints.c.fingerprint)
 
-    def landmarks(self) -> dict[int, np.ndarray]:
-        """Landmark peaks of every indexed track, by track key."""
-        return self._uint32_arrays(landmarks.c.peaks)
+    def landmarks(self, keys: Iterable[int] | None = None) -> dict[int, np.ndarray]:
+        """Landmark peaks of every indexed track, or of the tracks ``keys`` (whatever their
+        state), by track key."""
+        return self._uint32_arrays(landmarks.c.peaks, keys)
 
     def stale_peaks(self, version: str) -> list[int]:
         """Keys of indexed tracks whose landmark peaks were picked otherwise than ``version``."""
@@ -206,11 +207,13 @@ class Store:
                 c.execute(landmarks.update().where(landmarks.c.track_id == key)
                           .values(peaks=p.astype("<u4").tobytes(), version=version))
 
-    def _uint32_arrays(self, column: sa.Column) -> dict[int, np.ndarray]:
-        """A per-track array column (little-endian uint32) of every indexed track."""
-        q = sa.select(column.table.c.track_id, column).join(tracks).where(tracks.c.state == TrackState.indexed.value)
+    def _uint32_arrays(self, column: sa.Column, keys: Iterable[int] | None = None) -> dict[int, np.ndarray]:
+        """A per-track array column (little-endian uint32) of every indexed track, or of ``keys``."""
+        q = sa.select(column.table.c.track_id, column).join(tracks)
+        queries = [q.where(tracks.c.state == TrackState.indexed.value)] if keys is None else \
+            [q.where(tracks.c.id.in_(some)) for some in _chunks(keys)]
         with self.engine.connect() as c:
-            return {key: np.frombuffer(blob, "<u4").astype(np.uint32) for key, blob in c.execute(q)}
+            return {key: np.frombuffer(blob, "<u4").astype(np.uint32) for q in queries for key, blob in c.execute(q)}
 
     # --- checks -------------------------------------------------------------------------
     def save_check(self, result: dict, submitter: str | None = None, idempotency_key: str | None = None) -> None:

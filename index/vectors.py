@@ -12,8 +12,9 @@ its candidates are rescored exactly, so it costs recall only where a neighbour l
 lists it probes, and it reads an eighth of the vectors.
 
 Files live in ``HOME/index/gen-NNNNNN/`` beside a ``CURRENT`` file naming the published
-generation. ``save()`` writes a new generation and swaps ``CURRENT`` with ``os.replace``, so a
-crash leaves either the old or the new index, never half of one.
+generation, with the landmark layer's index of the same tracks. ``save()`` writes a new generation
+and swaps ``CURRENT`` with ``os.replace``, so a crash leaves either the old or the new index, never
+half of one.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import faiss
 import numpy as np
@@ -265,8 +266,15 @@ class VectorIndex:
             ivf = faiss.extract_index_ivf(skim)
             ivf.nprobe = max(1, ivf.nlist // SKIM_PROBE)
 
-    def save(self) -> None:
-        """Publish the in-memory index as a new generation, atomically."""
+    @property
+    def folder(self) -> Path | None:
+        """The published generation's folder, where the other layers' indexes lie beside the
+        vectors (``save``'s ``beside``); None before the first publish."""
+        return self.root / f"gen-{self.generation:06d}" if self.generation else None
+
+    def save(self, beside: Callable[[Path], None] | None = None) -> None:
+        """Publish the in-memory index as a new generation, atomically; ``beside(folder)`` writes
+        the other layers' indexes of the same tracks into the new generation's folder first."""
         self.root.mkdir(parents=True, exist_ok=True)
         gen = self.generation + 1
         name = f"gen-{gen:06d}"
@@ -281,6 +289,8 @@ class VectorIndex:
                 "hop_s": self.info.hop_s, "factory": self.info.factory, "recall": self.info.recall,
                 "vectors": self.size}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        if beside is not None:
+            beside(tmp)
         fsync_tree(tmp)
         os.replace(tmp, self.root / name)
         publish_pointer(self.root / "CURRENT", name)

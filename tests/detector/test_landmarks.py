@@ -131,6 +131,24 @@ def test_a_search_of_one_track_finds_there_what_the_whole_catalog_search_finds(t
                [[rank] * int(np.sum(index.tracks[a:b] == rank)) for a, b in zip(lo, hi)]
 
 
+def same_index(a: landmarks.LandmarkIndex, b: landmarks.LandmarkIndex) -> bool:
+    return all(np.array_equal(getattr(a, name), getattr(b, name)) for name in landmarks.TABLE)
+
+
+def test_an_index_saved_opened_or_updated_holds_what_one_built_from_peaks_does(tracks, index, tmp_path):
+    prints = {k: landmarks.peaks(c) for k, c in enumerate(list(tracks.values())[:3])}
+    index.save(tmp_path)
+    opened = landmarks.LandmarkIndex.open(tmp_path, CAL)
+    assert same_index(opened, index) and not isinstance(opened.times, np.memmap)   # what searches compute is no memmap
+    query = landmarks.peaks(tracks["drascula-track6"].excerpt(30.0, 45.0), landmarks.QUERY)
+    assert opened.search(query) == index.search(query)
+    # tracks added after the others, and tracks taken down, without building it again
+    assert same_index(landmarks.LandmarkIndex({0: prints[0]}, CAL).updated({1: prints[1], 2: prints[2]}), index)
+    assert same_index(opened.updated({}, drop=[1]), landmarks.LandmarkIndex({0: prints[0], 2: prints[2]}, CAL))
+    with pytest.raises(ValueError):
+        opened.updated({1: prints[1]}, drop=[1])
+
+
 def test_a_search_at_a_measured_tempo_looks_only_near_the_match_that_measured_it(tracks, index):
     # a copy played 1.1x as fast, then a minute of other music: the landmarks find it at the tempo
     # the embedding measured where the embedding found it, and nowhere when the embedding's match

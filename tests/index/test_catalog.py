@@ -3,6 +3,7 @@ indexing; worker processes, retraining, takedowns and rebuilds with a new model.
 from __future__ import annotations
 
 import copy
+import logging
 import multiprocessing
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from detector.landmarks import TABLE, LandmarkIndex
 from detector.policy import Rights
 from index.catalog import Catalog
 from index.layers.landmarks import TEMPO_LOOKS
@@ -49,6 +51,36 @@ def test_reconcile_after_crash_between_steps(music, tmp_path):
     assert all(t.state == "indexed" for t in rows.values())
     assert catalog.vectors.tracks() == {t.id: t.vectors for t in rows.values()}
     assert rows["track4"].id == ids["track4"]
+
+
+def test_the_landmark_index_is_published_with_the_vectors_and_follows_takedowns(music, tmp_path, caplog):
+    catalog = Engine(Settings(home=tmp_path)).catalog
+    paths = [music[t].path for t in ("drascula-track4", "drascula-track6", "drascula-track8")]
+
+    def published() -> LandmarkIndex:
+        """The landmark index saved with the published vectors, checked against the stored peaks."""
+        saved = LandmarkIndex.open(catalog.vectors.folder)
+        built = LandmarkIndex(catalog.store.landmarks())
+        assert all(np.array_equal(getattr(saved, name), getattr(built, name)) for name in TABLE)
+        return saved
+
+    catalog.index_paths(paths[:2], Rights.protected, publish_every_s=0)     # published after each track
+    # published before landmark indexes were saved: built from the stored peaks, saved at the next publish
+    for f in catalog.vectors.folder.glob("landmarks-*"):
+        f.unlink()
+    catalog.unload()
+    with caplog.at_level(logging.WARNING):
+        assert len(catalog.landmark_index) > 0
+    assert "built from the stored peaks" in caplog.text
+    catalog.index_paths(paths[2:], Rights.protected)
+    assert len(published().ids) == 3
+    catalog.remove(["track6"])
+    assert len(published().ids) == 2
+    caplog.clear()
+    catalog.unload()
+    with caplog.at_level(logging.WARNING):
+        assert isinstance(catalog.landmark_index.times.base, np.memmap)           # opened, not built
+    assert "built from the stored peaks" not in caplog.text
 
 
 def test_failed_file_is_recorded_and_the_job_goes_on(music, tmp_path):
