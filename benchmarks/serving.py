@@ -4,9 +4,9 @@ corpus indexed (301 tracks, 17.9 h; ``benchmarks.load.full_catalog``).
     python -m benchmarks.serving [--home ~/.cache/clearance/bench-service-home] [--runs 3]
 
 Prints, per layer, what its index takes on disk and in memory, and per hour of catalog audio:
-the vectors (FAISS files of the published generation, read whole), the landmark index (saved
-beside them and memory-mapped: the pages checks read are held as file pages, shared and
-reclaimable), Chromaprint (arrays built from the database when a check first needs them) and the
+the vectors (FAISS files of the published generation, read whole), the Chromaprint and landmark
+indexes (saved beside them and memory-mapped: the pages checks read are held as file pages,
+shared and reclaimable; built in memory where the catalog was published without them) and the
 database file. Then, ``--runs`` times, a fresh process (``Engine``, as ``clearance serve`` and
 ``clearance check`` hold it): seconds from its start to the model and vectors loaded (imports
 included), its first 30 s MP3 check (decode included; the layers' indexes are opened or built on
@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.load import HOME, full_catalog, outputs
-from detector.landmarks import TABLE, TABLE_FILE
+from index.layers import SavedLayer
+from index.search import LAYERS
 
 
 def child(home: Path, started: float, files: list[Path]) -> None:
@@ -55,17 +56,14 @@ def _rss() -> dict[str, float]:
 def layer_rows(engine) -> list[str]:
     hours = sum(t.duration_s for t in engine.store.list_tracks()) / 3600
     folder = engine.catalog.vectors.folder
-    landmark_files = [folder / TABLE_FILE.format(name) for name in TABLE]
-    chroma = engine.catalog.chroma
-    rows = [
-        ("vectors (FAISS, read whole)", sum(f.stat().st_size for f in folder.glob("*.faiss")), "in memory"),
-        ("landmarks (memory-mapped)" if all(f.exists() for f in landmark_files) else "landmarks (not saved)",
-         sum(f.stat().st_size for f in landmark_files if f.exists()), "mapped, paged in by checks"),
-        ("Chromaprint (built on first use)",
-         sum(a.nbytes for a in (chroma.values, chroma.tracks, chroma.positions)) +
-         sum(p.nbytes for p in chroma.prints.values()), "in memory"),
-        ("database (SQLite file)", (engine.settings.home / "catalog.db").stat().st_size, "read per check"),
-    ]
+    rows = [("vectors (FAISS, read whole)", sum(f.stat().st_size for f in folder.glob("*.faiss")), "in memory")]
+    for layer in LAYERS:
+        if isinstance(layer, SavedLayer):
+            files = list(folder.glob(f"{layer.index_type.saved_as}-*.npy"))
+            rows.append((f"{layer.name} (memory-mapped)" if files else f"{layer.name} (not saved: built)",
+                         sum(f.stat().st_size for f in files) or engine.catalog.searcher.index(layer.name).nbytes,
+                         "mapped, paged in by checks" if files else "in memory"))
+    rows.append(("database (SQLite file)", (engine.settings.home / "catalog.db").stat().st_size, "read per check"))
     out = [f"catalog: {len(engine.store.list_tracks())} tracks, {hours:.1f} h; index generation {folder.name}",
            f"{'layer':<36} {'MB':>8} {'MB/h':>6}  held",
            "-" * 70]

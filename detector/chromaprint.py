@@ -14,6 +14,7 @@ import acoustid
 import chromaprint
 import numpy as np
 
+from detector import saved
 from detector.audio import Clip
 
 ITEM_S = 4096 / 3 / 11025     # seconds per sub-fingerprint (chromaprint's default algorithm)
@@ -81,21 +82,57 @@ def independent_bits(ref: np.ndarray) -> tuple[int, np.ndarray]:
     return min(int(varying.sum()) + flips, int(varying.sum()) * max(len(ref) // 3, 1)), varying
 
 
-class ChromaIndex:
-    """In-memory inverted index of the catalog's sub-fingerprints."""
+class ChromaIndex(saved.SavedArrays):
+    """Inverted index of the catalog's sub-fingerprints: every sub-fingerprint value, sorted, with
+    its track (its rank among ``ids``) and position; and each track's sub-fingerprints in order
+    (``items``, the track of rank r from ``starts[r]``), which confirm an alignment. 14 to 17 bytes
+    a sub-fingerprint. Built from fingerprints (``ChromaIndex(prints)``), changed by ``updated``,
+    saved beside a published vector index and opened from there memory-mapped, as
+    ``LandmarkIndex`` is."""
+
+    saved_as, arrays = "chromaprint", ("ids", "starts", "items", "values", "tracks", "positions")
 
     def __init__(self, prints: dict[int, np.ndarray]):
-        self.prints = prints
-        values, tracks, positions = [], [], []
-        for track, fp in prints.items():
-            values.append(fp)
-            tracks.append(np.full(len(fp), track, np.int64))
-            positions.append(np.arange(len(fp)))
-        v = np.concatenate(values) if values else np.zeros(0, np.uint32)
-        order = np.argsort(v, kind="stable")
-        self.values = v[order]
-        self.tracks = np.concatenate(tracks)[order] if tracks else np.zeros(0, np.int64)
-        self.positions = np.concatenate(positions)[order] if positions else np.zeros(0, np.int64)
+        keys = sorted(prints)
+        self._use(*_table(np.asarray(keys, np.int64), [np.asarray(prints[k], np.uint32) for k in keys]))
+
+    def _use(self, ids: np.ndarray, starts: np.ndarray, items: np.ndarray, values: np.ndarray, tracks: np.ndarray,
+             positions: np.ndarray) -> None:
+        self.ids, self.starts, self.items, self.values, self.tracks, self.positions = \
+            ids, starts, items, values, tracks, positions
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def updated(self, prints: dict[int, np.ndarray], drop: list[int] = ()) -> "ChromaIndex":
+        """A new index in memory: this one without the tracks ``drop``, with the tracks of
+        ``prints`` added, which must come after every track kept (``ValueError`` otherwise).
+        Each added value goes after the kept ones equal to it: no sort of the kept values."""
+        kept = self.ids[~np.isin(self.ids, np.asarray(drop, np.int64))]
+        keys = np.asarray(sorted(prints), np.int64)
+        if len(keys) and len(kept) and keys[0] <= kept[-1]:
+            raise ValueError("the tracks added must come after every track kept")
+        _, new_starts, new_items, new_values, new_tracks, new_positions = \
+            _table(keys, [np.asarray(prints[k], np.uint32) for k in keys])
+        ids = np.concatenate([kept, keys])
+        kept_rank = np.isin(self.ids, kept)
+        keep = kept_rank[self.tracks]
+        values = self.values[keep]
+        at = np.searchsorted(values, new_values, "right") + np.arange(len(new_values))
+        old = np.ones(len(values) + len(new_values), bool)
+        old[at] = False
+        out = {"values": np.empty(len(old), np.uint32), "tracks": np.empty(len(old), saved.rank_type(len(ids))),
+               "positions": np.empty(len(old), np.int32)}
+        out["values"][old], out["values"][at] = values, new_values
+        out["tracks"][old] = np.searchsorted(ids, self.ids[self.tracks[keep]])
+        out["tracks"][at] = new_tracks.astype(out["tracks"].dtype) + len(kept)
+        out["positions"][old], out["positions"][at] = self.positions[keep], new_positions
+        lengths = np.diff(self.starts)
+        items = np.concatenate([self.items[np.repeat(kept_rank, lengths)], new_items])
+        starts = np.concatenate([[0], np.cumsum(np.concatenate([lengths[kept_rank], np.diff(new_starts)]))])
+        index = ChromaIndex.__new__(ChromaIndex)
+        index._use(ids, starts, items, out["values"], out["tracks"], out["positions"])
+        return index
 
     def search(self, query: np.ndarray, max_matches: int = 5) -> list[ChromaMatch]:
         """Aligned stretches of catalog tracks that agree with ``query``, best first."""
@@ -109,21 +146,22 @@ class ChromaIndex:
         idx = np.concatenate([np.arange(a, b) for a, b in zip(lo[keep], hi[keep])]) if keep.any() else np.zeros(0, int)
         if len(idx) == 0:
             return []
-        tracks, offsets = self.tracks[idx], self.positions[idx] - qpos
-        pairs, votes = np.unique(np.stack([tracks, offsets], 1), axis=0, return_counts=True)
+        ranks, offsets = self.tracks[idx].astype(np.int64), self.positions[idx].astype(np.int64) - qpos
+        pairs, votes = np.unique(np.stack([ranks, offsets], 1), axis=0, return_counts=True)
         found: list[ChromaMatch] = []
         for j in np.argsort(-votes)[: 4 * max_matches]:
             if votes[j] < 3:
                 break
-            track, offset = int(pairs[j, 0]), int(pairs[j, 1])
-            m = self._verify(query, track, offset)
+            rank, offset = int(pairs[j, 0]), int(pairs[j, 1])
+            m = self._verify(query, rank, offset)
             if m and not any(f.track == m.track and abs((f.ref_item - f.query_item) - offset) < 8 for f in found):
                 found.append(m)
         found.sort(key=lambda m: m.p_false)
         return found[:max_matches]
 
-    def _verify(self, query: np.ndarray, track: int, offset: int) -> ChromaMatch | None:
-        ref = self.prints[track]
+    def _verify(self, query: np.ndarray, rank: int, offset: int) -> ChromaMatch | None:
+        """The stretch aligned at ``offset`` with the track of rank ``rank``, if it agrees."""
+        ref = self.items[self.starts[rank]:self.starts[rank + 1]]
         q0, q1 = max(0, -offset), min(len(query), len(ref) - offset)
         if q1 - q0 < MIN_MATCH_S / ITEM_S:
             return None
@@ -145,6 +183,19 @@ class ChromaIndex:
         on_varying = wrong[a:b][:, varying]
         shifted = [bits(np.bitwise_xor(query[q0 + a:q0 + b], ref[r0 + d:r1 + d]))[:, varying].mean()
                    for d in SHIFTS if r0 + d >= 0 and r1 + d <= len(ref)]
-        return ChromaMatch(track, q0 + a, r0, int(b - a), float(ber), observations,
+        return ChromaMatch(int(self.ids[rank]), q0 + a, r0, int(b - a), float(ber), observations,
                            float(on_varying.mean()) if on_varying.size else 0.5,
                            float(min(shifted, default=0.5)) if varying.any() else 0.5)
+
+
+def _table(ids: np.ndarray, prints: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """(ids, starts, items, values, tracks, positions) of ``ChromaIndex`` from each track's
+    sub-fingerprints, in the order of ``ids`` (sorted): a stable sort of the values keeps equal
+    ones in track order."""
+    lengths = [len(p) for p in prints]
+    items = np.concatenate(prints) if prints else np.zeros(0, np.uint32)
+    starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    order = np.argsort(items, kind="stable")
+    tracks = np.repeat(np.arange(len(ids)), lengths).astype(saved.rank_type(len(ids)))
+    positions = (np.arange(len(items)) - np.repeat(starts[:-1], lengths)).astype(np.int32)
+    return ids, starts, items, items[order], tracks[order], positions[order]

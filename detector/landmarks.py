@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detector import saved
 from detector.audio import Clip
 from detector.matcher import LOCAL_S, Calibration, Match, core, local_sum
 
@@ -71,8 +72,6 @@ EXTENT_GAP_S = 6.0                # ... and the copy it evidences, at a gap this
 CORE_STEP_S = 0.25                # a stretch's ends are where its pairs stop being dense (``matcher.core``)
 TEXTURE_CELLS = 31                # offset cells (~2 s) either side where a texture's other alignments lie
 CALIBRATION = "landmarks.calibration.json"
-TABLE = ("ids", "tracks", "times", "starts")  # the arrays of a saved ``LandmarkIndex``
-TABLE_FILE = "landmarks-{}.npy"
 
 
 def peaks(clip: Clip, picking: Picking = CATALOG) -> np.ndarray:
@@ -166,7 +165,7 @@ def default_calibration() -> Calibration:
         return Calibration.load(p)
 
 
-class LandmarkIndex:
+class LandmarkIndex(saved.SavedArrays):
     """Inverted index of the catalog's peak-pair hashes: where each hash's pairs start
     (``starts``, 8 MB), and each pair's track (its rank among ``ids``, in the smallest type that
     holds it) and anchor frame, the pairs of one hash in track order: 5 to 8 bytes a pair.
@@ -175,32 +174,21 @@ class LandmarkIndex:
     a published vector index by ``save`` and opened from there memory-mapped (``open``): a server
     then starts without building it, and holds in memory the pages that its checks read."""
 
+    saved_as, arrays = "landmarks", ("ids", "tracks", "times", "starts")
+
     def __init__(self, prints: dict[int, np.ndarray], calibration: Calibration | None = None):
         keys = sorted(prints)
         self._use(*_table(np.asarray(keys, np.int64), [hashes(prints[k]) for k in keys]), calibration)
 
     def _use(self, ids: np.ndarray, tracks: np.ndarray, times: np.ndarray, starts: np.ndarray,
-             calibration: Calibration | None) -> None:
+             calibration: Calibration | None = None) -> None:
         self.ids, self.tracks, self.times, self.starts = ids, tracks, times, starts
         self.calibration = calibration or default_calibration()
 
     @classmethod
     def open(cls, folder: Path, calibration: Calibration | None = None) -> "LandmarkIndex":
         """The index ``save`` wrote to ``folder``, its pairs memory-mapped."""
-        index = cls.__new__(cls)
-        # plain arrays over the mapped files: what a search computes from them is no ``memmap``
-        ids, *rest = (np.asarray(np.load(folder / TABLE_FILE.format(name), mmap_mode="r")) for name in TABLE)
-        index._use(np.array(ids), *rest, calibration)
-        return index
-
-    @staticmethod
-    def saved_in(folder: Path) -> bool:
-        return all((folder / TABLE_FILE.format(name)).exists() for name in TABLE)
-
-    def save(self, folder: Path) -> None:
-        """Write the index to ``folder`` (``TABLE_FILE``, one file per array)."""
-        for name in TABLE:
-            np.save(folder / TABLE_FILE.format(name), np.ascontiguousarray(getattr(self, name)))
+        return super().open(folder, calibration=calibration)
 
     def updated(self, prints: dict[int, np.ndarray], drop: list[int] = ()) -> "LandmarkIndex":
         """A new index in memory: this one without the tracks ``drop``, with the tracks of
@@ -213,7 +201,7 @@ class LandmarkIndex:
             raise ValueError("the tracks added must come after every track kept")
         new_ids, new_tracks, new_times, new_starts = _table(keys, [hashes(prints[k]) for k in keys])
         ids = np.concatenate([kept, keys])
-        rank = np.min_scalar_type(max(len(ids) - 1, 0))
+        rank = saved.rank_type(len(ids))
         # each kept pair's hash, and how many kept pairs come before it (``self.tracks`` in order)
         keep = np.isin(self.ids, kept)[self.tracks]
         before = np.concatenate([[0], np.cumsum(keep)])
@@ -236,10 +224,6 @@ class LandmarkIndex:
 
     def __len__(self) -> int:
         return len(self.times)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(getattr(self, name).nbytes for name in TABLE)
 
     def search(self, query: np.ndarray, max_matches: int = 5, tempo: float = 1.0, track: int | None = None,
                fan_out: int = QUERY.fan_out) -> list[LandmarkMatch]:
@@ -388,7 +372,7 @@ def _table(ids: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple
     in the order of ``ids`` (sorted): a stable sort by hash keeps each hash's pairs in track order."""
     h = np.concatenate([p[0] for p in pairs]).astype(np.int32) if pairs else np.zeros(0, np.int32)
     times = np.concatenate([p[1] for p in pairs]).astype(np.int32) if pairs else np.zeros(0, np.int32)
-    rank = np.repeat(np.arange(len(ids)), [len(p[0]) for p in pairs]).astype(np.min_scalar_type(max(len(ids) - 1, 0)))
+    rank = np.repeat(np.arange(len(ids)), [len(p[0]) for p in pairs]).astype(saved.rank_type(len(ids)))
     order = np.argsort(h, kind="stable")
     starts = np.concatenate([[0], np.cumsum(np.bincount(h, minlength=HASHES))])
     return ids, rank[order], times[order], starts

@@ -12,7 +12,6 @@ import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,11 +24,11 @@ from detector.matcher import Calibration, Match, Matcher
 from detector.model import Embedder
 from detector.policy import Rights
 from index.layers.embedding import REPORTED_P, embedding_matches
-from index.layers.landmarks import landmark_matches, write_index
+from index.layers.landmarks import landmark_matches
 from index.pipeline import (Failure, Fingerprinter, IndexEngine, Outcome, Skipped, new_job_folder, run_local,
                             run_ray)
 from index.rebuild import Progress, RebuildReport, rebuild, rebuild_locked
-from index.search import Searcher
+from index.search import Searcher, write_indexes
 from index.shards import ShardStore
 from index.store import Store, Track, TrackState
 from index.vectors import AUTO, VectorIndex, auto_factory, min_training_vectors, new_index, split_ids, vector_ids
@@ -177,7 +176,7 @@ class Catalog:
         silent = [k for k, t in rows.items() if t.state is TrackState.pending and t.vectors == 0]
         if stray or lost:
             vectors.remove(stray + lost)
-            vectors.save(partial(write_index, self.store, vectors.folder, added=adopt + silent, dropped=stray + lost))
+            vectors.save(write_indexes(self.store, vectors.folder, added=adopt + silent, dropped=stray + lost))
         self.store.delete(lost)
         self.store.mark_indexed(adopt + silent)
 
@@ -292,7 +291,7 @@ class Catalog:
         t0 = time.perf_counter()
         if batch.ids:
             self.shards.write(np.concatenate(batch.ids), np.concatenate(batch.vectors), self.embedder.version)
-        vectors.save(partial(write_index, self.store, vectors.folder, added=batch.keys))
+        vectors.save(write_indexes(self.store, vectors.folder, added=batch.keys))
         self.store.mark_indexed(batch.keys)
         batch.clear()
         self._published()
@@ -312,7 +311,7 @@ class Catalog:
         keys = np.asarray([t.id for t in found], np.int64)
         with self.writing() as vectors:
             vectors.remove(keys.tolist())
-            vectors.save(partial(write_index, self.store, vectors.folder, dropped=keys.tolist()))
+            vectors.save(write_indexes(self.store, vectors.folder, dropped=keys.tolist()))
             self.store.delete(keys.tolist())
             self._published()
             self.shards.purge(self.embedder.dim, lambda ids, model: ~np.isin(split_ids(ids)[0], keys))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -15,8 +14,8 @@ import numpy as np
 
 from detector import landmarks
 from detector.errors import ClearanceError
-from index.layers.landmarks import write_index
 from index.pipeline import Failure
+from index.search import write_indexes
 from index.store import Track, TrackState
 from index.vectors import (IndexMismatch, VectorIndex, measure_recall, min_training_vectors, needs_training,
                            split_ids, vector_ids)
@@ -101,7 +100,7 @@ def rebuild_locked(catalog: Catalog, workers: int, engine: str, ray_address: str
     # model) is refused until a rebuild, which finds every vector in the shards just written
     catalog.store.set_vectors({k: n for k, n in counts.items() if rows[k].model != model or rows[k].vectors != n},
                               model)
-    new.save(partial(write_index, catalog.store, None))      # the peaks of some tracks were taken again
+    new.save(write_indexes(catalog.store, None))      # the landmark peaks of some tracks were taken again
     for p in before:
         if p not in written:
             p.unlink(missing_ok=True)

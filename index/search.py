@@ -6,7 +6,8 @@ layer joins by adding its module under ``index/layers/`` and its entry here.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from detector.audio import Clip
 from detector.matcher import Match, merge
@@ -17,9 +18,21 @@ from index.layers.landmarks import LandmarkLayer
 
 if TYPE_CHECKING:
     from index.catalog import Catalog
+    from index.store import Store
 
 LAYERS: tuple[Layer, ...] = (EmbeddingLayer(), ChromaprintLayer(), LandmarkLayer())
 LAYER = {layer.name: layer for layer in LAYERS}
+
+
+def write_indexes(store: Store, published: Path | None, added: list[int] = (),
+                  dropped: list[int] = ()) -> Callable[[Path], None]:
+    """What ``VectorIndex.save`` calls with its next generation's folder: every layer writes its
+    index of the tracks there (``Layer.write``): those of the ``published`` generation (None:
+    every layer's built again from the database) with ``added``, less ``dropped``."""
+    def write(folder: Path) -> None:
+        for layer in LAYERS:
+            layer.write(store, published, folder, added, dropped)
+    return write
 
 
 class Searcher:

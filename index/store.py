@@ -184,9 +184,10 @@ class Store:
             rows = c.execute(sa.select(tracks).where(tracks.c.id.in_(keys), tracks.c.state == TrackState.indexed.value))
             return {r.id: track_from_row(r).info for r in rows}
 
-    def chromaprints(self) -> dict[int, np.ndarray]:
-        """Chromaprint sub-fingerprints of every indexed track, by track key."""
-        return self._uint32_arrays(chromaprints.c.fingerprint)
+    def chromaprints(self, keys: Iterable[int] | None = None) -> dict[int, np.ndarray]:
+        """Chromaprint sub-fingerprints of every indexed track, or of the tracks ``keys``
+        (whatever their state), by track key."""
+        return self._uint32_arrays(chromaprints.c.fingerprint, keys)
 
     def landmarks(self, keys: Iterable[int] | None = None) -> dict[int, np.ndarray]:
         """Landmark peaks of every indexed track, or of the tracks ``keys`` (whatever their

@@ -4,21 +4,25 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from detector import chromaprint
 from detector.audio import Clip
 from detector.matcher import Match, from_chromaprint, stretches
-from index.layers import Layer
+from index.layers import SavedLayer
 
 if TYPE_CHECKING:
     from index.catalog import Catalog
     from index.search import Searcher
+    from index.store import Store
 
 
-class ChromaprintLayer(Layer):
+class ChromaprintLayer(SavedLayer):
     name = "chromaprint"
+    index_type = chromaprint.ChromaIndex
 
-    def load(self, catalog: Catalog) -> chromaprint.ChromaIndex:
-        return chromaprint.ChromaIndex(catalog.store.chromaprints())
+    def arrays(self, store: Store, keys: list[int] | None = None) -> dict[int, np.ndarray]:
+        return store.chromaprints(keys)
 
     def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]]) -> list[Match]:
         """Chromaprint stretches of ``clip``, their ``p_false`` times the stretches its length offers."""

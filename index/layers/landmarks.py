@@ -3,15 +3,15 @@ embedding layer measured."""
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from detector import landmarks
 from detector.audio import Clip
 from detector.matcher import TEMPO_TOLERANCE, Match
-from index.layers import Layer
+from index.layers import SavedLayer
 
 if TYPE_CHECKING:
     from index.catalog import Catalog
@@ -23,49 +23,23 @@ TEMPO_LOOKS = 2             # landmark searches at a tempo the embedding measure
 LOOK_MARGIN_S = 10.0        # how far beyond the embedding match's span such a search looks
 
 
-class LandmarkLayer(Layer):
+class LandmarkLayer(SavedLayer):
     name = "landmark"
+    index_type = landmarks.LandmarkIndex
+
+    def arrays(self, store: Store, keys: list[int] | None = None) -> dict[int, np.ndarray]:
+        return store.landmarks(keys)
 
     def load(self, catalog: Catalog) -> landmarks.LandmarkIndex:
-        """The index saved with the published vectors (``write_index``), memory-mapped; built
-        from the stored peaks where the catalog was published before such indexes were saved."""
         stale = catalog.store.stale_peaks(landmarks.PEAKS)
         if stale:
             # still searched (their peaks are sparser: fewer votes for a copy, and for chance)
             log.warning("%d catalog tracks have landmark peaks picked by an earlier version: copies of them under new "
                         "material are found less often until `clearance index --rebuild` takes them again", len(stale))
-        folder = catalog.vectors.folder
-        if folder is not None and landmarks.LandmarkIndex.saved_in(folder):
-            return landmarks.LandmarkIndex.open(folder)
-        t0 = time.perf_counter()
-        index = landmarks.LandmarkIndex(catalog.store.landmarks())
-        if len(index):
-            log.warning("the landmark index was built from the stored peaks (%.1f s, %.0f MB in memory): this catalog "
-                        "was published without it; the next indexing job or `clearance index --rebuild` saves it",
-                        time.perf_counter() - t0, index.nbytes / 1e6)
-        return index
+        return super().load(catalog)
 
     def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]]) -> list[Match]:
         return landmark_matches(searcher.index(self.name), clip, earlier.get("embedding", []))
-
-
-def write_index(store: Store, published: Path | None, folder: Path, added: list[int] = (),
-                dropped: list[int] = ()) -> None:
-    """Save into ``folder`` (a vector index's next generation) the landmark index of its tracks:
-    the one saved in the ``published`` generation, less the tracks ``dropped`` and with the stored
-    peaks of ``added`` (``LandmarkIndex.updated``); or, where none is saved there (None: the
-    peaks were taken again) or the tracks added do not come after those kept, one built from the
-    stored peaks of every indexed track and of ``added``, less ``dropped``."""
-    index = None
-    if published is not None and landmarks.LandmarkIndex.saved_in(published):
-        try:
-            index = landmarks.LandmarkIndex.open(published).updated(store.landmarks(added), list(dropped))
-        except ValueError:
-            pass
-    if index is None:
-        prints = {**store.landmarks(), **store.landmarks(added)}
-        index = landmarks.LandmarkIndex({k: p for k, p in prints.items() if k not in set(dropped)})
-    index.save(folder)
 
 
 def landmark_matches(index: landmarks.LandmarkIndex, clip: Clip, embedding: list[Match]) -> list[Match]:

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from detector.chromaprint import ChromaIndex, bits
 
@@ -41,3 +42,23 @@ def test_a_slowly_changing_texture_is_weak_evidence_where_a_nearby_alignment_agr
     assert found and found[0].ref_item - found[0].query_item == 100
     assert found[0].shifted_error_rate < 0.2                  # a fair coin would be 0.5
     assert found[0].p_false > 1e-3                            # not enough to block (score 0.999)
+
+
+def test_an_index_saved_opened_or_updated_holds_what_one_built_from_fingerprints_does(tmp_path):
+    rng = np.random.default_rng(2)
+    prints = {k: rng.integers(0, 2**32, 300, dtype=np.uint64).astype(np.uint32) for k in (3, 5, 9)}
+    prints[9][:100] = prints[3][:100]              # equal values in two tracks stay in track order
+    index = ChromaIndex(prints)
+    index.save(tmp_path)
+    opened = ChromaIndex.open(tmp_path)
+
+    def same(a: ChromaIndex, b: ChromaIndex) -> bool:
+        return all(np.array_equal(getattr(a, name), getattr(b, name)) for name in a.arrays)
+
+    assert same(opened, index)
+    query = _flip(prints[5][40:140], 0.03, rng)
+    assert opened.search(query) == index.search(query) and index.search(query)[0].track == 5
+    assert same(ChromaIndex({3: prints[3]}).updated({5: prints[5], 9: prints[9]}), index)
+    assert same(opened.updated({}, drop=[5]), ChromaIndex({3: prints[3], 9: prints[9]}))
+    with pytest.raises(ValueError):
+        opened.updated({4: prints[5]})

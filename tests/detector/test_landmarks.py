@@ -132,7 +132,7 @@ def test_a_search_of_one_track_finds_there_what_the_whole_catalog_search_finds(t
 
 
 def same_index(a: landmarks.LandmarkIndex, b: landmarks.LandmarkIndex) -> bool:
-    return all(np.array_equal(getattr(a, name), getattr(b, name)) for name in landmarks.TABLE)
+    return all(np.array_equal(getattr(a, name), getattr(b, name)) for name in a.arrays)
 
 
 def test_an_index_saved_opened_or_updated_holds_what_one_built_from_peaks_does(tracks, index, tmp_path):

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.landmarks import TABLE, LandmarkIndex
 from detector.policy import Rights
 from index.catalog import Catalog
 from index.layers.landmarks import TEMPO_LOOKS
 from index.rebuild import RebuildError
+from index.search import LAYER
 from index.vectors import IndexMismatch
 from service.engine import Engine
 from service.settings import Settings
@@ -53,34 +53,40 @@ def test_reconcile_after_crash_between_steps(music, tmp_path):
     assert rows["track4"].id == ids["track4"]
 
 
-def test_the_landmark_index_is_published_with_the_vectors_and_follows_takedowns(music, tmp_path, caplog):
+def test_the_layers_indexes_are_published_with_the_vectors_and_follow_takedowns(music, tmp_path, caplog):
     catalog = Engine(Settings(home=tmp_path)).catalog
     paths = [music[t].path for t in ("drascula-track4", "drascula-track6", "drascula-track8")]
 
-    def published() -> LandmarkIndex:
-        """The landmark index saved with the published vectors, checked against the stored peaks."""
-        saved = LandmarkIndex.open(catalog.vectors.folder)
-        built = LandmarkIndex(catalog.store.landmarks())
-        assert all(np.array_equal(getattr(saved, name), getattr(built, name)) for name in TABLE)
-        return saved
+    def published() -> dict[str, np.ndarray]:
+        """The track keys of the indexes saved with the published vectors, each checked against one
+        built from the database."""
+        keys = {}
+        for layer in (LAYER["landmark"], LAYER["chromaprint"]):
+            saved = layer.index_type.open(catalog.vectors.folder)
+            built = layer.index_type(layer.arrays(catalog.store))
+            assert all(np.array_equal(getattr(saved, name), getattr(built, name)) for name in saved.arrays)
+            keys[layer.name] = saved.ids
+        assert np.array_equal(keys["landmark"], keys["chromaprint"])
+        return keys["landmark"]
 
     catalog.index_paths(paths[:2], Rights.protected, publish_every_s=0)     # published after each track
-    # published before landmark indexes were saved: built from the stored peaks, saved at the next publish
-    for f in catalog.vectors.folder.glob("landmarks-*"):
+    # published before the layers' indexes were saved: built from the database, saved at the next publish
+    for f in catalog.vectors.folder.glob("*.npy"):
         f.unlink()
     catalog.unload()
     with caplog.at_level(logging.WARNING):
-        assert len(catalog.landmark_index) > 0
-    assert "built from the stored peaks" in caplog.text
+        assert len(catalog.landmark_index) > 0 and len(catalog.chroma) > 0
+    assert caplog.text.count("built from the database") == 2
     catalog.index_paths(paths[2:], Rights.protected)
-    assert len(published().ids) == 3
+    assert len(published()) == 3
     catalog.remove(["track6"])
-    assert len(published().ids) == 2
+    assert len(published()) == 2
     caplog.clear()
     catalog.unload()
     with caplog.at_level(logging.WARNING):
         assert isinstance(catalog.landmark_index.times.base, np.memmap)           # opened, not built
-    assert "built from the stored peaks" not in caplog.text
+        assert isinstance(catalog.chroma.values.base, np.memmap)
+    assert "built from the database" not in caplog.text
 
 
 def test_failed_file_is_recorded_and_the_job_goes_on(music, tmp_path):
