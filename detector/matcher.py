@@ -8,6 +8,7 @@ times (the same recording quoted twice); several tracks can match (a collage).
 """
 from __future__ import annotations
 
+import heapq
 import json
 import math
 from dataclasses import dataclass, replace
@@ -181,16 +182,27 @@ class Matcher:
         self.min_windows = min_windows
 
     def match(self, hits: Hits, query_hop_s: float, max_p_false: float = 0.5) -> list[Match]:
-        """Embedding matches with ``p_false`` ≤ ``max_p_false``, strongest first."""
+        """Embedding matches with ``p_false`` ≤ ``max_p_false``, strongest first.
+
+        Tracks are aligned in the order of the most evidence their hits could give (``_bound``),
+        and no further once that falls below the weakest of ``max_matches`` matches found: a
+        whole song has hits on most of the catalog, nearly all of them too weak to matter."""
         keep = hits.weight > 0
-        h = Hits(hits.query_t[keep], hits.track[keep], hits.ref_t[keep], hits.weight[keep])
-        found: list[Match] = []
-        for track in np.unique(h.track):
-            sel = h.track == track
-            q, r, w = h.query_t[sel], h.ref_t[sel], h.weight[sel]
+        order = np.argsort(hits.track[keep], kind="stable")
+        q_all, t_all, r_all, w_all = (a[keep][order] for a in (hits.query_t, hits.track, hits.ref_t, hits.weight))
+        tracks, first = np.unique(t_all, return_index=True)
+        spans = list(zip(first, np.append(first[1:], len(t_all))))
+        bounds = np.array([self._bound(q_all[a:b], w_all[a:b], query_hop_s) for a, b in spans])
+        found: list[tuple[int, int, Match]] = []       # (the track's place in ``tracks``, the match's on it, match)
+        strongest: list[float] = []                    # a min-heap of the max_matches highest evidences kept
+        for i in np.argsort(-bounds, kind="stable"):
+            if len(strongest) == self.max_matches and bounds[i] < strongest[0]:
+                break                                  # no match of this track or the rest would be kept
+            a, b = spans[i]
+            q, r, w = q_all[a:b], r_all[a:b], w_all[a:b]
             mine: list[Match] = []
             for _ in range(3):                      # the same recording quoted up to 3 times
-                m, inliers = self._align(int(track), q, r, w, query_hop_s)
+                m, inliers = self._align(int(tracks[i]), q, r, w, query_hop_s)
                 if m is None:
                     break
                 # music repeats itself: the same output stretch aligned to a second place in the
@@ -198,10 +210,21 @@ class Matcher:
                 if not any(_overlap(m, o) > 0.5 * min(m.duration, o.duration) for o in mine):
                     mine.append(m)
                 q, r, w = q[~inliers], r[~inliers], w[~inliers]
-            found += mine
-        found = [m for m in found if m.p_false <= max_p_false]
-        found.sort(key=lambda m: (m.p_false, -m.evidence))
-        return found[: self.max_matches]
+            for k, m in enumerate(mine):
+                if m.p_false <= max_p_false:
+                    found.append((i, k, m))
+                    heapq.heappush(strongest, m.evidence)
+                    if len(strongest) > self.max_matches:
+                        heapq.heappop(strongest)
+        found.sort(key=lambda f: (f[2].p_false, -f[2].evidence, f[0], f[1]))
+        return [m for _, _, m in found[: self.max_matches]]
+
+    @staticmethod
+    def _bound(q: np.ndarray, w: np.ndarray, hop: float) -> float:
+        """The most evidence any alignment of these hits (one track's, weights > 0) can have
+        (``_align``): each query window's best weight, summed over the best ``LOCAL_S``."""
+        qs, best = _best_per_window(q, w)
+        return local_sum(qs, best, LOCAL_S) * (hop / EVIDENCE_UNIT_S)
 
     def _align(self, track, q, r, w, hop):
         if len(np.unique(q)) < self.min_windows:

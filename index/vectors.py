@@ -292,6 +292,8 @@ class VectorIndex:
         if beside is not None:
             beside(tmp)
         fsync_tree(tmp)
+        if (self.root / name).exists():     # left by a writer killed between this rename and the pointer's:
+            shutil.rmtree(self.root / name)  # never published, so no reader has it open
         os.replace(tmp, self.root / name)
         publish_pointer(self.root / "CURRENT", name)
         # the previous generation stays for readers that read CURRENT just before the swap

@@ -1,7 +1,8 @@
 """The layers that search an output, one module each; ``index/search.py`` lists them in ``LAYERS``.
 
 A layer has a ``name`` (the ``method`` its matches carry), ``load``\\s its index of the catalog's
-indexed tracks, and ``search``\\es an output given what the layers before it found. A layer whose
+indexed tracks, and ``search``\\es an output given what the layers before it found (what it can
+find with its own index alone it may ``prepare`` on a helper thread meanwhile). A layer whose
 index is built from per-track arrays in the database (``SavedLayer``) ``write``\\s it into each
 generation of the vector index before it is published, and ``load`` opens it from there
 memory-mapped. A new layer is one module here and one entry in ``LAYERS``.
@@ -37,8 +38,15 @@ class Layer:
         """This layer's index of ``catalog``'s indexed tracks (loaded once per published index)."""
         raise NotImplementedError
 
-    def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]]) -> list[Match]:
-        """Matches of ``clip``; ``earlier`` holds what each layer before this one found, by name."""
+    def prepare(self, index: object, clip: Clip) -> object:
+        """What this layer finds in ``clip`` with its ``index`` alone, before the layers ahead of
+        it have searched: ``Searcher.find_matches`` runs it on a helper thread beside them and
+        gives it to ``search`` as ``prepared``. None: nothing."""
+        return None
+
+    def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]], prepared: object) -> list[Match]:
+        """Matches of ``clip``; ``earlier`` holds what each layer before this one found, by name,
+        and ``prepared`` what ``prepare`` found."""
         raise NotImplementedError
 
     def reported(self, matches: list[Match]) -> list[Match]:

@@ -24,8 +24,11 @@ class ChromaprintLayer(SavedLayer):
     def arrays(self, store: Store, keys: list[int] | None = None) -> dict[int, np.ndarray]:
         return store.chromaprints(keys)
 
-    def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]]) -> list[Match]:
+    def prepare(self, index: chromaprint.ChromaIndex, clip: Clip) -> list[Match]:
         """Chromaprint stretches of ``clip``, their ``p_false`` times the stretches its length offers."""
-        index = searcher.index(self.name)
         return [replace(from_chromaprint(m), p_false=min(1.0, m.p_false * stretches(clip.duration)))
                 for m in index.search(chromaprint.fingerprint(clip))]
+
+    def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]],
+               prepared: list[Match]) -> list[Match]:
+        return prepared

@@ -37,7 +37,7 @@ class EmbeddingLayer(Layer):
     def load(self, catalog: Catalog) -> VectorIndex:
         return catalog.vectors
 
-    def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]]) -> list[Match]:
+    def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]], prepared: None) -> list[Match]:
         """Every embedding match, however weak: the landmark layer takes the tempo of the
         strongest as a hypothesis."""
         return embedding_matches(searcher.catalog, clip, max_p_false=1.0)

@@ -38,11 +38,26 @@ class LandmarkLayer(SavedLayer):
                         "material are found less often until `clearance index --rebuild` takes them again", len(stale))
         return super().load(catalog)
 
-    def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]]) -> list[Match]:
-        return landmark_matches(searcher.index(self.name), clip, earlier.get("embedding", []))
+    def prepare(self, index: landmarks.LandmarkIndex, clip: Clip) -> tuple:
+        return index, *at_tempo_one(index, clip)
+
+    def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]], prepared: tuple) -> list[Match]:
+        index, found, query = prepared
+        return landmark_matches(index, clip, earlier.get("embedding", []), (found, query))
 
 
-def landmark_matches(index: landmarks.LandmarkIndex, clip: Clip, embedding: list[Match]) -> list[Match]:
+def at_tempo_one(index: landmarks.LandmarkIndex, clip: Clip) -> tuple[list[landmarks.LandmarkMatch], np.ndarray | None]:
+    """The stretches of ``clip`` at tempo 1.0, and its ``QUERY`` peaks where they were taken (an
+    output longer than ``landmarks.DENSE_S`` is searched with ``LONG_QUERY``'s; its dense peaks are
+    taken only if a search at a measured tempo needs them: None)."""
+    if clip.duration > landmarks.DENSE_S:
+        return index.search(landmarks.peaks(clip, landmarks.LONG_QUERY), fan_out=landmarks.LONG_QUERY.fan_out), None
+    query = landmarks.peaks(clip, landmarks.QUERY)
+    return index.search(query), query
+
+
+def landmark_matches(index: landmarks.LandmarkIndex, clip: Clip, embedding: list[Match],
+                     tempo_one: tuple[list[landmarks.LandmarkMatch], np.ndarray | None] | None = None) -> list[Match]:
     """Landmark stretches of ``clip`` at tempo 1.0, and at the tempo that each of the
     ``TEMPO_LOOKS`` strongest ``embedding`` matches measured where that is not 1.0, on its
     track: landmarks find a copy played faster or slower once they know how much (its peaks
@@ -58,13 +73,10 @@ def landmark_matches(index: landmarks.LandmarkIndex, clip: Clip, embedding: list
 
     An output longer than ``landmarks.DENSE_S`` is searched at tempo 1.0 with ``LONG_QUERY``'s
     sparser peaks (the search's work and memory grow with the output's length), and near each
-    match at its tempo with ``QUERY``'s, as shorter outputs are everywhere."""
-    if clip.duration > landmarks.DENSE_S:
-        query = None        # its dense peaks are taken only if a search at a measured tempo needs them
-        found = index.search(landmarks.peaks(clip, landmarks.LONG_QUERY), fan_out=landmarks.LONG_QUERY.fan_out)
-    else:
-        query = landmarks.peaks(clip, landmarks.QUERY)
-        found = index.search(query)
+    match at its tempo with ``QUERY``'s, as shorter outputs are everywhere. ``tempo_one``: what
+    ``at_tempo_one`` found, where it has already searched."""
+    found, query = tempo_one or at_tempo_one(index, clip)
+    found = list(found)
     changed = [m for m in embedding if abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE]
     for m in sorted(changed, key=lambda m: m.evidence, reverse=True)[:TEMPO_LOOKS]:
         if query is None:

@@ -33,6 +33,14 @@ def test_add_search_remove_and_reopen(tmp_path):
     again = VectorIndex.open(tmp_path, "m1", 16, 0.5)
     assert again.tracks() == {9: 20} and again.generation == 2
     assert sorted(p.name for p in tmp_path.glob("gen-*")) == ["gen-000001", "gen-000002"]   # one back, for readers
+    # a writer killed after renaming its generation into place, before naming it in CURRENT
+    (tmp_path / "gen-000003").mkdir()
+    (tmp_path / "gen-000003" / "vectors.faiss").write_bytes(b"half")
+    idx.add(5, a, np.arange(30))
+    idx.save(lambda folder: (folder / "beside.npy").write_bytes(b"x"))
+    again = VectorIndex.open(tmp_path, "m1", 16, 0.5)
+    assert again.tracks() == {5: 30, 9: 20} and again.generation == 3
+    assert (again.folder / "beside.npy").exists() and again.folder.name == "gen-000003"
 
 
 def test_refuses_vectors_of_another_model(tmp_path):
