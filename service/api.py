@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from detector.errors import ClearanceError
+from index.search import LAYERS
 from service import problems
 from service.catalog_api import TRACKS, catalog_router
 from service.checks_api import CHECKS, checks_router
@@ -25,8 +26,11 @@ from service.uploads import FORM_OVERHEAD, BodyLimit
 
 
 def warm(engine: Engine) -> None:
-    """Load the model, calibration, policy, index and Chromaprints, so the first check is fast."""
-    _ = engine.embedder, engine.calibration, engine.policy, engine.catalog.chroma
+    """Load the model, calibration, policy and every layer's index (opened where it was saved
+    with the published vectors, else built from the database), so the first check is fast."""
+    _ = engine.embedder, engine.calibration, engine.policy
+    for layer in LAYERS:
+        engine.catalog.searcher.index(layer.name)
 
 
 def create_app(engine: Engine) -> FastAPI:
