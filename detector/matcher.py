@@ -71,7 +71,9 @@ class Match:
 
     Times in seconds; ``tempo_ratio`` is reference seconds per output second; ``evidence`` is
     the method's raw strength, ``p_false`` the chance that music not in the catalog produces
-    evidence this strong, and ``score`` = 1 − ``p_false``.
+    evidence this strong, and ``score`` = 1 − ``p_false``. ``key_shift``: semitones from the
+    reference's key to the output's (the version layer's re-performances; 0 for copies, whose
+    pitch shifts the signal layers absorb unmeasured).
     """
 
     track: int
@@ -84,6 +86,7 @@ class Match:
     p_false: float
     method: str
     windows: int = 0
+    key_shift: int = 0
 
     @property
     def score(self) -> float:

@@ -46,6 +46,9 @@ class Policy:
     review_score: float
     review_seconds: float
     attribution_score: float
+    version_review_score: float = 0.999
+    version_block_score: float | None = None     # None: a re-performance never blocks
+    version_block_seconds: float = 60.0
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_POLICY) -> "Policy":
@@ -57,7 +60,8 @@ class Policy:
                     block_fraction=float(data["block"]["min_fraction"]),
                     review_score=float(data["review"]["min_score"]),
                     review_seconds=float(data["review"]["min_seconds"]),
-                    attribution_score=float(data["attribution"]["min_score"]))
+                    attribution_score=float(data["attribution"]["min_score"]),
+                    **_reperformance(data.get("reperformance", {})))
         except OSError as exc:
             raise PolicyError(f"cannot read policy file {path}: {exc.strerror}") from None
         except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -65,6 +69,18 @@ class Policy:
         if not (0 <= p.review_score <= p.block_score <= 1):
             raise PolicyError(f"policy file {path}: need 0 <= review.min_score <= block.min_score <= 1")
         return p
+
+
+def _reperformance(table: dict) -> dict:
+    """The ``[reperformance]`` table's settings (a policy without one keeps the defaults)."""
+    out = {}
+    if "review_min_score" in table:
+        out["version_review_score"] = float(table["review_min_score"])
+    if "block_min_score" in table:
+        out["version_block_score"] = float(table["block_min_score"])
+    if "block_min_seconds" in table:
+        out["version_block_seconds"] = float(table["block_min_seconds"])
+    return out
 
 
 @dataclass(frozen=True)
@@ -82,12 +98,25 @@ def decide(matches: list[Match], tracks: dict[int, TrackInfo], duration: float, 
     """Apply ``policy`` to ``matches`` of an output lasting ``duration`` seconds.
 
     ``tracks`` maps each match's track key to its current catalog entry; matches of tracks no
-    longer in the catalog (taken down meanwhile) are ignored.
+    longer in the catalog (taken down meanwhile) are ignored. Re-performances (``method``
+    ``version``) of a protected recording go to review, or block where the policy's
+    ``[reperformance]`` thresholds say, unless the output copies that recording anyway.
     """
-    blocking, reviewing, attributed = [], [], []
-    for m in matches:
+    blocking, reviewing, attributed, performed = [], [], [], []
+    for m in sorted(matches, key=lambda m: m.method == "version"):     # copies first
         info = tracks.get(m.track)
         if info is None:
+            continue
+        if m.method == "version":
+            # a re-performance of a recording that this output copies says nothing more
+            if (info.rights is Rights.licensed or m.score < policy.version_review_score
+                    or any(o.track == m.track for o, _ in blocking + reviewing)):
+                continue
+            if (policy.version_block_score is not None and m.score >= policy.version_block_score
+                    and m.duration >= policy.version_block_seconds):
+                blocking.append((m, info))
+            else:
+                performed.append((m, info))
             continue
         long_enough = m.duration >= policy.block_seconds or m.duration >= policy.block_fraction * duration
         if info.rights is Rights.licensed:
@@ -99,6 +128,10 @@ def decide(matches: list[Match], tracks: dict[int, TrackInfo], duration: float, 
             reviewing.append((m, info))
     reasons = []
     for m, info in blocking:
+        if m.method == "version":
+            reasons.append(f"re-performance of protected '{info.external_id}'{_version_detail(m)}: blocked by the "
+                           f"policy's [reperformance] thresholds")
+            continue
         reasons.append(f"protected recording '{info.external_id}' matched for {m.duration:.1f} s "
                        f"(output {m.query_start:.1f}–{m.query_end:.1f} s = reference {m.ref_start:.1f}–{m.ref_end:.1f} s"
                        f"{_tempo(m)}, score {_fmt(m.score)}, {m.method})")
@@ -106,19 +139,33 @@ def decide(matches: list[Match], tracks: dict[int, TrackInfo], duration: float, 
         why = "score below the block threshold" if m.score < policy.block_score else "too short to block on its own"
         reasons.append(f"possible copy of protected recording '{info.external_id}' for {m.duration:.1f} s "
                        f"(score {_fmt(m.score)}, {why}): needs a person")
+    for m, info in performed:
+        reasons.append(f"possible re-performance of protected '{info.external_id}'{_version_detail(m)}: "
+                       f"the same music in a new sound; needs a person")
     for m, info in attributed:
         reasons.append(f"licensed recording '{info.external_id}' ({info.owner or 'owner not recorded'}) used for "
                        f"{m.duration:.1f} s: attribute it")
     if blocking:
         verdict = Verdict.block
-    elif reviewing:
+    elif reviewing or performed:
         verdict = Verdict.review
     else:
         verdict = Verdict.allow
         if not attributed:
             reasons.append("no catalog recording matched")
-    kept = sorted(blocking + reviewing + attributed, key=lambda mi: (mi[0].p_false, -mi[0].duration))
+    kept = sorted(blocking + reviewing + performed + attributed, key=lambda mi: (mi[0].p_false, -mi[0].duration))
     return Decision(verdict, tuple(reasons), tuple(kept), tuple(blocking))
+
+
+def _version_detail(m: Match) -> str:
+    """': melody and harmony of reference 0:40-1:05 in output 0:00-0:25, 3 semitones up, at
+    1.10× tempo, score 0.999'."""
+    clock = lambda s: f"{int(s) // 60}:{int(s) % 60:02d}"
+    key = "in the same key" if m.key_shift == 0 else \
+        f"{abs(m.key_shift)} semitone{'s' if abs(m.key_shift) != 1 else ''} {'up' if m.key_shift > 0 else 'down'}"
+    return (f": melody and harmony of reference {clock(m.ref_start)}–{clock(m.ref_end)} in output "
+            f"{clock(m.query_start)}–{clock(m.query_end)}, {key}, at {m.tempo_ratio:.2f}× its tempo, "
+            f"score {_fmt(m.score)}")
 
 
 def _tempo(m: Match) -> str:

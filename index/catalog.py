@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from detector import landmarks
+from detector import landmarks, version
 from detector.audio import Clip, DecodeLimits, find_audio
 from detector.errors import ClearanceError, Conflict, NotFound
 from detector.matcher import Calibration, Match, Matcher
@@ -39,7 +39,7 @@ class IndexSummary:
     """What an indexing job did. ``failed`` holds (path, reason), ``too_large`` the paths of those
     refused by a size or duration cap; ``audio_s`` seconds of audio
     indexed in ``elapsed_s`` seconds of wall time; ``stage_s`` seconds spent per stage (hash,
-    decode, embed, chromaprint and landmarks: CPU seconds summed over workers; add and publish: wall
+    decode, embed, chromaprint, landmarks and version: CPU seconds summed over workers; add and publish: wall
     seconds of the writer);
     ``rebuilt`` says what a retraining of the index at the end of the job did. ``renamed``: the
     skipped files whose content is in the catalog under another id, as (path, the id this job
@@ -56,7 +56,7 @@ class IndexSummary:
     rebuilt: "RebuildReport | None" = None
 
 
-STAGES = ("hash", "decode", "embed", "chromaprint", "landmarks", "add", "publish")
+STAGES = ("hash", "decode", "embed", "chromaprint", "landmarks", "version", "add", "publish")
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,8 @@ class Catalog:
                 external_id=entry.external_id, title=entry.title or entry.external_id, owner=entry.owner or owner,
                 rights=rights, sha256=source.sha256, source_path=str(path.resolve()), duration_s=outcome.duration_s,
                 model=outcome.model, vectors=len(outcome.windows), fingerprint=outcome.chromaprint,
-                peaks=outcome.peaks, peaks_version=landmarks.PEAKS)
+                peaks=outcome.peaks, peaks_version=landmarks.PEAKS, classes=outcome.classes,
+                classes_version=version.PITCH_CLASSES)
         except Conflict as exc:
             return self._fail(source.path, str(exc), summary)
         vectors.add(key, outcome.vectors, outcome.windows)

@@ -2,7 +2,7 @@
 
     path ─ identify ─▶ Source ─(new content?)─ Fingerprinter ─▶ Fingerprint ─▶ added by the writer
          (sha256)                             (decode → embed → Chromaprint   (index/catalog.py)
-                                               → landmarks)
+                                               → landmarks → pitch classes)
 
 Every engine runs the same two stage functions and yields ``Outcome`` values as files finish, in
 no particular order; the one writer process adds them to the database and the index:
@@ -35,7 +35,7 @@ from typing import Callable, Generator, Iterable, Iterator, Union
 
 import numpy as np
 
-from detector import chromaprint, landmarks
+from detector import chromaprint, landmarks, version
 from detector.audio import DecodeLimits, audible, decode
 from detector.errors import ClearanceError
 from detector.features import SILENCE_DBFS
@@ -63,6 +63,7 @@ class StageTimes:
     embed_s: float
     chromaprint_s: float
     landmarks_s: float
+    version_s: float
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Fingerprint:
     """Everything the catalog stores of one file. ``windows``: (n,) int64 numbers of the voiced
     reference windows (start = number × hop); ``vectors``: (n, dim) float32, L2-normalised;
     ``chromaprint``: (m,) uint32 sub-fingerprints; ``peaks``: (k,) uint32 landmark peaks;
+    ``classes``: (12, f) float16 pitch-class power (the version layer's, ``detector/version.py``);
     ``duration_s`` seconds of audio."""
 
     source: Source
@@ -78,6 +80,7 @@ class Fingerprint:
     vectors: np.ndarray
     chromaprint: np.ndarray
     peaks: np.ndarray
+    classes: np.ndarray
     model: str
     times: StageTimes
 
@@ -125,7 +128,8 @@ def identify(path: str | Path) -> Source | Failure:
 
 
 class Fingerprinter:
-    """Stage 2, decode → embed → Chromaprint → landmarks, with the model it holds (loaded once per worker).
+    """Stage 2, decode → embed → Chromaprint → landmarks → pitch classes, with the model it holds
+    (loaded once per worker).
 
     Reference windows are ``embedder.ref_hop_s`` apart; ``limits``: decoding caps per file."""
 
@@ -151,10 +155,12 @@ class Fingerprinter:
             t3 = time.thread_time()
             peaks = landmarks.peaks(clip)
             t4 = time.thread_time()
+            classes = version.pitch_class_power(clip.samples)
+            t5 = time.thread_time()
         except (ClearanceError, OSError) as exc:
             return Failure(source.path, getattr(exc, "reason", None) or str(exc), getattr(exc, "too_large", False))
-        return Fingerprint(source, clip.duration, windows, emb.vectors[windows], prints, peaks, self.embedder.version,
-                           StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+        return Fingerprint(source, clip.duration, windows, emb.vectors[windows], prints, peaks, classes,
+                           self.embedder.version, StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4))
 
 
 # --- local engine: this process or worker processes on this machine ---------------------
@@ -353,7 +359,8 @@ def _ray_fingerprints(ray, new: list[Source], fingerprinter: Fingerprinter, work
         a, b = int(row["offset"]), int(row["offset"]) + int(row["vectors"])
         yield Fingerprint(source, float(row["duration_s"]), cached.ids[a:b], cached.vectors[a:b],
                           np.frombuffer(row["chromaprint"], "<u4").astype(np.uint32),
-                          np.frombuffer(row["peaks"], "<u4").astype(np.uint32), cached.model,
+                          np.frombuffer(row["peaks"], "<u4").astype(np.uint32),
+                          np.frombuffer(row["classes"], "<f2").astype(np.float16).reshape(12, -1), cached.model,
                           StageTimes(*(float(row[f.name]) for f in fields(StageTimes))))
 
 
@@ -400,13 +407,13 @@ class _RayFingerprinter:
         for src, r in zip(batch.itertuples(), results):
             row = {"path": src.path, "sha256": src.sha256, "size_bytes": int(src.size_bytes), "hash_s": float(src.hash_s),
                    "error": "", "shard": shard, "offset": offset, "vectors": 0, "duration_s": 0.0,
-                   "chromaprint": b"", "peaks": b"", **{f.name: 0.0 for f in fields(StageTimes)}}
+                   "chromaprint": b"", "peaks": b"", "classes": b"", **{f.name: 0.0 for f in fields(StageTimes)}}
             if isinstance(r, Failure):
                 row["error"] = r.reason
             else:
                 row.update(vectors=len(r.windows), duration_s=r.duration_s,
                            chromaprint=r.chromaprint.astype("<u4").tobytes(), peaks=r.peaks.astype("<u4").tobytes(),
-                           **asdict(r.times))
+                           classes=r.classes.astype("<f2").tobytes(), **asdict(r.times))
                 offset += len(r.windows)
             rows.append(row)
         return pd.DataFrame(rows)

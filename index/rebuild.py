@@ -1,6 +1,6 @@
 """Rebuilding the vector index: retrained from the stored vectors (``index/shards.py``), with the
-tracks whose vectors are not stored for the loaded model, or whose landmark peaks were picked by
-an older version, taken again from their files, then compacted into new shards. Run by
+tracks whose vectors are not stored for the loaded model, or whose landmark peaks or pitch
+classes were taken by an older version (or not at all), taken again from their files, then compacted into new shards. Run by
 ``Catalog.rebuild`` and at the end of an indexing job whose catalog outgrew its index's factory."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from detector import landmarks
+from detector import landmarks, version
 from detector.errors import ClearanceError
 from index.pipeline import Failure
 from index.search import write_indexes
@@ -30,7 +30,7 @@ SHARD_VECTORS = 200_000            # vectors per shard written by a rebuild (≈
 class RebuildReport:
     """What ``Catalog.rebuild`` made: an index of ``factory`` holding ``vectors`` vectors of
     ``tracks`` tracks (``reembedded`` of them embedded again from their files, ``repicked`` of
-    those for their landmark peaks), ``bytes`` on disk, with ``recall`` (recall@1 against exact
+    those for their landmark peaks or pitch classes), ``bytes`` on disk, with ``recall`` (recall@1 against exact
     search on noisy copies of stored vectors)."""
 
     factory: str
@@ -62,7 +62,8 @@ def rebuild(catalog: Catalog, workers: int = 0, engine: str = "local", ray_addre
     """Retrain and rebuild ``catalog``'s index from the stored vectors, with the factory of the
     settings (or ``auto``'s choice for the catalog's size); tracks whose vectors are not
     stored for the loaded model (a new model, a catalog older than shards) or whose landmark
-    peaks are not ``landmarks.PEAKS`` are taken again from their files, through the indexing
+    peaks are not ``landmarks.PEAKS`` or pitch classes not ``version.PITCH_CLASSES`` are taken
+    again from their files, through the indexing
     engine, ``progress`` called after each."""
     with catalog.writer_lock():
         try:
@@ -81,7 +82,8 @@ def rebuild_locked(catalog: Catalog, workers: int, engine: str, ray_address: str
     dim, model = catalog.embedder.dim, catalog.embedder.version
     rows = {t.id: t for t in catalog.store.list_tracks()}
     where = _stored_tracks(catalog, rows)
-    stale = set(catalog.store.stale_peaks(landmarks.PEAKS))
+    stale = set(catalog.store.stale_peaks(landmarks.PEAKS)) | \
+        set(catalog.store.stale_pitch_classes(version.PITCH_CLASSES))
     missing = [t for k, t in rows.items() if k in stale or (k not in where and not (t.vectors == 0 and t.model == model))]
     where.update(_reembed(catalog, missing, workers, engine, ray_address, progress))
     counts = {k: n for k, (_, n) in where.items()}
@@ -167,7 +169,7 @@ def _sample(catalog: Catalog, where: dict[int, tuple[Path, int]], n: int, seed: 
 def _reembed(catalog: Catalog, tracks: list[Track], workers: int, engine: str, ray_address: str | None,
              progress: Progress | None) -> dict[int, tuple[Path, int]]:
     """Embed ``tracks`` again from their files with the loaded model, store the vectors as
-    shards and the landmark peaks in the database, a shard's worth at a time (memory stays
+    shards and the landmark peaks and pitch classes in the database, a shard's worth at a time (memory stays
     bounded however many tracks), and return where the vectors are (as ``_stored_tracks``).
     Refuses (``RebuildError``, the index kept) when a file is gone, unreadable or no longer the
     indexed content; peaks already taken again from unchanged files stay, since they are right."""
@@ -181,6 +183,7 @@ def _reembed(catalog: Catalog, tracks: list[Track], workers: int, engine: str, r
     found: dict[int, tuple[Path, int]] = {}
     done: list[tuple[int, np.ndarray, np.ndarray]] = []
     peaks: dict[int, np.ndarray] = {}
+    classes: dict[int, np.ndarray] = {}
 
     def flush() -> None:
         if done:
@@ -189,7 +192,9 @@ def _reembed(catalog: Catalog, tracks: list[Track], workers: int, engine: str, r
             found.update({k: (p, len(w)) for k, w, _ in done})
             done.clear()
             catalog.store.set_peaks(peaks, landmarks.PEAKS)
+            catalog.store.set_pitch_classes(classes, version.PITCH_CLASSES)
             peaks.clear()
+            classes.clear()
 
     outcomes = catalog.outcomes([Path(p) for p in by_path], workers, engine, ray_address, is_known=lambda sha: False)
     for done_so_far, outcome in enumerate(outcomes, 1):
@@ -204,6 +209,7 @@ def _reembed(catalog: Catalog, tracks: list[Track], workers: int, engine: str, r
             continue
         done.append((t.id, outcome.windows, outcome.vectors))
         peaks[t.id] = outcome.peaks
+        classes[t.id] = outcome.classes
         if sum(len(w) for _, w, _ in done) >= SHARD_VECTORS:
             flush()
     flush()
@@ -215,5 +221,5 @@ def _reembed(catalog: Catalog, tracks: list[Track], workers: int, engine: str, r
 def _rebuild_refusal(problems: list[str]) -> str:
     shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
     return (f"cannot rebuild the index: {len(problems)} tracks must be taken again from their files (no stored "
-            f"vectors for this model, or landmark peaks of an older version) and cannot be ({shown}); restore their "
+            f"vectors for this model, or landmark peaks or pitch classes of an older version) and cannot be ({shown}); restore their "
             f"files or remove the tracks, then rebuild")

@@ -1,5 +1,5 @@
 """The tables of the catalog database, in one SQLAlchemy ``metadata``: the catalog's (tracks,
-their Chromaprint fingerprints and landmark peaks, stored checks, API keys, failed indexing
+their Chromaprint fingerprints, landmark peaks and pitch classes, stored checks, API keys, failed indexing
 attempts; ``index/store.py``) and the review's (dashboard sessions, the audit log;
 ``index/reviews.py``).
 
@@ -43,6 +43,13 @@ landmarks = sa.Table(
     sa.Column("peaks", sa.LargeBinary, nullable=False),         # little-endian uint32 array
     # how they were picked (``detector.landmarks.PEAKS``); rows from before it was recorded: peaks-v1
     sa.Column("version", sa.String(16), nullable=False, server_default="peaks-v1"),
+)
+
+pitch_classes = sa.Table(           # the version layer's (detector/version.py)
+    "pitch_classes", metadata,
+    sa.Column("track_id", sa.Integer, sa.ForeignKey("tracks.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("classes", sa.LargeBinary, nullable=False),       # little-endian float16 (12, frames), row-major
+    sa.Column("version", sa.String(16), nullable=False),        # detector.version.PITCH_CLASSES
 )
 
 checks = sa.Table(

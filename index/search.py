@@ -1,5 +1,6 @@
 """Searching an output: each layer of ``LAYERS`` finds its matches, given what the layers before it
-found, and what they report is merged per copied stretch (``detector/matcher.py``, ``merge``).
+found, and what the signal layers report is merged per copied stretch (``detector/matcher.py``,
+``merge``); the version layer's re-performances follow, apart.
 
 The order matters: the landmark layer searches at the tempos the embedding layer measured. A
 layer joins by adding its module under ``index/layers/`` and its entry here.
@@ -16,12 +17,13 @@ from index.layers import Layer
 from index.layers.chromaprint import ChromaprintLayer
 from index.layers.embedding import EmbeddingLayer
 from index.layers.landmarks import LandmarkLayer
+from index.layers.version import VersionLayer
 
 if TYPE_CHECKING:
     from index.catalog import Catalog
     from index.store import Store
 
-LAYERS: tuple[Layer, ...] = (EmbeddingLayer(), ChromaprintLayer(), LandmarkLayer())
+LAYERS: tuple[Layer, ...] = (EmbeddingLayer(), ChromaprintLayer(), LandmarkLayer(), VersionLayer())
 LAYER = {layer.name: layer for layer in LAYERS}
 
 
@@ -61,10 +63,11 @@ class Searcher:
         instead of 1.28 on 2 cores, the median of 7)."""
         indexes = {layer.name: self.index(layer.name) for layer in LAYERS}
         earlier: dict[str, list[Match]] = {}
-        found: list[Match] = []
+        copies: list[Match] = []
+        versions: list[Match] = []
         with ThreadPoolExecutor(1, thread_name_prefix="prepare") as helper:
             prepared = [helper.submit(layer.prepare, indexes[layer.name], clip) for layer in LAYERS]
             for layer, ready in zip(LAYERS, prepared):
                 earlier[layer.name] = layer.search(self, clip, earlier, ready.result())
-                found += layer.reported(earlier[layer.name])
-        return merge(found)
+                (copies if layer.signal else versions).extend(layer.reported(earlier[layer.name]))
+        return merge(copies) + sorted(versions, key=lambda m: m.p_false)

@@ -24,7 +24,7 @@ from sqlalchemy import event
 from detector.errors import ClearanceError, Conflict, NotFound, StorageError
 from detector.policy import Rights, TrackInfo
 from index import migrate
-from index.schema import api_keys, checks, chromaprints, failures, landmarks, metadata, tracks
+from index.schema import api_keys, checks, chromaprints, failures, landmarks, metadata, pitch_classes, tracks
 
 
 class DuplicateCheck(Conflict):
@@ -131,9 +131,9 @@ class Store:
 
     def add_pending(self, *, external_id: str, title: str, owner: str, rights: Rights, sha256: str,
                     source_path: str, duration_s: float, model: str, vectors: int, fingerprint: np.ndarray,
-                    peaks: np.ndarray, peaks_version: str) -> int:
-        """Insert a track in state ``pending`` with its Chromaprint and landmark peaks (picked as
-        ``peaks_version`` says); returns its key."""
+                    peaks: np.ndarray, peaks_version: str, classes: np.ndarray, classes_version: str) -> int:
+        """Insert a track in state ``pending`` with its Chromaprint, landmark peaks (picked as
+        ``peaks_version`` says) and pitch classes (``classes_version``); returns its key."""
         t = now()
         with self.engine.begin() as c:
             if c.execute(sa.select(tracks.c.id).where(tracks.c.external_id == external_id)).first():
@@ -146,6 +146,8 @@ class Store:
             c.execute(chromaprints.insert().values(track_id=key, fingerprint=fingerprint.astype("<u4").tobytes()))
             c.execute(landmarks.insert().values(track_id=key, peaks=peaks.astype("<u4").tobytes(),
                                                 version=peaks_version))
+            c.execute(pitch_classes.insert().values(track_id=key, classes=classes.astype("<f2").tobytes(),
+                                                    version=classes_version))
         return int(key)
 
     def mark_indexed(self, keys: list[int]) -> None:
@@ -159,6 +161,7 @@ class Store:
             for part in _chunks(map(int, keys)):
                 c.execute(chromaprints.delete().where(chromaprints.c.track_id.in_(part)))
                 c.execute(landmarks.delete().where(landmarks.c.track_id.in_(part)))
+                c.execute(pitch_classes.delete().where(pitch_classes.c.track_id.in_(part)))
                 c.execute(tracks.delete().where(tracks.c.id.in_(part)))
 
     def set_vectors(self, counts: dict[int, int], model: str) -> None:
@@ -187,12 +190,34 @@ class Store:
     def chromaprints(self, keys: Iterable[int] | None = None) -> dict[int, np.ndarray]:
         """Chromaprint sub-fingerprints of every indexed track, or of the tracks ``keys``
         (whatever their state), by track key."""
-        return self._uint32_arrays(chromaprints.c.fingerprint, keys)
+        return self._arrays(chromaprints.c.fingerprint, keys)
 
     def landmarks(self, keys: Iterable[int] | None = None) -> dict[int, np.ndarray]:
         """Landmark peaks of every indexed track, or of the tracks ``keys`` (whatever their
         state), by track key."""
-        return self._uint32_arrays(landmarks.c.peaks, keys)
+        return self._arrays(landmarks.c.peaks, keys)
+
+    def pitch_classes(self, keys: Iterable[int] | None = None) -> dict[int, np.ndarray]:
+        """Pitch-class power, (12, frames) float16, of every indexed track that has it, or of
+        the tracks ``keys``, by track key."""
+        return {k: a.reshape(12, -1) for k, a in self._arrays(pitch_classes.c.classes, keys, "<f2").items()}
+
+    def stale_pitch_classes(self, version: str) -> list[int]:
+        """Keys of indexed tracks with no pitch classes, or pitch classes computed otherwise than
+        ``version``."""
+        q = (sa.select(tracks.c.id).outerjoin(pitch_classes)
+             .where(tracks.c.state == TrackState.indexed.value,
+                    sa.or_(pitch_classes.c.version.is_(None), pitch_classes.c.version != version)))
+        with self.engine.connect() as c:
+            return [key for key, in c.execute(q)]
+
+    def set_pitch_classes(self, classes: dict[int, np.ndarray], version: str) -> None:
+        """Replace, in one transaction, the pitch classes of tracks (key → (12, frames))."""
+        with self.engine.begin() as c:
+            for key, a in classes.items():
+                c.execute(pitch_classes.delete().where(pitch_classes.c.track_id == key))
+                c.execute(pitch_classes.insert().values(track_id=key, classes=a.astype("<f2").tobytes(),
+                                                        version=version))
 
     def stale_peaks(self, version: str) -> list[int]:
         """Keys of indexed tracks whose landmark peaks were picked otherwise than ``version``."""
@@ -208,13 +233,14 @@ class Store:
                 c.execute(landmarks.update().where(landmarks.c.track_id == key)
                           .values(peaks=p.astype("<u4").tobytes(), version=version))
 
-    def _uint32_arrays(self, column: sa.Column, keys: Iterable[int] | None = None) -> dict[int, np.ndarray]:
-        """A per-track array column (little-endian uint32) of every indexed track, or of ``keys``."""
+    def _arrays(self, column: sa.Column, keys: Iterable[int] | None = None, dtype: str = "<u4") -> dict[int, np.ndarray]:
+        """A per-track array column (little-endian ``dtype``) of every indexed track, or of ``keys``."""
         q = sa.select(column.table.c.track_id, column).join(tracks)
         queries = [q.where(tracks.c.state == TrackState.indexed.value)] if keys is None else \
             [q.where(tracks.c.id.in_(some)) for some in _chunks(keys)]
         with self.engine.connect() as c:
-            return {key: np.frombuffer(blob, "<u4").astype(np.uint32) for q in queries for key, blob in c.execute(q)}
+            return {key: np.frombuffer(blob, dtype).astype(np.dtype(dtype).newbyteorder("="))
+                    for q in queries for key, blob in c.execute(q)}
 
     # --- checks -------------------------------------------------------------------------
     def save_check(self, result: dict, submitter: str | None = None, idempotency_key: str | None = None) -> None:

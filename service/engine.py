@@ -121,7 +121,7 @@ def result_json(check_id: str, name: str, duration: float, decision: Decision, m
             "external_id": info.external_id, "title": info.title, "owner": info.owner, "rights": info.rights.value,
             "score": round(m.score, 6), "query_start": round(m.query_start, 2), "query_end": round(m.query_end, 2),
             "ref_start": round(m.ref_start, 2), "ref_end": round(m.ref_end, 2),
-            "tempo_ratio": round(m.tempo_ratio, 4), "method": m.method,
+            "tempo_ratio": round(m.tempo_ratio, 4), "key_shift_st": m.key_shift, "method": m.method,
         } for m, info in decision.matches],
         "model": model,
         "policy": policy,

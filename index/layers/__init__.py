@@ -33,6 +33,7 @@ class Layer:
     be merged."""
 
     name: str = ""
+    signal: bool = True         # finds copies of a recording (False: of its work; never merged with those)
 
     def load(self, catalog: Catalog) -> object:
         """This layer's index of ``catalog``'s indexed tracks (loaded once per published index)."""

@@ -5,7 +5,7 @@ import pytest
 
 from detector.errors import PolicyError
 from detector.matcher import Match
-from detector.policy import Policy, Rights, TrackInfo, Verdict, decide
+from detector.policy import DEFAULT_POLICY, Policy, Rights, TrackInfo, Verdict, decide
 
 POLICY = Policy.load()
 
@@ -75,3 +75,34 @@ def test_malformed_policy_is_a_clear_error(tmp_path):
     bad.write_text('version = "x"\n[block]\nmin_score = 0.5\n')
     with pytest.raises(PolicyError, match="malformed"):
         Policy.load(bad)
+
+
+def version_match(track=1, p_false=1e-5, end=25.0, key_shift=3, tempo=1.1):
+    return Match(track=track, query_start=0.0, query_end=end, ref_start=40.0, ref_end=40.0 + tempo * end,
+                 tempo_ratio=tempo, evidence=0.9, p_false=p_false, method="version", key_shift=key_shift)
+
+
+def test_a_re_performance_of_a_protected_recording_goes_to_review_in_words():
+    d = decide([version_match()], {1: info(Rights.protected)}, 25.0, POLICY)
+    assert d.verdict is Verdict.review and not d.blocking
+    assert d.reasons[0] == ("possible re-performance of protected 't1': melody and harmony of reference 0:40–1:07 in "
+                            "output 0:00–0:25, 3 semitones up, at 1.10× its tempo, score 0.99999: the same music in "
+                            "a new sound; needs a person")
+    assert decide([version_match(p_false=0.05)], {1: info(Rights.protected)}, 25.0, POLICY).verdict is Verdict.allow
+    # a licensed recording's work is not known to be licensed or not: not this layer's call yet
+    assert decide([version_match()], {1: info(Rights.licensed)}, 25.0, POLICY).verdict is Verdict.allow
+
+
+def test_a_policy_may_block_long_overwhelming_re_performances(tmp_path):
+    path = tmp_path / "strict.toml"
+    path.write_text(DEFAULT_POLICY.read_text() + "block_min_score = 0.9999\nblock_min_seconds = 60\n")
+    strict = Policy.load(path)
+    long = decide([version_match(end=90.0)], {1: info(Rights.protected)}, 90.0, strict)
+    assert long.verdict is Verdict.block and "re-performance of protected 't1'" in long.reasons[0]
+    assert decide([version_match(end=30.0)], {1: info(Rights.protected)}, 30.0, strict).verdict is Verdict.review
+    assert decide([version_match(end=90.0)], {1: info(Rights.protected)}, 90.0, POLICY).verdict is Verdict.review
+
+
+def test_a_re_performance_of_a_recording_the_output_copies_adds_no_reason():
+    d = decide([version_match(), match()], {1: info(Rights.protected)}, 30.0, POLICY)
+    assert d.verdict is Verdict.block and len(d.reasons) == 1 and d.reasons[0].startswith("protected recording 't1'")

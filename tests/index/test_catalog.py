@@ -36,13 +36,15 @@ def test_reconcile_after_crash_between_steps(music, tmp_path):
         clip_key = catalog.store.add_pending(external_id="ghost", title="", owner="", rights=Rights.protected,
                                              sha256="0" * 64, source_path="", duration_s=1.0, model="x",
                                              vectors=2, fingerprint=np.zeros(3, np.uint32), peaks=np.zeros(0, np.uint32),
-                                             peaks_version="x")
+                                             peaks_version="x", classes=np.zeros((12, 10), np.float16),
+                                             classes_version="x")
         vectors.add(clip_key, np.eye(2, vectors.info.dim, dtype=np.float32), np.arange(2))
         vectors.save()
     # crash 2: a pending row whose vectors were never published
     catalog.store.add_pending(external_id="lost", title="", owner="", rights=Rights.protected, sha256="1" * 64,
                               source_path="", duration_s=1.0, model="x", vectors=5, fingerprint=np.zeros(3, np.uint32),
-                              peaks=np.zeros(0, np.uint32), peaks_version="x")
+                              peaks=np.zeros(0, np.uint32), peaks_version="x", classes=np.zeros((12, 0), np.float16),
+                              classes_version="x")
 
     summary = catalog.index_paths(paths, Rights.protected)
     assert summary.skipped == [str(paths[0])] and len(summary.indexed) == 2
@@ -61,12 +63,12 @@ def test_the_layers_indexes_are_published_with_the_vectors_and_follow_takedowns(
         """The track keys of the indexes saved with the published vectors, each checked against one
         built from the database."""
         keys = {}
-        for layer in (LAYER["landmark"], LAYER["chromaprint"]):
+        for layer in (LAYER["landmark"], LAYER["chromaprint"], LAYER["version"]):
             saved = layer.index_type.open(catalog.vectors.folder)
             built = layer.index_type(layer.arrays(catalog.store))
             assert all(np.array_equal(getattr(saved, name), getattr(built, name)) for name in saved.arrays)
             keys[layer.name] = saved.ids
-        assert np.array_equal(keys["landmark"], keys["chromaprint"])
+        assert np.array_equal(keys["landmark"], keys["chromaprint"]) and np.array_equal(keys["landmark"], keys["version"])
         return keys["landmark"]
 
     catalog.index_paths(paths[:2], Rights.protected, publish_every_s=0)     # published after each track
@@ -76,7 +78,8 @@ def test_the_layers_indexes_are_published_with_the_vectors_and_follow_takedowns(
     catalog.unload()
     with caplog.at_level(logging.WARNING):
         assert len(catalog.landmark_index) > 0 and len(catalog.chroma) > 0
-    assert caplog.text.count("built from the database") == 2
+        assert len(catalog.searcher.index("version")) > 0
+    assert caplog.text.count("built from the database") == 3
     catalog.index_paths(paths[2:], Rights.protected)
     assert len(published()) == 3
     catalog.remove(["track6"])
@@ -86,6 +89,7 @@ def test_the_layers_indexes_are_published_with_the_vectors_and_follow_takedowns(
     with caplog.at_level(logging.WARNING):
         assert isinstance(catalog.landmark_index.times.base, np.memmap)           # opened, not built
         assert isinstance(catalog.chroma.values.base, np.memmap)
+        assert isinstance(catalog.searcher.index("version").vectors.base, np.memmap)
     assert "built from the database" not in caplog.text
 
 

@@ -2,6 +2,7 @@
 ``index.schema.metadata``, and every way a database can be found is brought to it."""
 from __future__ import annotations
 
+import numpy as np
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -68,3 +69,7 @@ def test_landmark_peaks_stored_before_their_version_was_recorded_are_marked_for_
     store = Store(url)
     assert store.stale_peaks("peaks-v2") == [1] and store.stale_peaks("peaks-v1") == []
     assert store.landmarks()[1].tolist() == [1]
+    # and no pitch classes (the version layer's): the same rebuild takes them
+    assert store.stale_pitch_classes("pc-v1") == [1] and store.pitch_classes() == {}
+    store.set_pitch_classes({1: np.ones((12, 3), np.float16)}, "pc-v1")
+    assert store.stale_pitch_classes("pc-v1") == [] and store.pitch_classes()[1].shape == (12, 3)

@@ -1,0 +1,85 @@
+"""The version layer's stages on real renders: public-domain works from music21's corpus played
+with FluidSynth (``detector/versionset.py``), through the shipped version model and Qmax."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from music21 import corpus
+
+from detector import versionset
+from detector.version import VersionModel, chroma, qmax
+
+
+@pytest.fixture(scope="module")
+def works() -> list[versionset.Work]:
+    """Two chorales and three reels (parsed from the corpus, not the cache: seconds)."""
+    paths = [("bach", p) for p in corpus.getComposer("bach") if p.stem in ("bwv26.6", "bwv40.8")]
+    paths += [("ryans", p) for p in corpus.getComposer("ryansMammoth")[40:43]]
+    return [versionset.parse(c, str(p)) for c, p in paths]
+
+
+@pytest.fixture(scope="module")
+def renderer() -> versionset.Renderer:
+    return versionset.Renderer()
+
+
+@pytest.fixture(scope="module")
+def model() -> VersionModel:
+    return VersionModel.load()
+
+
+def test_a_performance_is_deterministic_and_changes_what_its_transform_says(works):
+    work = works[2]
+    ref = versionset.perform(work)
+    assert versionset.perform(work) == ref
+    assert ref.key_shift == 0 and ref.tempo == 1.0 and ref.soundfont in versionset.TRAIN_SOUNDFONTS
+    key = versionset.perform(work, "key")
+    assert key.key_shift != 0 and key.soundfont == ref.soundfont
+    assert sorted(n.pitch - key.key_shift for n in key.notes) == sorted(n.pitch for n in ref.notes)
+    tempo = versionset.perform(work, "tempo")
+    assert abs(np.log(tempo.tempo)) >= np.log(1.05)
+    assert max(n.end for n in tempo.notes) == pytest.approx(max(n.end for n in ref.notes) / tempo.tempo, rel=0.05)
+    timbre = versionset.perform(work, "timbre", soundfonts=(versionset.HELDOUT_SOUNDFONT,))
+    assert timbre.soundfont == versionset.HELDOUT_SOUNDFONT and timbre.programs != ref.programs
+    arranged = versionset.perform(work, "arrangement")
+    assert any(n.channel == versionset.DRUMS for n in arranged.notes)
+    melody = lambda p: sorted((round(n.start, 3), n.pitch) for n in p.notes if n.channel == 0)
+    assert melody(arranged) == melody(ref)
+
+
+def test_a_transposition_leaves_the_version_vector_unchanged(works, renderer, model):
+    classes = model.classes(renderer.render(versionset.perform(works[0])))
+    _, plain = model.vectors(classes, 5.0)
+    _, rolled = model.vectors(torch.roll(classes, 5, 0), 5.0)
+    np.testing.assert_allclose(plain, rolled, atol=1e-5)
+
+
+def test_the_model_tells_a_re_performance_from_other_works(works, renderer, model):
+    """Every work re-performed with another soundfont's instruments, in another key and tempo,
+    with a new accompaniment and drums: its own reference is the nearest, clearly."""
+    refs = []
+    for work in works:
+        _, v = model.vectors(model.classes(renderer.render(versionset.perform(work))), 2.0)
+        refs.append(v)
+    for k, work in enumerate(works):
+        audio = renderer.render(versionset.perform(work, "all", soundfonts=(versionset.HELDOUT_SOUNDFONT,)))
+        _, q = model.vectors(model.classes(audio[: 20 * versionset.SAMPLE_RATE]), 2.0)
+        best = [float((q @ r.T).max()) for r in refs]
+        assert int(np.argmax(best)) == k, (work.work_id, best)
+
+
+def test_qmax_measures_the_key_shift_and_the_spans_of_a_re_performance(works, renderer, model):
+    as_chroma = lambda audio: chroma(model.classes(audio)).numpy()
+    refs = [as_chroma(renderer.render(versionset.perform(w))) for w in works]
+    work = works[3]
+    version = versionset.perform(work, "key")
+    audio = renderer.render(version)
+    start = 6 * versionset.SAMPLE_RATE
+    found = qmax(as_chroma(audio[start:start + 20 * versionset.SAMPLE_RATE]), refs)
+    scores = [a.score for a in found]
+    assert int(np.argmax(scores)) == 3 and scores[3] > 2 * sorted(scores)[-2]
+    best = found[3]
+    assert best.key_shift == version.key_shift % 12
+    assert best.query_end - best.query_start > 10
+    assert best.ref_start - best.query_start == pytest.approx(6.0, abs=1.0)
