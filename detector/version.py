@@ -34,7 +34,8 @@ from detector.matcher import Calibration
 
 CHROMA_FPS = 10                 # chroma frames per second
 SEGMENT_S = 20.0                # seconds of audio per version vector
-PITCH_CLASSES = "pc-v1"         # how ``pitch_class_power`` is computed; stored with every track's
+PITCH_CLASSES = "pc-v2"         # how ``pitch_class_power`` is computed, stored with every track
+PITCH_CLASS_SCALE = 256.0       # stored pitch-class power is divided by it (float16's range)
 SILENT_DB = 50.0                # frames this far below the clip's loudest carry no pitch
 QMAX_STEP = 2                   # chroma frames per Qmax step: 5 a second
 MIN_FRAMES = 20                 # chroma frames (2 s) a version vector needs at least
@@ -67,7 +68,9 @@ def pitch_class_power(samples: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         power = spec.of_long(torch.from_numpy(np.ascontiguousarray(samples, np.float32)))
         classes = pitch_classes(power, round(69 + 12 * math.log2(fe.f_min / 440)), fe.sample_rate / fe.hop_length)
-    return classes.numpy().astype(np.float16)
+    # float16 holds up to 65,504: full-scale music reaches about 300,000 before this scaling, and
+    # the model sees power only relative to the window's loudest frame
+    return np.minimum(classes.numpy() / PITCH_CLASS_SCALE, 6e4).astype(np.float16)
 
 
 def chroma(classes: torch.Tensor) -> torch.Tensor:

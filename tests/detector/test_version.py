@@ -8,7 +8,7 @@ import torch
 from music21 import corpus
 
 from detector import versionset
-from detector.version import VersionModel, chroma, qmax
+from detector.version import VersionModel, chroma, pitch_class_power, qmax
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +83,11 @@ def test_qmax_measures_the_key_shift_and_the_spans_of_a_re_performance(works, re
     assert best.key_shift == version.key_shift % 12
     assert best.query_end - best.query_start > 10
     assert best.ref_start - best.query_start == pytest.approx(6.0, abs=1.0)
+
+
+def test_pitch_classes_of_full_scale_audio_are_finite_and_name_the_note():
+    t = np.arange(5 * versionset.SAMPLE_RATE) / versionset.SAMPLE_RATE
+    square = np.sign(np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)        # A, as loud as audio gets
+    classes = pitch_class_power(square)
+    assert classes.dtype == np.float16 and np.isfinite(classes).all()
+    assert (classes.astype(np.float32).argmax(0) == 9).mean() > 0.9
