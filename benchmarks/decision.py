@@ -195,7 +195,8 @@ def licensed_excerpts(bench: Bench, n: int, wrong_blocks: list) -> dict:
 
 def negatives(bench: Bench, n: int, seed: int) -> tuple[dict, list]:
     """``n`` negatives (cut to the output lengths where those are shorter than every negative):
-    counts ``n``, ``block``, ``related``, ``review``, and the false blocks (negative, match, track)."""
+    counts ``n``, ``block``, ``related``, ``review``, ``version`` (flagged by the version layer),
+    and the false blocks (negative, match, track)."""
     lo, hi = bench.seconds
     neg = defaultdict(int)
     false_blocks = []
@@ -214,6 +215,7 @@ def negatives(bench: Bench, n: int, seed: int) -> tuple[dict, list]:
         elif d.verdict is Verdict.block:
             neg["related"] += 1
         neg["review"] += d.verdict is Verdict.review
+        neg["version"] += any(m.method == "version" for m, _ in d.matches)
     return neg, false_blocks
 
 
@@ -232,7 +234,7 @@ def print_recall(stats: dict, seconds: tuple[float, float], per_transform: int) 
 def print_false_blocks(neg: dict, false_blocks: list, lic: dict, wrong_blocks: list) -> None:
     print(f"\nFalse blocks on negatives: {neg['block']}/{neg['n']} = {100 * neg['block'] / neg['n']:.2f}% "
           f"(95% upper bound {100 * upper95(neg['block'], neg['n']):.2f}%), sent to review {neg['review']}, "
-          f"blocked as a related track {neg['related']}")
+          f"blocked as a related track {neg['related']}, flagged as a re-performance {neg['version']}")
     for name, m, i in false_blocks:
         print(f"  {name} → {i.external_id} ({m.method}, score {m.score:.6f}, {m.duration:.1f} s, "
               f"tempo {m.tempo_ratio:.2f})")
