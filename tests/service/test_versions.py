@@ -26,7 +26,10 @@ def _wav(audio: np.ndarray, path):
 def rendered(tmp_path_factory):
     """Six reels' references as files (the first four go in the catalog), and a renderer for their versions."""
     folder = tmp_path_factory.mktemp("works")
-    paths = [("ryans", p) for p in corpus.getComposer("ryansMammoth")[40:46]]
+    names = ["BanjoReel", "BanksOfEnvernessReel", "BannocksOBarleyMealJig", "BarneyBrallagansJig", "BarneysGoatJig",
+             "BattleTheCashJig"]
+    found = {p.stem: p for p in corpus.getComposer("ryansMammoth")}
+    paths = [("ryans", found[n]) for n in names]
     works = [versionset.parse(c, str(p)) for c, p in paths]
     renderer = versionset.Renderer()
     files = [_wav(renderer.render(versionset.perform(w)), folder / f"{w.work_id.split('/')[1]}.wav") for w in works]
