@@ -44,7 +44,7 @@ from benchmarks import corpus as C
 from benchmarks.calibrate import tail
 from detector import versionset
 from detector.matcher import Calibration
-from detector.version import VersionIndex, VersionModel, VersionNet, chroma, qmax
+from detector.version import VersionIndex, VersionModel, chroma, pitch_class_power, qmax
 
 QUERY_S = 20.0
 MIX_S = 10.0
@@ -53,20 +53,12 @@ NEGATIVE_KINDS = (*versionset.TRANSFORMS, "excerpt_mix")
 HOP_S = 2.0
 
 _renderer: versionset.Renderer | None = None
-_reducer: VersionModel | None = None
 _unseen: list[C.Track] = []             # held-out corpus music that copies are mixed under
 
 
 def _start_worker(unseen: list[C.Track]) -> None:
     global _unseen
     _unseen = unseen
-
-
-def _classes(samples: np.ndarray) -> np.ndarray:
-    global _reducer
-    if _reducer is None:
-        _reducer = VersionModel(VersionNet(), "front end")
-    return _reducer.classes(samples).numpy().astype(np.float16)
 
 
 def audio(task: tuple[versionset.Work, str, int]) -> np.ndarray:
@@ -94,7 +86,7 @@ def audio(task: tuple[versionset.Work, str, int]) -> np.ndarray:
 def _query(task: tuple[versionset.Work, str, int]) -> np.ndarray:
     """Pitch-class power of one query: (work, kind, seed) → (12, frames) float16."""
     torch.set_num_threads(1)
-    return _classes(audio(task))
+    return pitch_class_power(audio(task))
 
 
 def rendered(tasks: list[tuple[versionset.Work, str, int]], cache: Path, jobs: int,
@@ -126,34 +118,24 @@ def corpus_negatives(tracks: list[C.Track], n: int, cache: Path) -> list[np.ndar
     if path.exists():
         return list(np.load(path).values())
     rng = np.random.default_rng(7)
-    out = [_classes(C.music_from(tracks, QUERY_S, rng)[1]) for _ in range(n)]
+    out = [pitch_class_power(C.music_from(tracks, QUERY_S, rng)[1]) for _ in range(n)]
     np.savez(path, *out)
-    return out
-
-
-def learned_scores(model: VersionModel, refs: list[np.ndarray], queries: list[np.ndarray]) -> np.ndarray:
-    """(queries, refs): the best cosine between a query's vector and any window of a reference."""
-    owners, vectors = [], []
-    for r, classes in enumerate(refs):
-        _, v = model.vectors(torch.from_numpy(classes.astype(np.float32)), HOP_S)
-        owners += [r] * len(v)
-        vectors.append(v)
-    owners, vectors = np.array(owners), np.concatenate(vectors)
-    out = np.full((len(queries), len(refs)), -1.0, np.float32)
-    for i, classes in enumerate(queries):
-        _, q = model.vectors(torch.from_numpy(classes.astype(np.float32)), HOP_S)
-        sims = (q @ vectors.T).max(0)
-        np.maximum.at(out[i], owners, sims)
     return out
 
 
 def layer_scores(model: VersionModel, refs: list[np.ndarray], queries: list[np.ndarray]) -> np.ndarray:
     """(queries, refs): the version layer's evidence (``VersionIndex.search``) for the tracks it
-    verified, below them (minus 100) the best cosine of the others, so every reference is ranked."""
-    out = learned_scores(model, refs, queries) - 100
+    verified, below them (minus 100) the best cosine between a query's vectors and the other
+    references' windows, so every reference is ranked."""
     index = VersionIndex(dict(enumerate(refs)), model)
+    windows = index.vectors.astype(np.float32)
+    out = np.full((len(queries), len(refs)), -101.0, np.float32)
     for i, classes in enumerate(queries):
-        for m in index.search(torch.from_numpy(classes.astype(np.float32))):
+        classes = torch.from_numpy(classes.astype(np.float32))
+        _, q = model.vectors(classes, HOP_S)
+        if len(q):
+            out[i] = np.maximum.reduceat((q @ windows.T).max(0), index.vector_starts[:-1]) - 100
+        for m in index.search(classes):
             out[i, m.track] = m.evidence
     return out
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from detector.train import nt_xent
-from detector.version import CHECKPOINT_FORMAT, CHROMA_FPS, SEGMENT_S, VersionModel, VersionNet, chroma
+from detector.version import CHECKPOINT_FORMAT, CHROMA_FPS, SEGMENT_S, VersionNet, chroma, pitch_class_power
 from detector import versionset
 
 VERSION = "clearance-ver-v1"
@@ -44,15 +44,6 @@ class Rendered:
 
 
 _renderer: versionset.Renderer | None = None
-_model: VersionModel | None = None
-
-
-def reduce(samples: np.ndarray) -> np.ndarray:
-    """8 kHz samples → (12, frames) float16 pitch-class power."""
-    global _model
-    if _model is None:
-        _model = VersionModel(VersionNet(), "untrained")
-    return _model.classes(samples).numpy().astype(np.float16)
 
 
 def _render_work(args: tuple[versionset.Work, int]) -> list[Rendered]:
@@ -65,7 +56,7 @@ def _render_work(args: tuple[versionset.Work, int]) -> list[Rendered]:
     for k in range(count):
         transform = "reference" if k == 0 else versionset.TRANSFORMS[(k - 1 + zlib.crc32(work.work_id.encode())) % 5]
         perf = versionset.perform(work, transform, seed=k, soundfonts=versionset.TRAIN_SOUNDFONTS)
-        out.append(Rendered(reduce(_renderer.render(perf)), 60.0 / (work.qpm * perf.tempo)))
+        out.append(Rendered(pitch_class_power(_renderer.render(perf)), 60.0 / (work.qpm * perf.tempo)))
     return out
 
 
@@ -99,7 +90,7 @@ def overlays(music: Path | None, cache: Path) -> list[np.ndarray]:
     from detector.audio import decode
     from detector.corpus import manifest
 
-    out = [reduce(decode(t.path, 8000).samples) for t in manifest(music) if t.split == "train" and t.path.exists()]
+    out = [pitch_class_power(decode(t.path, 8000).samples) for t in manifest(music) if t.split == "train" and t.path.exists()]
     with open(path, "wb") as f:
         pickle.dump(out, f)
     return out

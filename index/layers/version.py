@@ -32,8 +32,9 @@ class VersionLayer(SavedLayer):
     def load(self, catalog: Catalog) -> version.VersionIndex:
         stale = catalog.store.stale_pitch_classes(version.PITCH_CLASSES)
         if stale:
-            log.warning("%d catalog tracks have no pitch classes of this version: the version layer does not find "
-                        "re-performances of them until `clearance index --rebuild` takes them again", len(stale))
+            # those of an earlier version are still searched; tracks with none are not seen at all
+            log.warning("%d catalog tracks have no pitch classes, or pitch classes of an earlier version: "
+                        "`clearance index --rebuild` takes them again", len(stale))
         index = super().load(catalog)
         if not index.current:
             log.warning("the version index was published with other version-model weights: built again from the "
