@@ -1,5 +1,5 @@
-"""The tables of the catalog database, in one SQLAlchemy ``metadata``: the catalog's (tracks,
-their Chromaprint fingerprints, landmark peaks and pitch classes, stored checks, API keys, failed indexing
+"""The tables of the catalog database, in one SQLAlchemy ``metadata``: the catalog's (works,
+tracks, their Chromaprint fingerprints, landmark peaks and pitch classes, stored checks, API keys, failed indexing
 attempts; ``index/store.py``) and the review's (dashboard sessions, the audit log;
 ``index/reviews.py``).
 
@@ -11,6 +11,17 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 metadata = sa.MetaData()
+
+works = sa.Table(                   # the songs that recordings record: a right of their own
+    "works", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("external_id", sa.String(512), nullable=False, unique=True),   # an ISWC or the catalog's own id
+    sa.Column("title", sa.String(1024), nullable=False, default=""),
+    sa.Column("owner", sa.String(512), nullable=False, default=""),          # the work's rights holder
+    sa.Column("rights", sa.String(16), nullable=False),                      # protected | licensed | unknown
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
 
 tracks = sa.Table(
     "tracks", metadata,
@@ -27,6 +38,7 @@ tracks = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),        # pending | indexed
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("work_key", sa.Integer, sa.ForeignKey("works.id"), nullable=True, index=True),   # the work it records
     # keys are never reused: vector ids and stored shards name tracks by key
     sqlite_autoincrement=True,
 )
@@ -104,8 +116,8 @@ audit_log = sa.Table(
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("actor_key_id", sa.String(16), nullable=False),
     sa.Column("actor_name", sa.String(256), nullable=False),
-    sa.Column("subject", sa.String(16), nullable=False),          # check | track
-    sa.Column("subject_id", sa.String(512), nullable=False),      # check id | track external_id
+    sa.Column("subject", sa.String(16), nullable=False),          # check | track | work
+    sa.Column("subject_id", sa.String(512), nullable=False),      # check id | track or work external_id
     sa.Column("action", sa.String(32), nullable=False),
     sa.Column("previous", sa.String(32), nullable=False),         # review state or rights before
     sa.Column("new", sa.String(32), nullable=False),              # … and after

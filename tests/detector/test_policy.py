@@ -5,7 +5,7 @@ import pytest
 
 from detector.errors import PolicyError
 from detector.matcher import Match
-from detector.policy import DEFAULT_POLICY, Policy, Rights, TrackInfo, Verdict, decide
+from detector.policy import DEFAULT_POLICY, Policy, Rights, TrackInfo, Verdict, WorkInfo, WorkRights, decide
 
 POLICY = Policy.load()
 
@@ -15,8 +15,9 @@ def match(track=1, start=0.0, end=20.0, p_false=1e-6, method="embedding", tempo=
                  tempo_ratio=tempo, evidence=50.0, p_false=p_false, method=method)
 
 
-def info(rights: Rights, eid="t1"):
-    return TrackInfo(eid, eid.title(), "Owner", rights)
+def info(rights: Rights, eid="t1", work: WorkRights | None = None):
+    return TrackInfo(eid, eid.title(), "Owner", rights,
+                     WorkInfo("W-1", "The Song", "Publisher", work) if work else None)
 
 
 def test_protected_match_blocks_with_reason():
@@ -106,3 +107,65 @@ def test_a_policy_may_block_long_overwhelming_re_performances(tmp_path):
 def test_a_re_performance_of_a_recording_the_output_copies_adds_no_reason():
     d = decide([version_match(), match()], {1: info(Rights.protected)}, 30.0, POLICY)
     assert d.verdict is Verdict.block and len(d.reasons) == 1 and d.reasons[0].startswith("protected recording 't1'")
+
+
+# --- recordings and works: the policy decides by the right that is used -------------------------
+
+def test_a_copy_of_a_licensed_recording_of_a_protected_work_goes_to_review_naming_the_work():
+    d = decide([match()], {1: info(Rights.licensed, work=WorkRights.protected)}, 30.0, POLICY)
+    assert d.verdict is Verdict.review and d.decided_by == ("work",)
+    assert d.reasons[0] == ("licensed recording 't1' copied for 20.0 s (score 0.999999), but work 'W-1' ('The Song', "
+                            "Publisher), the song it records, is protected: the recording's licence does not cover the "
+                            "song; needs a person")
+    unknown = decide([match()], {1: info(Rights.licensed, work=WorkRights.unknown)}, 30.0, POLICY)
+    assert unknown.verdict is Verdict.review and "has rights the catalog does not know" in unknown.reasons[0]
+    both = decide([match()], {1: info(Rights.licensed, work=WorkRights.licensed)}, 30.0, POLICY)
+    assert both.verdict is Verdict.allow and both.reasons[0].endswith("of work 'W-1' ('The Song', Publisher) used "
+                                                                      "for 20.0 s: attribute it")
+
+
+def test_a_copy_of_a_protected_recording_is_decided_by_the_recording_whatever_its_work():
+    for work in WorkRights:
+        d = decide([match()], {1: info(Rights.protected, work=work)}, 30.0, POLICY)
+        assert d.verdict is Verdict.block and d.decided_by == ("recording",)
+        assert d.reasons[0].startswith("protected recording 't1'")
+
+
+def test_the_works_table_says_what_a_licensed_recording_of_a_protected_work_gets(tmp_path):
+    path = tmp_path / "strict.toml"
+    path.write_text(DEFAULT_POLICY.read_text().replace('licensed_recording_of_protected_work = "review"',
+                                                       'licensed_recording_of_protected_work = "block"')
+                    .replace('licensed_recording_of_unknown_work = "review"',
+                             'licensed_recording_of_unknown_work = "allow"'))
+    strict = Policy.load(path)
+    d = decide([match()], {1: info(Rights.licensed, work=WorkRights.protected)}, 30.0, strict)
+    assert d.verdict is Verdict.block and d.reasons[0].endswith("blocked by the policy's [works] table")
+    weak = 1 - (strict.block_score + strict.review_score) / 2        # below the block threshold: review
+    assert decide([match(p_false=weak)], {1: info(Rights.licensed, work=WorkRights.protected)}, 30.0,
+                  strict).verdict is Verdict.review
+    d = decide([match()], {1: info(Rights.licensed, work=WorkRights.unknown)}, 30.0, strict)
+    assert d.verdict is Verdict.allow and d.reasons[0].endswith("attribute it")
+    path.write_text(DEFAULT_POLICY.read_text().replace('licensed_recording_of_protected_work = "review"',
+                                                       'licensed_recording_of_protected_work = "ban"'))
+    with pytest.raises(PolicyError, match="malformed"):
+        Policy.load(path)
+
+
+def test_a_re_performance_is_decided_by_its_work_only():
+    protected_work = decide([version_match()], {1: info(Rights.licensed, work=WorkRights.protected)}, 25.0, POLICY)
+    assert protected_work.verdict is Verdict.review and protected_work.decided_by == ("work",)
+    assert protected_work.reasons[0].startswith(
+        "possible re-performance of work 'W-1' ('The Song', Publisher), recorded as 't1', which is protected: melody "
+        "and harmony of reference 0:40–1:07")
+    licensed_work = decide([version_match()], {1: info(Rights.protected, work=WorkRights.licensed)}, 25.0, POLICY)
+    assert licensed_work.verdict is Verdict.allow and licensed_work.reasons[0].startswith(
+        "licensed work 'W-1' ('The Song', Publisher) re-performed: melody")
+    assert licensed_work.reasons[0].endswith("(recording 't1'): attribute it")
+    unknown = decide([version_match()], {1: info(Rights.licensed, work=WorkRights.unknown)}, 25.0, POLICY)
+    assert unknown.verdict is Verdict.review and "which has rights the catalog does not know" in unknown.reasons[0]
+
+
+def test_a_re_performance_of_a_work_whose_recording_the_output_copies_adds_nothing():
+    works = {1: info(Rights.licensed, "a", WorkRights.protected), 2: info(Rights.licensed, "b", WorkRights.protected)}
+    d = decide([match(1), version_match(2)], works, 30.0, POLICY)      # another recording of the same work
+    assert d.verdict is Verdict.review and len(d.reasons) == 1 and d.reasons[0].startswith("licensed recording 'a'")
