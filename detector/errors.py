@@ -44,6 +44,11 @@ class NotFound(ClearanceError):
     """No such thing as was named: a track, a check, an API key (or none the caller may see)."""
 
 
+class InvalidRequest(ClearanceError):
+    """A value that passed type validation but makes no sense: a forged cursor, a work id of the
+    wrong length."""
+
+
 class Conflict(ClearanceError):
     """The request clashes with what is stored: an id or a recording already in the catalog, a
     verdict recorded against a view someone else has changed meanwhile, a catalog that another

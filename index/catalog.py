@@ -22,7 +22,7 @@ from detector.audio import Clip, DecodeLimits, find_audio
 from detector.errors import ClearanceError, Conflict, NotFound
 from detector.matcher import Calibration, Match, Matcher
 from detector.model import Embedder
-from detector.policy import Rights
+from detector.policy import Rights, WorkInfo, WorkRights
 from index.layers.embedding import REPORTED_P, embedding_matches
 from index.layers.landmarks import landmark_matches
 from index.pipeline import (Failure, Fingerprinter, IndexEngine, Outcome, Skipped, new_job_folder, run_local,
@@ -30,7 +30,7 @@ from index.pipeline import (Failure, Fingerprinter, IndexEngine, Outcome, Skippe
 from index.rebuild import Progress, RebuildReport, rebuild, rebuild_locked
 from index.search import Searcher, write_indexes
 from index.shards import ShardStore
-from index.store import Store, Track, TrackState
+from index.store import Store, Track, TrackState, valid_work_id
 from index.vectors import AUTO, VectorIndex, auto_factory, min_training_vectors, new_index, split_ids, vector_ids
 
 
@@ -64,11 +64,15 @@ class ManifestEntry:
     external_id: str
     title: str = ""
     owner: str = ""
+    work: WorkInfo | None = None         # the work the recording records
 
 
 def read_manifest(path: str | Path) -> dict[Path, ManifestEntry]:
     """A CSV with ``path`` (relative to the CSV's folder, or absolute) and ``track_id`` or
-    ``external_id`` columns; ``title`` and ``owner`` are optional."""
+    ``external_id`` columns; ``title`` and ``owner`` are optional, and so are the work the
+    recording records, ``work_id`` (an ISWC or the catalog's own id), and of a work that is not
+    in the catalog yet its ``work_title``, ``work_owner`` and ``work_rights`` (protected, licensed
+    or unknown, the default). A work already in the catalog keeps its own."""
     path = Path(path)
     try:
         with open(path, newline="") as f:
@@ -80,7 +84,16 @@ def read_manifest(path: str | Path) -> dict[Path, ManifestEntry]:
         eid = r.get("external_id") or r.get("track_id")
         if not r.get("path") or not eid:
             raise ClearanceError(f"manifest {path} line {i}: needs 'path' and 'track_id' (or 'external_id')")
-        out[(path.parent / r["path"]).resolve()] = ManifestEntry(eid, r.get("title") or "", r.get("owner") or "")
+        work, rights = None, r.get("work_rights") or WorkRights.unknown.value
+        if rights not in {w.value for w in WorkRights}:
+            raise ClearanceError(f"manifest {path} line {i}: work_rights is protected, licensed or unknown, not {rights!r}")
+        if r.get("work_id"):
+            try:
+                work = WorkInfo(valid_work_id(r["work_id"]), r.get("work_title") or "", r.get("work_owner") or "",
+                                WorkRights(rights))
+            except ClearanceError as exc:
+                raise ClearanceError(f"manifest {path} line {i}: {exc}") from None
+        out[(path.parent / r["path"]).resolve()] = ManifestEntry(eid, r.get("title") or "", r.get("owner") or "", work)
     return out
 
 
@@ -269,7 +282,7 @@ class Catalog:
                 rights=rights, sha256=source.sha256, source_path=str(path.resolve()), duration_s=outcome.duration_s,
                 model=outcome.model, vectors=len(outcome.windows), fingerprint=outcome.chromaprint,
                 peaks=outcome.peaks, peaks_version=landmarks.PEAKS, classes=outcome.classes,
-                classes_version=version.PITCH_CLASSES)
+                classes_version=version.PITCH_CLASSES, work_key=self.store.ensure_work(entry.work) if entry.work else None)
         except Conflict as exc:
             return self._fail(source.path, str(exc), summary)
         vectors.add(key, outcome.vectors, outcome.windows)

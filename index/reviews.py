@@ -14,9 +14,10 @@ from enum import Enum
 import sqlalchemy as sa
 
 from detector.errors import Conflict, NotFound
-from detector.policy import Rights
-from index.schema import api_keys, audit_log, checks, review_sessions, tracks
-from index.store import Store, Track, TrackState, now, track_from_row, utc
+from detector.policy import Rights, WorkInfo, WorkRights
+from index.schema import api_keys, audit_log, checks, review_sessions, tracks, works
+from index.store import (Store, Track, TrackState, now, select_tracks, track_from_row, utc, valid_work_id,
+                         work_from_row)
 
 UNREVIEWED = "unreviewed"
 
@@ -224,6 +225,44 @@ class Review:
                       .values(rights=rights.value, updated_at=now()))
             return self._append(c, actor, "track", external_id, "rights", before, rights.value, "", note)
 
+    def put_work(self, external_id: str, *, title: str | None = None, owner: str | None = None,
+                 rights: WorkRights | None = None, actor: Actor, note: str = "") -> WorkInfo:
+        """Add work ``external_id`` (rights unknown unless given), or change what is given of it,
+        in one transaction; a new work, and a change of a work's rights, are audited."""
+        external_id = valid_work_id(external_id)
+        with self.engine.begin() as c:
+            r = c.execute(sa.select(works).where(works.c.external_id == external_id)).first()
+            if r is None:
+                work = WorkInfo(external_id, title or "", owner or "", rights or WorkRights.unknown)
+                c.execute(works.insert().values(external_id=external_id, title=work.title, owner=work.owner,
+                                                rights=work.rights.value, created_at=now(), updated_at=now()))
+                self._append(c, actor, "work", external_id, "rights", "", work.rights.value, "", note)
+                return work
+            before = work_from_row(r)
+            work = WorkInfo(external_id, before.title if title is None else title,
+                            before.owner if owner is None else owner, before.rights if rights is None else rights)
+            c.execute(works.update().where(works.c.id == r.id).values(title=work.title, owner=work.owner,
+                                                                      rights=work.rights.value, updated_at=now()))
+            if work.rights is not before.rights:
+                self._append(c, actor, "work", external_id, "rights", before.rights.value, work.rights.value, "", note)
+            return work
+
+    def link_work(self, track_id: str, work_id: str | None, *, actor: Actor, note: str = "") -> None:
+        """Record that track ``track_id`` records work ``work_id`` (None: no work), audited."""
+        with self.engine.begin() as c:
+            before = c.execute(select_tracks().where(tracks.c.external_id == track_id)).first()
+            if before is None:
+                raise NotFound(f"no track with external_id '{track_id}'")
+            key = None
+            if work_id is not None:
+                key = c.execute(sa.select(works.c.id).where(works.c.external_id == work_id)).scalar()
+                if key is None:
+                    raise NotFound(f"no work with id '{work_id}'; add it first")
+            if before.work_key == key:
+                return
+            c.execute(tracks.update().where(tracks.c.id == before.id).values(work_key=key, updated_at=now()))
+            self._append(c, actor, "track", track_id, "work", before.work_id or "", work_id or "", "", note)
+
     def audit_trail(self, subject: str, subject_id: str | None = None, limit: int | None = None) -> list[AuditEntry]:
         """Entries about ``subject`` (one ``subject_id`` or all), oldest first for one subject,
         newest first for all."""
@@ -236,12 +275,14 @@ class Review:
             return [_row_to_audit(r) for r in c.execute(q.limit(limit))]
 
     def search_tracks(self, text: str = "", rights: Rights | None = None, limit: int = 200) -> list[Track]:
-        """Indexed tracks whose external id, title or owner contains ``text``."""
-        q = (sa.select(tracks).where(tracks.c.state == TrackState.indexed.value).order_by(tracks.c.external_id)
+        """Indexed tracks whose external id, title or owner, or whose work's id, title or owner,
+        contains ``text``."""
+        q = (select_tracks().where(tracks.c.state == TrackState.indexed.value).order_by(tracks.c.external_id)
              .limit(limit))
         if text:
             q = q.where(sa.or_(*(col.contains(text, autoescape=True)
-                                 for col in (tracks.c.external_id, tracks.c.title, tracks.c.owner))))
+                                 for col in (tracks.c.external_id, tracks.c.title, tracks.c.owner,
+                                             works.c.external_id, works.c.title, works.c.owner))))
         if rights:
             q = q.where(tracks.c.rights == rights.value)
         with self.engine.connect() as c:
@@ -253,6 +294,12 @@ class Review:
             return list(c.execute(sa.select(tracks.c.owner).distinct().where(tracks.c.state == TrackState.indexed.value,
                                                                                tracks.c.owner != "")
                                   .order_by(tracks.c.owner)).scalars())
+
+    def work_owners(self) -> list[str]:
+        """Distinct rights holders of works, for the queue's filter."""
+        with self.engine.connect() as c:
+            return list(c.execute(sa.select(works.c.owner).distinct().where(works.c.owner != "")
+                                  .order_by(works.c.owner)).scalars())
 
     @staticmethod
     def _append(c, actor: Actor, subject: str, subject_id: str, action: str, previous: str, new: str,

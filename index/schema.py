@@ -11,11 +11,12 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 metadata = sa.MetaData()
+WORK_ID_MAX = 32            # characters of a work's id: it is also what an audited change of a track's work records
 
 works = sa.Table(                   # the songs that recordings record: a right of their own
     "works", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("external_id", sa.String(512), nullable=False, unique=True),   # an ISWC or the catalog's own id
+    sa.Column("external_id", sa.String(WORK_ID_MAX), nullable=False, unique=True),   # an ISWC or the catalog's own id
     sa.Column("title", sa.String(1024), nullable=False, default=""),
     sa.Column("owner", sa.String(512), nullable=False, default=""),          # the work's rights holder
     sa.Column("rights", sa.String(16), nullable=False),                      # protected | licensed | unknown

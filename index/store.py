@@ -1,4 +1,4 @@
-"""The catalog database (SQLAlchemy; SQLite by default): tracks, their Chromaprint
+"""The catalog database (SQLAlchemy; SQLite by default): works, tracks, their Chromaprint
 fingerprints, stored check results, API keys and failed indexing attempts. The tables are in
 ``index/schema.py``; the review's (sessions, verdicts, audit) are read and written by
 ``index/reviews.py``.
@@ -21,10 +21,11 @@ import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event
 
-from detector.errors import ClearanceError, Conflict, NotFound, StorageError
-from detector.policy import Rights, TrackInfo
+from detector.errors import ClearanceError, Conflict, InvalidRequest, NotFound, StorageError
+from detector.policy import Rights, TrackInfo, WorkInfo, WorkRights
 from index import migrate
-from index.schema import api_keys, checks, chromaprints, failures, landmarks, metadata, pitch_classes, tracks
+from index.schema import (WORK_ID_MAX, api_keys, checks, chromaprints, failures, landmarks, metadata, pitch_classes, tracks,
+                          works)
 
 
 class DuplicateCheck(Conflict):
@@ -53,16 +54,23 @@ class Track:
     model: str
     vectors: int
     state: TrackState
+    work: WorkInfo | None = None         # the work it records, if the catalog names one
 
     @property
     def info(self) -> TrackInfo:
-        return TrackInfo(self.external_id, self.title, self.owner, self.rights)
+        return TrackInfo(self.external_id, self.title, self.owner, self.rights, self.work)
 
     def to_dict(self) -> dict:
         return {"external_id": self.external_id, "title": self.title, "owner": self.owner,
-                "rights": self.rights.value, "duration_s": round(self.duration_s, 2),
+                "rights": self.rights.value, "work": work_dict(self.work), "duration_s": round(self.duration_s, 2),
                 "sha256": self.content_sha256, "model": self.model, "vectors": self.vectors,
                 "source_path": self.source_path}
+
+
+def work_dict(work: WorkInfo | None) -> dict | None:
+    """A work as the API and the CLI's JSON show it."""
+    return None if work is None else {"work_id": work.external_id, "title": work.title, "owner": work.owner,
+                                      "rights": work.rights.value}
 
 
 @dataclass(frozen=True)
@@ -84,9 +92,30 @@ def utc(t: datetime) -> datetime:
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
+def select_tracks():
+    """SELECT tracks with the work each records (``track_from_row`` reads the rows)."""
+    return (sa.select(tracks, works.c.external_id.label("work_id"), works.c.title.label("work_title"),
+                      works.c.owner.label("work_owner"), works.c.rights.label("work_rights"))
+            .select_from(tracks.outerjoin(works, tracks.c.work_key == works.c.id)))
+
+
 def track_from_row(r) -> Track:
+    work = WorkInfo(r.work_id, r.work_title, r.work_owner, WorkRights(r.work_rights)) if r.work_id else None
     return Track(r.id, r.external_id, r.title, r.owner, Rights(r.rights), r.content_sha256, r.source_path,
-                 r.duration_s, r.model, r.vectors, TrackState(r.state))
+                 r.duration_s, r.model, r.vectors, TrackState(r.state), work)
+
+
+def work_from_row(r) -> WorkInfo:
+    return WorkInfo(r.external_id, r.title, r.owner, WorkRights(r.rights))
+
+
+def valid_work_id(work_id: str) -> str:
+    """``work_id`` stripped; ``InvalidRequest`` unless it is 1 to ``WORK_ID_MAX`` characters."""
+    work_id = work_id.strip()
+    if not 0 < len(work_id) <= WORK_ID_MAX:
+        raise InvalidRequest(f"a work id is 1 to {WORK_ID_MAX} characters (an ISWC such as T-345.246.800-1, or the "
+                             f"catalog's own id); got {work_id[:80]!r}")
+    return work_id
 
 
 class Store:
@@ -115,7 +144,7 @@ class Store:
     # --- tracks -------------------------------------------------------------------------
     def find_by_hash(self, sha256: str) -> Track | None:
         with self.engine.connect() as c:
-            r = c.execute(sa.select(tracks).where(tracks.c.content_sha256 == sha256)).first()
+            r = c.execute(select_tracks().where(tracks.c.content_sha256 == sha256)).first()
         return track_from_row(r) if r else None
 
     def external_ids_by_hash(self, hashes: Iterable[str]) -> dict[str, str]:
@@ -126,14 +155,52 @@ class Store:
 
     def find(self, external_id: str) -> Track | None:
         with self.engine.connect() as c:
-            r = c.execute(sa.select(tracks).where(tracks.c.external_id == external_id)).first()
+            r = c.execute(select_tracks().where(tracks.c.external_id == external_id)).first()
         return track_from_row(r) if r else None
+
+    # --- works --------------------------------------------------------------------------
+    def find_work(self, external_id: str) -> WorkInfo | None:
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(works).where(works.c.external_id == external_id)).first()
+        return work_from_row(r) if r else None
+
+    def ensure_work(self, work: WorkInfo) -> int:
+        """The key of the work ``work.external_id``, added as ``work`` says when the catalog does
+        not have it; a work already there keeps what it has (its rights change only through
+        ``Review.put_work``, audited)."""
+        valid_work_id(work.external_id)
+        with self.engine.begin() as c:
+            key = c.execute(sa.select(works.c.id).where(works.c.external_id == work.external_id)).scalar()
+            if key is None:
+                key = c.execute(works.insert().values(external_id=work.external_id, title=work.title, owner=work.owner,
+                                                      rights=work.rights.value, created_at=now(), updated_at=now())
+                                ).inserted_primary_key[0]
+        return int(key)
+
+    def list_works(self, external_id: str | None = None) -> list[tuple[WorkInfo, list[str]]]:
+        """Every work (or the one ``external_id``) with the external ids of the indexed tracks
+        that record it, by work id."""
+        q = (sa.select(works, tracks.c.external_id.label("track"))
+             .select_from(works.outerjoin(tracks, sa.and_(tracks.c.work_key == works.c.id,
+                                                          tracks.c.state == TrackState.indexed.value)))
+             .order_by(works.c.external_id, tracks.c.external_id))
+        if external_id is not None:
+            q = q.where(works.c.external_id == external_id)
+        out: dict[str, tuple[WorkInfo, list[str]]] = {}
+        with self.engine.connect() as c:
+            for r in c.execute(q):
+                _, recordings = out.setdefault(r.external_id, (work_from_row(r), []))
+                if r.track:
+                    recordings.append(r.track)
+        return list(out.values())
 
     def add_pending(self, *, external_id: str, title: str, owner: str, rights: Rights, sha256: str,
                     source_path: str, duration_s: float, model: str, vectors: int, fingerprint: np.ndarray,
-                    peaks: np.ndarray, peaks_version: str, classes: np.ndarray, classes_version: str) -> int:
+                    peaks: np.ndarray, peaks_version: str, classes: np.ndarray, classes_version: str,
+                    work_key: int | None = None) -> int:
         """Insert a track in state ``pending`` with its Chromaprint, landmark peaks (picked as
-        ``peaks_version`` says) and pitch classes (``classes_version``); returns its key."""
+        ``peaks_version`` says) and pitch classes (``classes_version``), recording the work
+        ``work_key`` (``ensure_work``) if given; returns its key."""
         t = now()
         with self.engine.begin() as c:
             if c.execute(sa.select(tracks.c.id).where(tracks.c.external_id == external_id)).first():
@@ -142,7 +209,7 @@ class Store:
             key = c.execute(tracks.insert().values(
                 external_id=external_id, title=title, owner=owner, rights=rights.value, content_sha256=sha256,
                 source_path=source_path, duration_s=duration_s, model=model, vectors=vectors,
-                state=TrackState.pending.value, created_at=t, updated_at=t)).inserted_primary_key[0]
+                state=TrackState.pending.value, created_at=t, updated_at=t, work_key=work_key)).inserted_primary_key[0]
             c.execute(chromaprints.insert().values(track_id=key, fingerprint=fingerprint.astype("<u4").tobytes()))
             c.execute(landmarks.insert().values(track_id=key, peaks=peaks.astype("<u4").tobytes(),
                                                 version=peaks_version))
@@ -172,7 +239,7 @@ class Store:
                 c.execute(tracks.update().where(tracks.c.id == key).values(vectors=n, model=model, updated_at=now()))
 
     def list_tracks(self, state: TrackState | None = TrackState.indexed) -> list[Track]:
-        q = sa.select(tracks).order_by(tracks.c.external_id)
+        q = select_tracks().order_by(tracks.c.external_id)
         if state:
             q = q.where(tracks.c.state == TrackState(state).value)
         with self.engine.connect() as c:
@@ -184,7 +251,7 @@ class Store:
         if not keys:
             return {}
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(tracks).where(tracks.c.id.in_(keys), tracks.c.state == TrackState.indexed.value))
+            rows = c.execute(select_tracks().where(tracks.c.id.in_(keys), tracks.c.state == TrackState.indexed.value))
             return {r.id: track_from_row(r).info for r in rows}
 
     def chromaprints(self, keys: Iterable[int] | None = None) -> dict[int, np.ndarray]:

@@ -1,5 +1,5 @@
-"""``/v1/tracks``: catalog administration over HTTP, through the same code as the CLI's
-``index``, ``rights``, ``remove`` and ``tracks``.
+"""``/v1/tracks`` and ``/v1/works``: catalog administration over HTTP, through the same code as
+the CLI's ``index``, ``rights``, ``remove``, ``tracks``, ``work`` and ``works``.
 
 Uploaded reference recordings are kept in ``HOME/references/<sha256><suffix>``: tracks point
 at their audio (``source_path``, shown as ``source_file``: its name), which reviewers later hear
@@ -20,16 +20,17 @@ from pydantic import BaseModel, Field
 
 from detector.audio import AUDIO_SUFFIXES
 from detector.errors import AudioError, Conflict, NotFound
-from detector.policy import Rights
+from detector.policy import Rights, WorkInfo, WorkRights
 from index.catalog import Catalog, ManifestEntry
 from index.reviews import Review
-from index.store import Track
+from index.store import Track, valid_work_id, work_dict
 from service.auth import Principal, Role, require
 from service.engine import Engine
 from service.pool import WorkPool
 from service.uploads import Uploads, form_body
 
 TRACKS = "/v1/tracks"
+WORKS = "/v1/works"
 
 
 class TrackForm(BaseModel):
@@ -38,10 +39,30 @@ class TrackForm(BaseModel):
     rights: Rights = Field(description="protected: block copies; licensed: allow them with attribution")
     owner: str = Field("", max_length=512, description="the rights holder")
     title: str = Field("", max_length=1024, description="default: the external id")
+    work_id: str = Field("", max_length=32, description="the work (song) it records: an ISWC or the catalog's own id")
+    work_title: str = Field("", max_length=1024, description="a new work's title")
+    work_owner: str = Field("", max_length=512, description="a new work's rights holder")
+    work_rights: WorkRights = Field(WorkRights.unknown, description="a new work's rights (a work already in the "
+                                                                    "catalog keeps its own: PUT /v1/works/ID)")
+
+    def work(self) -> WorkInfo | None:
+        return WorkInfo(valid_work_id(self.work_id), self.work_title, self.work_owner, self.work_rights) \
+            if self.work_id else None
 
 
-class RightsChange(BaseModel):
-    rights: Rights = Field(description="applies to the next check; nothing is re-indexed")
+class TrackChange(BaseModel):
+    rights: Rights | None = Field(None, description="the recording's rights; applies to the next check, nothing is "
+                                                    "re-indexed")
+    work_id: str | None = Field(None, max_length=32, description="the work (song) it records, already in the catalog; "
+                                                                 "null: none")
+    note: str = Field("", max_length=2000, description="why (a licence reference, a ticket); kept in the audit log")
+
+
+class WorkChange(BaseModel):
+    title: str | None = Field(None, max_length=1024)
+    owner: str | None = Field(None, max_length=512, description="the work's rights holder (a publisher)")
+    rights: WorkRights | None = Field(None, description="protected, licensed or unknown (a new work's default); "
+                                                        "applies to the next check")
     note: str = Field("", max_length=2000, description="why (a licence reference, a ticket); kept in the audit log")
 
 
@@ -68,7 +89,7 @@ class CatalogAdmin:
         try:
             summary = self.catalog.index_paths(
                 [path], form.rights, owner=form.owner,
-                entries={path.resolve(): ManifestEntry(form.external_id, form.title, form.owner)})
+                entries={path.resolve(): ManifestEntry(form.external_id, form.title, form.owner, form.work())})
         finally:
             if new and store.find(form.external_id) is None:
                 path.unlink(missing_ok=True)
@@ -126,10 +147,16 @@ def catalog_router(engine: Engine, pool: WorkPool) -> APIRouter:
     def get_track(external_id: str, _: Principal = Depends(catalog_admin)) -> dict:
         return _shown(_track(engine, external_id))
 
-    @router.patch(TRACKS + "/{external_id:path}", summary="Change a track's rights")
-    def change_rights(external_id: str, change: RightsChange, who: Principal = Depends(catalog_admin)) -> dict:
-        """The change is audited under the caller's key, as a change made in the dashboard is."""
-        Review(engine.store).change_rights(external_id, change.rights, actor=who.actor, note=change.note)
+    @router.patch(TRACKS + "/{external_id:path}", summary="Change a track's rights or the work it records")
+    def change_track(external_id: str, change: TrackChange, who: Principal = Depends(catalog_admin)) -> dict:
+        """Each change is audited under the caller's key, as a change made in the dashboard is."""
+        review = Review(engine.store)
+        _track(engine, external_id)
+        if "work_id" in change.model_fields_set:
+            work_id = valid_work_id(change.work_id) if change.work_id is not None else None
+            review.link_work(external_id, work_id, actor=who.actor, note=change.note)
+        if change.rights is not None:
+            review.change_rights(external_id, change.rights, actor=who.actor, note=change.note)
         return _shown(_track(engine, external_id))
 
     @router.delete(TRACKS + "/{external_id:path}", status_code=204, summary="Take a track down")
@@ -138,7 +165,33 @@ def catalog_router(engine: Engine, pool: WorkPool) -> APIRouter:
             await pool.run(admin.remove, external_id)
         return Response(status_code=204)
 
+    @router.get(WORKS, summary="The works (songs) of the catalog")
+    def list_works(_: Principal = Depends(catalog_admin)) -> dict:
+        return {"works": [_work_shown(w, recordings) for w, recordings in engine.store.list_works()]}
+
+    @router.get(WORKS + "/{work_id:path}", summary="One work, with the tracks that record it")
+    def get_work(work_id: str, _: Principal = Depends(catalog_admin)) -> dict:
+        return _work(engine, work_id)
+
+    @router.put(WORKS + "/{work_id:path}", summary="Add a work or change it")
+    def put_work(work_id: str, change: WorkChange, who: Principal = Depends(catalog_admin)) -> dict:
+        """A new work (rights unknown unless given) and a change of its rights are audited under
+        the caller's key; the next check uses them."""
+        Review(engine.store).put_work(work_id, title=change.title, owner=change.owner, rights=change.rights,
+                                      actor=who.actor, note=change.note)
+        return _work(engine, work_id)
+
     return router
+
+
+def _work_shown(work: WorkInfo, recordings: list[str]) -> dict:
+    return {**work_dict(work), "recordings": recordings}
+
+
+def _work(engine: Engine, work_id: str) -> dict:
+    for work, recordings in engine.store.list_works(work_id):
+        return _work_shown(work, recordings)
+    raise NotFound(f"no work with id '{work_id}'")
 
 
 def _shown(track: Track) -> dict:

@@ -12,14 +12,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
-from detector.errors import AudioError, NotFound
+from detector.errors import AudioError, InvalidRequest, NotFound
 from detector.policy import Verdict
 from index.store import DuplicateCheck, StoredCheck
 from service.auth import Principal, Role, require
 from service.engine import Engine
 from service.metrics import Metrics
 from service.pool import WorkPool
-from service.problems import InvalidRequest
 from service.uploads import Uploads, form_body
 
 CHECKS = "/v1/checks"

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import click
 
-from detector.errors import AudioError, ClearanceError, StorageError
-from detector.policy import Rights
+from detector.errors import AudioError, ClearanceError, NotFound, StorageError
+from detector.policy import Rights, WorkRights
 from index.pipeline import IndexEngine
 from index.reviews import Actor, Review
-from index.store import Store
+from index.store import Store, work_dict
 from service.auth import Role, create_key
 from service.engine import Engine
 from service.settings import Settings
 
 RIGHTS = click.Choice([r.value for r in Rights])
+WORK_RIGHTS = click.Choice([r.value for r in WorkRights])
 
 
 def fail(message: str, code: int = 1):
@@ -76,7 +77,8 @@ def main(ctx: click.Context, home: Path | None, db: str | None) -> None:
 @click.option("--rights", type=RIGHTS, help="protected (block copies) or licensed (attribute them); needed with PATHS")
 @click.option("--owner", default="", help="rights holder recorded for every track")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV with path and track_id (or external_id), optional title and owner")
+              help="CSV with path and track_id (or external_id), optional title, owner and the work recorded "
+                   "(work_id, work_title, work_owner, work_rights)")
 @click.option("--workers", type=click.IntRange(min=0), help="workers that decode, embed, Chromaprint and take landmarks "
                                                             "[env CLEARANCE_INDEX_WORKERS; default one per core; "
                                                             "0: in this process]")
@@ -204,7 +206,44 @@ def tracks(engine: Engine, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(t.to_dict()))
         else:
-            click.echo(f"{t.external_id}\t{t.rights.value}\t{t.owner}\t{t.duration_s:.1f} s\t{t.title}")
+            work = f"{t.work.external_id} ({t.work.rights.value})" if t.work else "-"
+            click.echo(f"{t.external_id}\t{t.rights.value}\t{t.owner}\t{t.duration_s:.1f} s\t{t.title}\twork {work}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per work per line")
+@click.pass_obj
+def works(engine: Engine, as_json: bool) -> None:
+    """List the works (songs) of the catalog, with the tracks that record them."""
+    for work, recordings in _reader(engine).list_works():
+        if as_json:
+            click.echo(json.dumps({**work_dict(work), "recordings": recordings}))
+        else:
+            click.echo(f"{work.external_id}\t{work.rights.value}\t{work.owner}\t{work.title}\t"
+                       f"{', '.join(recordings) or 'no recordings'}")
+
+
+@main.command()
+@click.argument("work_id")
+@click.option("--title", help="the work's title")
+@click.option("--owner", help="the work's rights holder (a publisher)")
+@click.option("--rights", type=WORK_RIGHTS, help="protected, licensed or unknown [new works: unknown]")
+@click.option("--track", "tracks_", multiple=True, help="a track that records this work (repeat for several)")
+@click.option("--note", default="", help="why (a licence reference, a ticket); kept in the audit log")
+@click.pass_obj
+def work(engine: Engine, work_id: str, title, owner, rights, tracks_, note: str) -> None:
+    """Add a work (an ISWC or the catalog's own id) or change it, and name the tracks that record
+    it. A copy of a track is decided by its recording's rights and its work's, a re-performance
+    by its work's alone (see the policy's [works] table); the next check uses them. A new work,
+    a change of its rights and of a track's work are audited as made on the command line."""
+    _check_writable(engine, files=False)
+    actor, review = _cli_actor(), Review(engine.store)
+    w = review.put_work(work_id, title=title, owner=owner, rights=WorkRights(rights) if rights else None, actor=actor,
+                        note=note)
+    for t in tracks_:
+        review.link_work(t, w.external_id, actor=actor, note=note)
+    click.echo(f"work {w.external_id}: {w.rights.value}, {w.owner or 'owner not recorded'}"
+               + (f"; recorded by {', '.join(tracks_)}" if tracks_ else ""))
 
 
 @main.command()
@@ -233,17 +272,31 @@ def remove(engine: Engine, external_ids) -> None:
 
 @main.command()
 @click.argument("external_ids", nargs=-1, required=True)
-@click.option("--rights", type=RIGHTS, required=True)
+@click.option("--rights", type=WORK_RIGHTS, required=True, help="protected or licensed (works: or unknown)")
+@click.option("--work", "of_works", is_flag=True, help="the ids are works' (songs'), not tracks'")
 @click.option("--note", default="", help="why (a licence reference, a ticket); kept in the audit log")
 @click.pass_obj
-def rights(engine: Engine, external_ids, rights: str, note: str) -> None:
-    """Change the rights of tracks; the next check uses them, no re-indexing. Each change is
-    audited as made on the command line by this system user."""
+def rights(engine: Engine, external_ids, rights: str, of_works: bool, note: str) -> None:
+    """Change the rights of tracks (their recordings) or, with --work, of works; the next check
+    uses them, no re-indexing. Each change is audited as made on the command line by this
+    system user."""
+    if not of_works and rights not in {r.value for r in Rights}:
+        fail(f"a recording is protected or licensed, not {rights}; use --work for a work's rights")
     _check_writable(engine, files=False)
-    actor, review = Actor("cli", f"{getpass.getuser()} (command line)"), Review(engine.store)
+    actor, review = _cli_actor(), Review(engine.store)
     for e in external_ids:
-        review.change_rights(e, Rights(rights), actor=actor, note=note)
-    click.echo(f"{len(external_ids)} tracks now {rights}")
+        if of_works:
+            if engine.store.find_work(e) is None:
+                raise NotFound(f"no work with id '{e}'; add it with `clearance work {e}`")
+            review.put_work(e, rights=WorkRights(rights), actor=actor, note=note)
+        else:
+            review.change_rights(e, Rights(rights), actor=actor, note=note)
+    click.echo(f"{len(external_ids)} {'works' if of_works else 'tracks'} now {rights}")
+
+
+def _cli_actor() -> Actor:
+    """Changes made on the command line are audited as this system user's."""
+    return Actor("cli", f"{getpass.getuser()} (command line)")
 
 
 @main.command()

@@ -17,13 +17,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from detector.errors import AudioError, Busy, ClearanceError, Conflict, NotFound
+from detector.errors import AudioError, Busy, ClearanceError, Conflict, InvalidRequest, NotFound
 from service.auth import Forbidden, Unauthenticated
 from service.uploads import TooManyUploads, UploadTimeout
-
-
-class InvalidRequest(ClearanceError):
-    """A parameter that passed type validation but makes no sense (a forged cursor)."""
 
 
 STATUS: list[tuple[type[ClearanceError], int, str | None]] = [   # (error, status, title); the first match wins

@@ -8,7 +8,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from detector.policy import WorkInfo, WorkRights
 from index import migrate
+from index.reviews import Actor, Review
 from index.schema import metadata
 from index.store import Store, connect
 
@@ -73,3 +75,27 @@ def test_landmark_peaks_stored_before_their_version_was_recorded_are_marked_for_
     assert store.stale_pitch_classes("pc-v1") == [1] and store.pitch_classes() == {}
     store.set_pitch_classes({1: np.ones((12, 3), np.float16)}, "pc-v1")
     assert store.stale_pitch_classes("pc-v1") == [] and store.pitch_classes()[1].shape == (12, 3)
+
+
+def test_a_catalog_made_before_works_keeps_its_tracks_and_fingerprints_and_gains_works(tmp_path):
+    url = f"sqlite:///{tmp_path / 'at-0004.db'}"
+    engine = connect(url)
+    with engine.begin() as c:
+        command.upgrade(migrate.config(c), "0004")
+        c.execute(sa.text("INSERT INTO tracks (id, external_id, title, owner, rights, content_sha256, source_path, "
+                          "duration_s, model, vectors, state, created_at, updated_at) VALUES (1, 'old', 'Old', 'Label', "
+                          "'licensed', :sha, '', 1.0, 'm', 0, 'indexed', '2026-12-01', '2026-12-01')"), {"sha": "0" * 64})
+        c.execute(sa.text("INSERT INTO chromaprints (track_id, fingerprint) VALUES (1, :f)"), {"f": b"\x07\x00\x00\x00"})
+    engine.dispose()
+    store = Store(url)                   # upgrades in place: the tracks' rows and fingerprints stay
+    assert_schema_is_metadata(url, migrate_first=False)
+    [track] = store.list_tracks()
+    assert (track.external_id, track.rights.value, track.work) == ("old", "licensed", None)
+    assert store.chromaprints()[1].tolist() == [7]
+    assert store.list_works() == []
+    review, actor = Review(store), Actor("test", "Test")
+    review.put_work("T-345.246.800-1", title="The Song", owner="Publisher", rights=WorkRights.protected, actor=actor)
+    review.link_work("old", "T-345.246.800-1", actor=actor, note="cue sheet")
+    assert store.find("old").info.work == WorkInfo("T-345.246.800-1", "The Song", "Publisher", WorkRights.protected)
+    assert [(e.subject, e.action, e.previous, e.new) for e in review.audit_trail("work") + review.audit_trail("track")] \
+        == [("work", "rights", "", "protected"), ("track", "work", "", "T-345.246.800-1")]

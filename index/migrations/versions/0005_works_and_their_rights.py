@@ -22,7 +22,7 @@ def upgrade() -> None:
     op.create_table(
         'works',
         sa.Column('id', sa.Integer(), nullable=False),
-        sa.Column('external_id', sa.String(length=512), nullable=False),
+        sa.Column('external_id', sa.String(length=32), nullable=False),
         sa.Column('title', sa.String(length=1024), nullable=False),
         sa.Column('owner', sa.String(length=512), nullable=False),
         sa.Column('rights', sa.String(length=16), nullable=False),
