@@ -80,6 +80,36 @@ def test_add_change_rights_and_take_down(catalog_server, music, tmp_path):
     assert s.metric("clearance_index_tracks") == 0
 
 
+def test_works_over_http_name_the_song_and_its_rights_audited(catalog_server, music, tmp_path):
+    s = catalog_server
+    reference = cut(music["drascula-track22"], 0.0, 60.0, tmp_path / "track22.mp3")
+    output = cut(music["drascula-track22"], 20.0, 15.0, tmp_path / "output.mp3").read_bytes()
+    r = add(s, reference, external_id="ISRC-22", rights="licensed", work_id="T-345.246.800-1", work_title="The Song",
+            work_owner="Publisher", work_rights="protected")
+    assert r.status_code == 201, r.text
+    assert r.json()["work"] == {"work_id": "T-345.246.800-1", "title": "The Song", "owner": "Publisher",
+                                "rights": "protected"}
+    checked = s.check(s.keys["submitter"], "output.mp3", output).json()
+    assert checked["decision"] == "review" and checked["matches"][0]["decided_by"] == "work"
+
+    changed = admin(s, "PUT", "/v1/works/T-345.246.800-1", json={"rights": "licensed", "note": "publishing deal P-3"})
+    assert changed.status_code == 200 and changed.json() == {
+        "work_id": "T-345.246.800-1", "title": "The Song", "owner": "Publisher", "rights": "licensed",
+        "recordings": ["ISRC-22"]}
+    [entry] = Review(Store(Settings(home=s.home).db_url)).audit_trail("work", "T-345.246.800-1")[-1:]
+    assert (entry.actor.name, entry.previous, entry.new, entry.note) == ("label", "protected", "licensed",
+                                                                         "publishing deal P-3")
+    assert s.check(s.keys["submitter"], "output.mp3", output).json()["decision"] == "allow"
+    assert admin(s, "GET", "/v1/works").json()["works"] == [changed.json()]
+
+    unlinked = admin(s, "PATCH", "/v1/tracks/ISRC-22", json={"work_id": None, "note": "wrong cue sheet"})
+    assert unlinked.status_code == 200 and unlinked.json()["work"] is None
+    assert admin(s, "PATCH", "/v1/tracks/ISRC-22", json={"work_id": "W-NONE"}).status_code == 404
+    too_long = admin(s, "PUT", "/v1/works/" + "W" * 40, json={"rights": "protected"})
+    assert too_long.status_code == 422 and "1 to 32 characters" in too_long.json()["detail"]
+    assert admin(s, "DELETE", "/v1/tracks/ISRC-22").status_code == 204
+
+
 def test_refusals(catalog_server, music, tmp_path):
     s = catalog_server
     reference = cut(music["xmoto-menu"], 0.0, 30.0, tmp_path / "menu.ogg", fmt="ogg")

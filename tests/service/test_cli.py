@@ -110,6 +110,21 @@ def test_rights_change_and_remove_apply_to_next_check(music, tmp_path):
     assert audited.actor.name.endswith("(command line)")
     after = decision()
     assert after["decision"] == "allow" and after["matches"][0]["rights"] == "licensed"
+    # the song it records: a work of its own, protected; a licensed recording of it goes to review
+    made = clearance("work", "T-345.246.800-1", "--title", "Track 22", "--owner", "Publisher", "--rights", "protected",
+                     "--track", Path(track.path).stem, "--note", "cue sheet", env=env)
+    assert made.returncode == 0 and made.stdout == "work T-345.246.800-1: protected, Publisher; recorded by track22\n"
+    listed = clearance("works", "--json", env=env)
+    assert json.loads(listed.stdout) == {"work_id": "T-345.246.800-1", "title": "Track 22", "owner": "Publisher",
+                                         "rights": "protected", "recordings": ["track22"]}
+    reviewed = decision()
+    assert reviewed["decision"] == "review" and reviewed["matches"][0]["work_id"] == "T-345.246.800-1"
+    assert clearance("rights", "--work", "T-345.246.800-1", "--rights", "licensed", env=env).returncode == 0
+    assert decision()["decision"] == "allow"
+    wrong = clearance("rights", Path(track.path).stem, "--rights", "unknown", env=env)
+    assert wrong.returncode == 1 and "use --work for a work's rights" in wrong.stderr
+    unknown = clearance("rights", "--work", "W-NONE", "--rights", "licensed", env=env)
+    assert unknown.returncode == 1 and "no work with id 'W-NONE'" in unknown.stderr
     assert clearance("remove", Path(track.path).stem, env=env).returncode == 0
     gone = decision()
     assert gone["decision"] == "allow" and gone["matches"] == []
