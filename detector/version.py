@@ -73,6 +73,36 @@ def pitch_class_power(samples: np.ndarray) -> np.ndarray:
     return np.minimum(classes.numpy() / PITCH_CLASS_SCALE, 6e4).astype(np.float16)
 
 
+MELODY_MIDI = (55, 84)          # the melody view's range: G3 to C6
+MELODY_QUIET_DB = 30.0          # frames this far below the clip's loudest have no melody
+_HARMONICS = ((0, 1.0), (12, 0.5), (19, 0.33), (24, 0.25))      # semitones above a note, weight
+
+
+def melody(samples: np.ndarray) -> np.ndarray:
+    """The layer's melody view, drawn for reviewers (the search does not use it): the predominant
+    pitch of each ``CHROMA_FPS`` frame of mono samples at the front end's rate, as a MIDI note
+    number (-1 where the frame is quiet). Each semitone band of ``MELODY_MIDI`` is scored by
+    harmonic summation of the compressed band power at its first harmonics; the best wins."""
+    spec = _spectrogram()
+    fe = spec.fe
+    with torch.inference_mode():
+        power = spec.of_long(torch.from_numpy(np.ascontiguousarray(samples, np.float32))).numpy()
+    step = max(1, round(fe.sample_rate / fe.hop_length / CHROMA_FPS))
+    n = power.shape[1] // step
+    power = power[:, :n * step].reshape(len(power), n, step).mean(2)
+    low = round(69 + 12 * math.log2(fe.f_min / 440))                  # the MIDI note of band 0
+    notes = np.arange(MELODY_MIDI[0], MELODY_MIDI[1] + 1)
+    magnitude = np.sqrt(power)
+    salience = np.zeros((len(notes), n), np.float32)
+    for offset, weight in _HARMONICS:
+        bands = notes - low + offset
+        inside = bands < len(power)
+        salience[inside] += weight * magnitude[bands[inside]]
+    level = power.sum(0)
+    loud = level > level.max(initial=0) * 10 ** (-MELODY_QUIET_DB / 10)
+    return np.where(loud & (level > 0), notes[salience.argmax(0)], -1)
+
+
 def chroma(classes: torch.Tensor) -> torch.Tensor:
     """Pitch-class power (..., 12, frames) → chroma: compressed, each frame's loudest class 1,
     frames ``SILENT_DB`` below the loudest frame 0."""

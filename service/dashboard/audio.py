@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from service.dashboard import evidence
@@ -32,16 +32,18 @@ def output_audio(request: Request, check_id: str, session: Session = Depends(sig
                         or "application/octet-stream")
 
 
-def _reference_excerpt(request: Request, check_id: str, number: int, session: Session) -> bytes:
+def _reference_excerpt(request: Request, check_id: str, number: int, shift: int, session: Session) -> bytes:
     view = reviewer_view(request, check_id, session)
     if not 1 <= number <= len(view.matches):
         raise Refused(404, f"check '{check_id}' has no match {number}")
-    return evidence.reference_excerpt(engine_of(request), view.matches[number - 1])
+    return evidence.reference_excerpt(engine_of(request), view.matches[number - 1], shift)
 
 
 @router.get("/checks/{check_id}/matches/{number}/reference")
-async def reference_audio(request: Request, check_id: str, number: int, session: Session = Depends(signed_in)):
+async def reference_audio(request: Request, check_id: str, number: int,
+                          shift: int = Query(0, ge=-11, le=11, description="transpose by this many semitones"),
+                          session: Session = Depends(signed_in)):
     excerpts: WorkPool = request.app.state.excerpts
     async with excerpts.slot():
-        audio = await excerpts.run(_reference_excerpt, request, check_id, number, session)
+        audio = await excerpts.run(_reference_excerpt, request, check_id, number, shift, session)
     return Response(audio, media_type="audio/ogg")

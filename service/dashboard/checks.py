@@ -4,6 +4,7 @@ from __future__ import annotations
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 
 from detector.policy import Verdict
@@ -14,6 +15,7 @@ from service.dashboard import evidence
 from service.dashboard.errors import Refused
 from service.dashboard.pages import day, engine_of, render, review, reviewer_view, signed_in, text
 from service.dashboard.sessions import Session
+from service.pool import WorkPool
 
 MAX_PAGE = 10 ** 6           # of the review queue; a larger number is refused, not sent to the database
 
@@ -51,9 +53,20 @@ def queue(request: Request, decision: str = "", state: str = "", since: str = ""
 
 
 @router.get("/checks/{check_id}")
-def check_page(request: Request, check_id: str, session: Session = Depends(signed_in)):
-    view = reviewer_view(request, check_id, session)
-    return render(request, "check.html", session, view=view, verdicts=list(ReviewVerdict))
+async def check_page(request: Request, check_id: str, session: Session = Depends(signed_in)):
+    view = await run_in_threadpool(reviewer_view, request, check_id, session)
+    pictures = {}
+    if any(m.is_reperformance for m in view.matches):      # decoded in the excerpts' bounded pool
+        excerpts: WorkPool = request.app.state.excerpts
+        async with excerpts.slot():
+            pictures = await excerpts.run(_reperformances, engine_of(request), view)
+    return render(request, "check.html", session, view=view, verdicts=list(ReviewVerdict), pictures=pictures)
+
+
+def _reperformances(engine, view: evidence.CheckView) -> dict:
+    """Match number → the view of each re-performance that can be drawn."""
+    drawn = {m.number: evidence.reperformance_view(engine, view, m) for m in view.matches if m.is_reperformance}
+    return {n: v for n, v in drawn.items() if v is not None}
 
 
 @router.post("/checks/{check_id}/verdicts")

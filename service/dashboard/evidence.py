@@ -16,10 +16,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+import torch
+from torchaudio import functional as AF
+
 from detector.audio import Clip, DecodeLimits, decode, encode
 from detector.errors import NotFound
 from index.reviews import AuditEntry, CheckRecord, Review
-from service.dashboard import spectrogram
+from service.dashboard import reperformance, spectrogram
 from service.dashboard.errors import Refused
 from service.engine import Engine
 
@@ -49,6 +53,7 @@ class MatchView:
     excerpt_end: float
     output_duration: float
     source_path: str | None      # the reference recording's file, None once taken down
+    reference_duration: float | None = None
 
     def to_output(self, r: float) -> float:
         """Output seconds aligned with reference second ``r``."""
@@ -75,6 +80,23 @@ class MatchView:
     def span(self) -> Place:
         """The matched span in the box: the same in the output and the reference lane."""
         return self.place(self.match["query_start"], self.match["query_end"])
+
+    @property
+    def is_reperformance(self) -> bool:
+        return self.match["method"] == "version"
+
+    @property
+    def shift(self) -> int:
+        """Semitones that bring the reference to the output's key (0 for copies)."""
+        return int(self.match.get("key_shift_st", 0))
+
+    @property
+    def coverage(self) -> tuple[float, float | None]:
+        """Fractions of the output and of the reference recording (None once taken down) that
+        the matched span covers."""
+        m = self.match
+        return ((m["query_end"] - m["query_start"]) / self.output_duration,
+                (m["ref_end"] - m["ref_start"]) / self.reference_duration if self.reference_duration else None)
 
     @property
     def overview(self) -> Place:
@@ -107,7 +129,8 @@ def check_view(engine: Engine, review: Review, check_id: str) -> CheckView:
         track = engine.store.find(m["external_id"])
         end = m["ref_end"] + margin
         views.append(MatchView(n, m, max(0.0, m["ref_start"] - margin), min(end, track.duration_s) if track else end,
-                               result["duration_s"], track.source_path if track else None))
+                               result["duration_s"], track.source_path if track else None,
+                               track.duration_s if track else None))
     output = engine.output_path(result["id"], result["input"])
     return CheckView(record, views, review.audit_trail("check", check_id), output if output.is_file() else None)
 
@@ -124,33 +147,65 @@ def _reference(engine: Engine, view: MatchView, sample_rate: int) -> Clip:
                   start=view.excerpt_start, end=view.excerpt_end)
 
 
-def reference_excerpt(engine: Engine, view: MatchView) -> bytes:
-    """The matched span of the reference plus margin, as Ogg Vorbis; never more of the recording."""
+def reference_excerpt(engine: Engine, view: MatchView, shift: int = 0) -> bytes:
+    """The matched span of the reference plus margin, as Ogg Vorbis; never more of the recording.
+    ``shift``: transposed by that many semitones (a re-performance's reference played in the
+    output's key), its tempo kept."""
     path = _source(view)
+    return _excerpt_ogg(path, _mtime(path), view.excerpt_start, view.excerpt_end,
+                        engine.limits(engine.settings.max_reference_s), shift)
+
+
+def _mtime(path: str) -> int | None:
     try:
-        version = os.stat(path).st_mtime_ns
+        return os.stat(path).st_mtime_ns
     except OSError:
-        version = None          # decoding says what is wrong with it
-    return _excerpt_ogg(path, version, view.excerpt_start, view.excerpt_end,
-                        engine.limits(engine.settings.max_reference_s))
+        return None             # decoding says what is wrong with it
 
 
 @lru_cache(maxsize=EXCERPTS_KEPT)
-def _excerpt_ogg(path: str, version: int | None, start: float, end: float, limits: DecodeLimits) -> bytes:
-    """Seconds ``start``–``end`` of ``path`` as Ogg Vorbis; ``version`` (its mtime) keys the
-    cache, so a file changed in place is read again."""
-    return encode(decode(path, LISTEN_RATE, limits=limits, start=start, end=end), "ogg")
+def _excerpt_ogg(path: str, version: int | None, start: float, end: float, limits: DecodeLimits,
+                 shift: int = 0) -> bytes:
+    """Seconds ``start``–``end`` of ``path`` as Ogg Vorbis, transposed by ``shift`` semitones;
+    ``version`` (its mtime) keys the cache, so a file changed in place is read again."""
+    clip = decode(path, LISTEN_RATE, limits=limits, start=start, end=end)
+    if shift:
+        with torch.inference_mode():
+            moved = AF.pitch_shift(torch.from_numpy(clip.samples)[None], LISTEN_RATE, shift)[0].numpy()
+        clip = Clip(np.clip(moved, -1.0, 1.0), LISTEN_RATE, clip.source)
+    return encode(clip, "ogg")
+
+
+def reperformance_view(engine: Engine, check: CheckView, view: MatchView) -> reperformance.ReperformanceView | None:
+    """The melodies, chroma and agreement of a re-performance (``reperformance.py``); None when
+    the output was not kept or the reference is gone."""
+    if check.output is None or view.source_path is None:
+        return None
+    m = view.match
+    return _reperformance(str(check.output), view.source_path, _mtime(view.source_path), view.excerpt_start,
+                          view.excerpt_end, tuple(sorted(m.items())), engine.embedder.fe.sample_rate,
+                          engine.limits(engine.settings.max_reference_s))
+
+
+@lru_cache(maxsize=EXCERPTS_KEPT)
+def _reperformance(output: str, reference: str, version: int | None, start: float, end: float, match: tuple,
+                   sample_rate: int, limits: DecodeLimits) -> reperformance.ReperformanceView:
+    m = dict(match)
+    out = decode(output, sample_rate, limits=limits, start=m["query_start"], end=m["query_end"])
+    ref = decode(reference, sample_rate, limits=limits, start=start, end=end)
+    return reperformance.view(out, ref, m, start)
 
 
 @dataclass(frozen=True)
 class ReportImages:
-    """Spectrograms of the evidence report as ``data:`` URIs."""
+    """Spectrograms of the evidence report as ``data:`` URIs, and the views of re-performances."""
 
     overview: str                # the whole output
     outputs: list[str]           # per match: the output segment in its box
     references: list[str]        # per match: the reference excerpt
     low_hz: float                # the lowest and highest band drawn
     high_hz: float
+    reperformances: list[reperformance.ReperformanceView | None]     # per match (None: a copy)
 
 
 def report_images(engine: Engine, view: CheckView) -> ReportImages:
@@ -163,7 +218,8 @@ def report_images(engine: Engine, view: CheckView) -> ReportImages:
         [_data_uri(spectrogram.png(out.excerpt(*m.output_segment), fe)) for m in view.matches],
         [_data_uri(spectrogram.png(_reference(engine, m, fe.sample_rate), fe)) if m.source_path else ""
          for m in view.matches],
-        fe.f_min, fe.f_min * 2 ** ((fe.n_bands - 1) / 12))
+        fe.f_min, fe.f_min * 2 ** ((fe.n_bands - 1) / 12),
+        [reperformance_view(engine, view, m) if m.is_reperformance else None for m in view.matches])
 
 
 def _data_uri(png: bytes) -> str:

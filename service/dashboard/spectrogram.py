@@ -32,11 +32,11 @@ def png(clip: Clip, fe: FrontEnd) -> bytes:
     if frames > MAX_COLUMNS:
         edges = np.linspace(0, frames, MAX_COLUMNS + 1).astype(int)
         level = np.add.reduceat(level, edges[:-1], axis=1) / np.diff(edges)
-    image = _colour(np.repeat(level[::-1], ROWS_PER_BAND, axis=0))
-    return _encode_png(image)
+    image = colour(np.repeat(level[::-1], ROWS_PER_BAND, axis=0))
+    return encode_png(image)
 
 
-def _colour(level: np.ndarray) -> np.ndarray:
+def colour(level: np.ndarray) -> np.ndarray:
     """(h, w) in [0, 1] → (h, w, 3) uint8 along the ramp."""
     x = level * (len(_RAMP) - 1)
     i = np.minimum(x.astype(int), len(_RAMP) - 2)
@@ -44,7 +44,7 @@ def _colour(level: np.ndarray) -> np.ndarray:
     return np.round(_RAMP[i] * (1 - t) + _RAMP[i + 1] * t).astype(np.uint8)
 
 
-def _encode_png(rgb: np.ndarray) -> bytes:
+def encode_png(rgb: np.ndarray) -> bytes:
     """(h, w, 3) uint8 → PNG bytes (8-bit RGB, no filtering)."""
     h, w, _ = rgb.shape
     raw = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, w * 3)], axis=1).tobytes()

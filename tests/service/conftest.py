@@ -1,7 +1,10 @@
-"""Real ``clearance serve`` processes on loopback, API keys for them, and raw HTTP for what a
-well-behaved client cannot send (bodies that never end, lying lengths)."""
+"""Real ``clearance serve`` processes on loopback, API keys for them, raw HTTP for what a
+well-behaved client cannot send (bodies that never end, lying lengths), headless Chromium signed
+in to the dashboard, and reels of music21's corpus rendered as catalog recordings with works of
+their own (re-performances)."""
 from __future__ import annotations
 
+import csv
 import json
 import re
 import select
@@ -15,10 +18,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from detector import versionset
+from detector.audio import Clip, encode
+from detector.policy import Rights
 from index.store import Store
 from service.auth import Role, create_key
+from service.engine import Engine
 from service.settings import Settings
+from tests.conftest import REPO
 
 LIMITS = {"CLEARANCE_MAX_UPLOAD_MB": "2", "CLEARANCE_MAX_AUDIO_S": "60", "CLEARANCE_CHECK_WORKERS": "1",
           "CLEARANCE_CHECK_QUEUE": "1", "CLEARANCE_UPLOAD_TIMEOUT_S": "15", "CLEARANCE_UPLOAD_IDLE_TIMEOUT_S": "5",
@@ -153,3 +162,78 @@ def _recv(sock: socket.socket) -> bytes:
     if not chunk:
         raise ConnectionError("the server closed the connection before answering")
     return chunk
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Browser:
+    """Debian's Chromium, headless, driven by Playwright (installed by the project's script when missing)."""
+    if not CHROMIUM.exists():
+        subprocess.run([str(REPO / "scripts" / "install-chromium")], check=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield b
+        b.close()
+
+
+def browser_sign_in(browser: Browser, url: str, key: str, path: str = "/review/") -> Page:
+    """A new page signed in to the dashboard with ``key``, sent on to ``path``."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page.goto(url + path)
+    expect(page).to_have_url(re.compile(r"/review/sign-in\?next="))
+    page.fill("input[name=key]", key)
+    page.click("button[type=submit]")
+    return page
+
+
+def write_wav(audio, path: Path) -> Path:
+    """Mono samples at the renderer's rate (``detector.versionset``) as a WAV file."""
+    path.write_bytes(encode(Clip(audio, versionset.SAMPLE_RATE, path.name), "wav"))
+    return path
+
+
+def render_reels(names: list[str], folder: Path) -> tuple[list, list[Path], versionset.Renderer]:
+    """Tunes of music21's Ryan's Mammoth Collection (by file name) performed as catalog
+    references (``versionset.perform``: melody, generated accompaniment, the training soundfonts)
+    into ``folder/NAME.wav``: (their works, their files, the renderer, for versions of them)."""
+    from music21 import corpus
+
+    found = {p.stem: p for p in corpus.getComposer("ryansMammoth")}
+    works = [versionset.parse("ryans", str(found[n])) for n in names]
+    renderer = versionset.Renderer()
+    files = [write_wav(renderer.render(versionset.perform(w)), folder / f"{n}.wav") for n, w in zip(names, works)]
+    return works, files, renderer
+
+
+REELS = [  # the reels the works tests index
+    "BanjoReel", "BanksOfEnvernessReel", "BannocksOBarleyMealJig", "BarneyBrallagansJig"]
+WORKS = {"BanksOfEnvernessReel": ("W-ENVERNESS", "protected"), "BannocksOBarleyMealJig": ("W-BANNOCKS", "licensed")}
+
+
+def reels_catalog(folder: Path, home: Path) -> tuple[Engine, list, versionset.Renderer]:
+    """The four reels rendered into ``folder`` and indexed in ``home`` as licensed recordings, by
+    a manifest: Enverness's work protected, Bannocks' licensed, the others' not recorded.
+    Returns the engine, the reels' works and the renderer."""
+    works, _, renderer = render_reels(REELS, folder)
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["path", "track_id", "owner", "work_id", "work_title", "work_owner", "work_rights"])
+        for name in REELS:
+            work_id, rights = WORKS.get(name, ("", ""))
+            out.writerow([f"{name}.wav", name, "Label", work_id, name if work_id else "",
+                          "Publisher" if work_id else "", rights])
+    engine = Engine(Settings(home=home))
+    summary = engine.catalog.index_paths([folder], Rights.licensed, manifest=folder / "manifest.csv")
+    assert len(summary.indexed) == 4
+    return engine, works, renderer
+
+
+def cover_of_enverness(works: list, renderer: versionset.Renderer, path: Path) -> Path:
+    """25 s of Enverness played again: other instruments (a soundfont held out of training),
+    another key and tempo, a new accompaniment."""
+    version = versionset.perform(works[1], "all", soundfonts=(versionset.HELDOUT_SOUNDFONT,))
+    return write_wav(renderer.render(version)[: 25 * versionset.SAMPLE_RATE], path)

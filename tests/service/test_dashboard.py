@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import expect
 
 from detector.audio import Clip, decode, encode
 from detector.policy import Rights
@@ -23,9 +22,8 @@ from service.auth import Role, create_key
 from service.engine import Engine
 from service.settings import Settings
 from tests.conftest import REPO, cut
-from tests.service.conftest import Server, serve
+from tests.service.conftest import Server, browser_sign_in, serve
 
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = REPO / "tests" / "artifacts" / "dashboard"
 MARGIN_S = 4.0               # the server's review_excerpt_margin_s
 
@@ -93,18 +91,6 @@ def checks(dashboard, keys, music, tmp_path_factory) -> dict[str, dict]:
     return results
 
 
-@pytest.fixture(scope="module")
-def browser() -> Browser:
-    if not CHROMIUM.exists():
-        subprocess.run([str(REPO / "scripts" / "install-chromium")], check=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        yield b
-        b.close()
-
-
 def sign_in(client: httpx.Client, key: str) -> httpx.Response:
     """Sign in the way a browser does: fetch the form, post it with its CSRF token."""
     csrf = form_csrf(client.get("/review/sign-in").text)
@@ -113,15 +99,6 @@ def sign_in(client: httpx.Client, key: str) -> httpx.Response:
 
 def form_csrf(page_html: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', page_html)[1]
-
-
-def browser_sign_in(browser: Browser, url: str, key: str, path: str = "/review/") -> Page:
-    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-    page.goto(url + path)
-    expect(page).to_have_url(re.compile(r"/review/sign-in\?next="))
-    page.fill("input[name=key]", key)
-    page.click("button[type=submit]")
-    return page
 
 
 def test_reviewer_hears_overrides_and_exports(browser, url, checks, keys, home, tmp_path):

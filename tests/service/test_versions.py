@@ -5,35 +5,22 @@ with its key shift, tempo and spans, and flagged by a check; what the signal lay
 decides copies."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from music21 import corpus
 
 from detector import versionset
-from detector.audio import Clip, encode
+from detector.audio import Clip
 from detector.policy import Rights
 from index.search import LAYER
 from service.engine import Engine
 from service.settings import Settings
-
-
-def _wav(audio: np.ndarray, path):
-    path.write_bytes(encode(Clip(audio, versionset.SAMPLE_RATE, path.name), "wav"))
-    return path
+from tests.service.conftest import render_reels, write_wav as _wav
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     """Six reels' references as files (the first four go in the catalog), and a renderer for their versions."""
-    folder = tmp_path_factory.mktemp("works")
-    names = ["BanjoReel", "BanksOfEnvernessReel", "BannocksOBarleyMealJig", "BarneyBrallagansJig", "BarneysGoatJig",
-             "BattleTheCashJig"]
-    found = {p.stem: p for p in corpus.getComposer("ryansMammoth")}
-    paths = [("ryans", found[n]) for n in names]
-    works = [versionset.parse(c, str(p)) for c, p in paths]
-    renderer = versionset.Renderer()
-    files = [_wav(renderer.render(versionset.perform(w)), folder / f"{w.work_id.split('/')[1]}.wav") for w in works]
-    return works, files, renderer
+    return render_reels(["BanjoReel", "BanksOfEnvernessReel", "BannocksOBarleyMealJig", "BarneyBrallagansJig",
+                         "BarneysGoatJig", "BattleTheCashJig"], tmp_path_factory.mktemp("works"))
 
 
 @pytest.fixture(scope="module")

@@ -5,48 +5,18 @@ as the policy says; a re-performance by its work's alone; a change of a work's r
 the next check and is audited."""
 from __future__ import annotations
 
-import csv
-
-import numpy as np
 import pytest
-from music21 import corpus
 
-from detector import versionset
-from detector.audio import Clip, encode
-from detector.policy import DEFAULT_POLICY, Rights, WorkRights
+from detector.policy import DEFAULT_POLICY, WorkRights
 from index.reviews import Actor, Review
 from service.engine import Engine
 from service.settings import Settings
-
-REELS = ["BanjoReel", "BanksOfEnvernessReel", "BannocksOBarleyMealJig", "BarneyBrallagansJig"]
-WORKS = {"BanksOfEnvernessReel": ("W-ENVERNESS", "protected"), "BannocksOBarleyMealJig": ("W-BANNOCKS", "licensed")}
-
-
-def _wav(audio: np.ndarray, path):
-    path.write_bytes(encode(Clip(audio, versionset.SAMPLE_RATE, path.name), "wav"))
-    return path
-
+from tests.service.conftest import cover_of_enverness, reels_catalog
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
-    """The four reels as licensed recordings; Enverness's work protected, Bannocks' licensed, the
-    others' not recorded. Returns the engine, the reels' works and a renderer."""
     folder = tmp_path_factory.mktemp("reels")
-    found = {p.stem: p for p in corpus.getComposer("ryansMammoth")}
-    works = [versionset.parse("ryans", str(found[n])) for n in REELS]
-    renderer = versionset.Renderer()
-    with open(folder / "manifest.csv", "w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["path", "track_id", "owner", "work_id", "work_title", "work_owner", "work_rights"])
-        for name, work in zip(REELS, works):
-            _wav(renderer.render(versionset.perform(work)), folder / f"{name}.wav")
-            work_id, rights = WORKS.get(name, ("", ""))
-            out.writerow([f"{name}.wav", name, "Label", work_id, name if work_id else "",
-                          "Publisher" if work_id else "", rights])
-    engine = Engine(Settings(home=tmp_path_factory.mktemp("home")))
-    summary = engine.catalog.index_paths([folder], Rights.licensed, manifest=folder / "manifest.csv")
-    assert len(summary.indexed) == 4
-    return engine, works, renderer, folder
+    return (*reels_catalog(folder, tmp_path_factory.mktemp("home")), folder)
 
 
 def test_the_manifest_names_each_recordings_work(catalog):
@@ -81,8 +51,7 @@ def test_a_copy_of_a_licensed_recording_of_a_protected_work_is_decided_as_the_po
 
 def test_a_re_performance_is_decided_by_its_works_rights_and_a_change_applies_to_the_next_check(catalog, tmp_path):
     engine, works, renderer, _ = catalog
-    version = versionset.perform(works[1], "all", soundfonts=(versionset.HELDOUT_SOUNDFONT,))
-    cover = _wav(renderer.render(version)[: 25 * versionset.SAMPLE_RATE], tmp_path / "cover.wav")
+    cover = cover_of_enverness(works, renderer, tmp_path / "cover.wav")
     result = engine.check(cover, "cover.wav")
     assert result["decision"] == "review", result["reasons"]
     [mine] = [m for m in result["matches"] if m["external_id"] == "BanksOfEnvernessReel"]

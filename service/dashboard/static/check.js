@@ -40,7 +40,9 @@ function pair (section, outputOptions) {
   const referenceStart = Number(section.dataset.referenceStart)
   const tempo = Number(section.dataset.tempo)
   const swap = section.querySelector('[data-play=swap]')
+  const keyButton = section.querySelector('[data-play=key]')
   const display = section.querySelector('.clock')
+  const recordedSrc = refEl?.dataset.src
 
   const show = () => {
     const now = [output?.isPlaying() && 'output', reference?.isPlaying() && 'reference'].filter(Boolean)
@@ -74,10 +76,21 @@ function pair (section, outputOptions) {
       output.setMuted(hearReference)
       swap.textContent = hearReference ? 'A/B: hear output' : 'A/B: hear reference'
     },
+    key () {
+      // A re-performance in another key: the reference transposed to the output's (the server
+      // shifts its pitch, keeping its tempo), or back as recorded.
+      stopAll()
+      const toOutput = section.dataset.key === 'recorded'
+      section.dataset.key = toOutput ? 'output' : 'recorded'
+      keyButton.textContent = keyButton.dataset[section.dataset.key]
+      refEl.dataset.src = toOutput ? `${recordedSrc}?shift=${section.dataset.shift}` : recordedSrc
+      refEl.dataset.drawn = 'false'
+      reference.load(refEl.dataset.src)
+    },
     stop: stopAll
   }
   for (const button of section.querySelectorAll('[data-play]')) {
-    const needs = { output: [output], reference: [reference], both: [output, reference] }[button.dataset.play] || []
+    const needs = { output: [output], reference: [reference], both: [output, reference], key: [reference] }[button.dataset.play] || []
     button.disabled ||= !needs.every(Boolean)
     button.addEventListener('click', () => actions[button.dataset.play]())
   }
