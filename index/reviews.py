@@ -91,7 +91,9 @@ class CheckRecord:
 @dataclass(frozen=True)
 class QueueFilter:
     """What the review queue shows. ``since``/``until`` are UTC instants (until exclusive);
-    ``owner`` and ``track`` select checks with any match of that owner or external id."""
+    ``owner``, ``track``, ``kind`` (``copy`` or ``reperformance``), ``work`` and ``work_owner``
+    select checks with any match of that owner, external id, kind, work id or work's rights
+    holder (checks stored before works were recorded name no kind or work)."""
 
     decision: str | None = None
     state: str | None = None
@@ -99,11 +101,14 @@ class QueueFilter:
     until: datetime | None = None
     owner: str | None = None
     track: str | None = None
+    kind: str | None = None
+    work: str | None = None
+    work_owner: str | None = None
 
 
 def _match_field(key: str, value: str):
     """``checks.result`` contains a match with ``key`` equal to ``value``. Matches are the only
-    objects in a result with ``external_id`` and ``owner`` keys, and ``save_check`` writes the
+    objects in a result with ``external_id``, ``owner``, ``kind`` and ``work_…`` keys, and ``save_check`` writes the
     result with ``json.dumps``' default separators, so the same encoder gives the exact text."""
     return checks.c.result.contains(json.dumps({key: value})[1:-1], autoescape=True)
 
@@ -134,6 +139,12 @@ def _queue_select(*columns, f: QueueFilter, skip: str = ""):
         q = q.where(_match_field("owner", f.owner))
     if f.track:
         q = q.where(_match_field("external_id", f.track))
+    if f.kind:
+        q = q.where(_match_field("kind", f.kind))
+    if f.work:
+        q = q.where(_match_field("work_id", f.work))
+    if f.work_owner:
+        q = q.where(_match_field("work_owner", f.work_owner))
     return q
 
 

@@ -177,15 +177,21 @@ class Store:
                                 ).inserted_primary_key[0]
         return int(key)
 
-    def list_works(self, external_id: str | None = None) -> list[tuple[WorkInfo, list[str]]]:
-        """Every work (or the one ``external_id``) with the external ids of the indexed tracks
-        that record it, by work id."""
+    def list_works(self, external_id: str | None = None, text: str = "", limit: int | None = None
+                   ) -> list[tuple[WorkInfo, list[str]]]:
+        """Every work (or the one ``external_id``, or the first ``limit`` whose id, title or owner
+        contains ``text``) with the external ids of the indexed tracks that record it, by work id."""
         q = (sa.select(works, tracks.c.external_id.label("track"))
              .select_from(works.outerjoin(tracks, sa.and_(tracks.c.work_key == works.c.id,
                                                           tracks.c.state == TrackState.indexed.value)))
              .order_by(works.c.external_id, tracks.c.external_id))
+        chosen = sa.select(works.c.id).order_by(works.c.external_id).limit(limit)
         if external_id is not None:
-            q = q.where(works.c.external_id == external_id)
+            chosen = chosen.where(works.c.external_id == external_id)
+        if text:
+            chosen = chosen.where(sa.or_(*(col.contains(text, autoescape=True)
+                                           for col in (works.c.external_id, works.c.title, works.c.owner))))
+        q = q.where(works.c.id.in_(chosen))
         out: dict[str, tuple[WorkInfo, list[str]]] = {}
         with self.engine.connect() as c:
             for r in c.execute(q):

@@ -24,24 +24,27 @@ router = APIRouter()
 
 STATES = [UNREVIEWED, *(v.state for v in ReviewVerdict)]
 DECISIONS = [v.value for v in Verdict]
+KINDS = {"copy": "copy of a recording", "reperformance": "re-performance of a work"}     # the layers a match is from
 
 
 @router.get("/")
 def queue(request: Request, decision: str = "", state: str = "", since: str = "", until: str = "",
-          owner: str = "", track: str = "", page: int = 1, session: Session = Depends(signed_in)):
+          owner: str = "", track: str = "", kind: str = "", work: str = "", work_owner: str = "", page: int = 1,
+          session: Session = Depends(signed_in)):
     session.require(Role.reviewer)
     if page > MAX_PAGE:
         raise Refused(400, f"page {page} is out of range (1 to {MAX_PAGE})")
     f = QueueFilter(decision=decision if decision in DECISIONS else None,
                     state=state if state in STATES else None,
                     since=day(since, "from"), until=day(until, "to", later=1),     # the whole 'to' day
-                    owner=owner.strip() or None, track=track.strip() or None)
+                    owner=owner.strip() or None, track=track.strip() or None, kind=kind if kind in KINDS else None,
+                    work=work.strip() or None, work_owner=work_owner.strip() or None)
     size = engine_of(request).settings.review_page_size
     page = max(page, 1)
     rows, total = review(request).review_queue(f, size, (page - 1) * size)
     by_decision, by_state = review(request).review_counts(f)
     params = {k: v for k, v in dict(decision=decision, state=state, since=since, until=until, owner=owner,
-                                    track=track).items() if v}
+                                    track=track, kind=kind, work=work, work_owner=work_owner).items() if v}
 
     def link(**change) -> str:
         merged = {k: v for k, v in {**params, **change}.items() if v}
@@ -49,7 +52,8 @@ def queue(request: Request, decision: str = "", state: str = "", since: str = ""
 
     return render(request, "queue.html", session, rows=rows, total=total, page=page,
                   pages=max(1, -(-total // size)), by_decision=by_decision, by_state=by_state, params=params,
-                  decisions=DECISIONS, states=STATES, link=link, owners=review(request).owners())
+                  decisions=DECISIONS, states=STATES, kinds=KINDS, link=link, owners=review(request).owners(),
+                  work_owners=review(request).work_owners())
 
 
 @router.get("/checks/{check_id}")

@@ -30,6 +30,7 @@ def cover_check(tmp_path_factory):
         result = server.check(server.key(Role.submitter, "pipeline"), "cover.wav", cover.read_bytes()).json()
         assert result["decision"] == "review", result
         number = next(n for n, m in enumerate(result["matches"], 1) if m["kind"] == "reperformance")
+        server.cover = cover
         yield server, server.key(Role.reviewer, "Ada Reviewer"), result, number
 
 
@@ -93,6 +94,29 @@ def test_the_transposed_reference_is_in_the_outputs_key_and_agreement_is_measure
         assert version.transposition(b, a) == m["key_shift_st"] % 12
         assert c.get(base, params={"shift": 12}).status_code == 422
         page = c.get(f"/review/checks/{result['id']}").text
+
+        def listed(**params) -> bool:
+            return result["id"] in c.get("/review/", params=params).text
+
+        assert listed(kind="reperformance") and listed(work="W-ENVERNESS") and listed(work_owner="Publisher")
+        assert not listed(work="W-OTHER") and not listed(work_owner="Someone Else")
     melody = page.split("Melody agreement</dt><dd>")[1]
     aligned, elsewhere = (float(x) for x in (melody.split(" %")[0], melody.split("(")[1].split(" %")[0]))
     assert aligned > 2 * elsewhere, (aligned, elsewhere)
+
+
+def test_a_catalog_admin_changes_a_works_rights_audited_and_the_next_check_uses_them(browser, cover_check):
+    server, _, result, _ = cover_check
+    page = browser_sign_in(browser, server.url, server.key(Role.catalog_admin, "Cato Admin"), "/review/catalog")
+    row = page.locator("#work-W-ENVERNESS")
+    expect(row).to_contain_text("BanksOfEnvernessReel")
+    expect(page.locator("#track-BanksOfEnvernessReel")).to_contain_text("W-ENVERNESS")
+    row.locator("select[name=rights]").select_option("licensed")
+    row.locator("input[name=note]").fill("Sync licence S-9")
+    row.locator("button").click()
+    expect(page.locator("#work-W-ENVERNESS .badge")).to_have_text("licensed")
+    change = page.locator("#rights-changes tbody tr").first
+    for text in ("Cato Admin", "work W-ENVERNESS", "protected", "licensed", "Sync licence S-9"):
+        expect(change).to_contain_text(text)
+    after = server.check(server.key(Role.submitter), "cover.wav", server.cover.read_bytes()).json()
+    assert after["decision"] == "allow" and any(r.startswith("licensed work 'W-ENVERNESS'") for r in after["reasons"])
