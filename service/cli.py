@@ -291,7 +291,8 @@ def rights(engine: Engine, external_ids, rights: str, of_works: bool, note: str)
             review.put_work(e, rights=WorkRights(rights), actor=actor, note=note)
         else:
             review.change_rights(e, Rights(rights), actor=actor, note=note)
-    click.echo(f"{len(external_ids)} {'works' if of_works else 'tracks'} now {rights}")
+    n = len(external_ids)
+    click.echo(f"{n} {'work' if of_works else 'track'}{'' if n == 1 else 's'} now {rights}")
 
 
 def _cli_actor() -> Actor:

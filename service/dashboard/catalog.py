@@ -57,3 +57,29 @@ def change_work_rights(request: Request, work_id: str = Form(...), rights: str =
     review(request).put_work(work_id, rights=new, actor=session.actor, note=text(note, "note"))
     return RedirectResponse(f"{request.scope['root_path']}/catalog?{urlencode({'q': work_id})}#works",
                             status_code=303)
+
+
+@router.post("/catalog/works")
+def put_work(request: Request, work_id: str = Form(...), title: str = Form(""), owner: str = Form(""),
+             rights: str = Form("unknown"), recordings: str = Form(""), note: str = Form(""), csrf: str = Form(""),
+             session: Session = Depends(signed_in)):
+    """Add a work or change its title, owner and rights, and name tracks that record it
+    (``recordings``: external ids separated by commas or spaces), audited."""
+    session.check_csrf(csrf)
+    session.require(Role.catalog_admin)
+    try:
+        new = WorkRights(rights)
+    except ValueError:
+        raise Refused(400, f"'{rights}' is not a kind of rights of a work") from None
+    tracks = recordings.replace(",", " ").split()
+    store = engine_of(request).store
+    missing = [t for t in tracks if store.find(t) is None]
+    if missing:
+        raise Refused(404, f"no track with external_id {', '.join(repr(t) for t in missing)}")
+    note = text(note, "note")
+    work = review(request).put_work(work_id, title=text(title, "title"), owner=text(owner, "owner"), rights=new,
+                                    actor=session.actor, note=note)
+    for track in tracks:
+        review(request).link_work(track, work.external_id, actor=session.actor, note=note)
+    return RedirectResponse(f"{request.scope['root_path']}/catalog?{urlencode({'q': work.external_id})}#works",
+                            status_code=303)

@@ -301,7 +301,7 @@ def test_catalog_admin_changes_rights_and_the_change_is_audited(browser, url, ke
     page.fill("input[name=q]", "Sectoid")
     page.click(".filters button[type=submit]")
     row = page.locator("#track-sectoid-feelings-song")
-    expect(page.locator("table.catalog tbody tr")).to_have_count(1)
+    expect(page.locator("#tracks tbody tr")).to_have_count(1)
     row.locator("select[name=rights]").select_option("licensed")
     row.locator("input[name=note]").fill("Licence signed 2026-03-01")
     row.locator("button").click()

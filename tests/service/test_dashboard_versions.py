@@ -120,3 +120,14 @@ def test_a_catalog_admin_changes_a_works_rights_audited_and_the_next_check_uses_
         expect(change).to_contain_text(text)
     after = server.check(server.key(Role.submitter), "cover.wav", server.cover.read_bytes()).json()
     assert after["decision"] == "allow" and any(r.startswith("licensed work 'W-ENVERNESS'") for r in after["reasons"])
+
+    # a new work, named as the one a track records
+    form = page.locator("#add-work")
+    form.locator("input[name=work_id]").fill("W-BANJO")
+    form.locator("input[name=title]").fill("Banjo Reel")
+    form.locator("select[name=rights]").select_option("protected")
+    form.locator("input[name=recordings]").fill("BanjoReel")
+    form.locator("button").click()
+    expect(page.locator("#work-W-BANJO")).to_contain_text("BanjoReel")
+    expect(page.locator("#track-BanjoReel")).to_contain_text("W-BANJO")
+    expect(page.locator("#rights-changes tbody tr").first).to_contain_text("track BanjoReel")
