@@ -78,7 +78,12 @@ def test_landmark_peaks_stored_before_their_version_was_recorded_are_marked_for_
 
 
 def test_a_catalog_made_before_works_keeps_its_tracks_and_fingerprints_and_gains_works(tmp_path):
-    url = f"sqlite:///{tmp_path / 'at-0004.db'}"
+    assert_upgrades_a_catalog_made_before_works(f"sqlite:///{tmp_path / 'at-0004.db'}")
+
+
+def assert_upgrades_a_catalog_made_before_works(url: str) -> None:
+    """A catalog at revision 0004 with a track and its fingerprint, opened by this version: the
+    track and fingerprint stay, the track names no work, works can be added and named, audited."""
     engine = connect(url)
     with engine.begin() as c:
         command.upgrade(migrate.config(c), "0004")

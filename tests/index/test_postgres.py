@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from index.store import Store
 from tests.index.conftest import CLEARANCE, assert_complete, kill_at_random_points, seen
-from tests.index.test_migrations import assert_schema_is_metadata, reset
+from tests.index.test_migrations import assert_schema_is_metadata, assert_upgrades_a_catalog_made_before_works, reset
 
 
 def test_killed_jobs_on_postgresql_finish_every_track_once(pg_url, excerpts, embedder, tmp_path):
@@ -44,3 +44,8 @@ def test_migrations_make_the_schema_of_the_metadata_on_postgresql(pg_url):
     with engine.connect() as c:
         assert c.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
     engine.dispose()
+
+
+def test_a_catalog_made_before_works_is_upgraded_on_postgresql(pg_url):
+    reset(pg_url)
+    assert_upgrades_a_catalog_made_before_works(pg_url)
