@@ -32,54 +32,45 @@ def catalog(request: Request, q: str = "", rights: str = "", session: Session = 
 @router.post("/catalog/rights")
 def change_rights(request: Request, external_id: str = Form(...), rights: str = Form(...), note: str = Form(""),
                   csrf: str = Form(""), session: Session = Depends(signed_in)):
-    session.check_csrf(csrf)
-    session.require(Role.catalog_admin)
-    try:
-        new = Rights(rights)
-    except ValueError:
-        raise Refused(400, f"'{rights}' is not a kind of rights") from None
-    review(request).change_rights(external_id, new, actor=session.actor, note=text(note, "note"))
-    return RedirectResponse(f"{request.scope['root_path']}/catalog?{urlencode({'q': external_id})}",
-                            status_code=303)
-
-
-@router.post("/catalog/works/rights")
-def change_work_rights(request: Request, work_id: str = Form(...), rights: str = Form(...), note: str = Form(""),
-                       csrf: str = Form(""), session: Session = Depends(signed_in)):
-    session.check_csrf(csrf)
-    session.require(Role.catalog_admin)
-    try:
-        new = WorkRights(rights)
-    except ValueError:
-        raise Refused(400, f"'{rights}' is not a kind of rights of a work") from None
-    if engine_of(request).store.find_work(work_id) is None:
-        raise Refused(404, f"no work with id '{work_id}'")
-    review(request).put_work(work_id, rights=new, actor=session.actor, note=text(note, "note"))
-    return RedirectResponse(f"{request.scope['root_path']}/catalog?{urlencode({'q': work_id})}#works",
-                            status_code=303)
+    _admin(session, csrf)
+    review(request).change_rights(external_id, _choice(Rights, rights, "a recording's rights"), actor=session.actor,
+                                  note=text(note, "note"))
+    return _back(request, external_id)
 
 
 @router.post("/catalog/works")
 def put_work(request: Request, work_id: str = Form(...), title: str = Form(""), owner: str = Form(""),
-             rights: str = Form("unknown"), recordings: str = Form(""), note: str = Form(""), csrf: str = Form(""),
+             rights: str = Form(...), recordings: str = Form(""), note: str = Form(""), csrf: str = Form(""),
              session: Session = Depends(signed_in)):
-    """Add a work or change its title, owner and rights, and name tracks that record it
-    (``recordings``: external ids separated by commas or spaces), audited."""
-    session.check_csrf(csrf)
-    session.require(Role.catalog_admin)
-    try:
-        new = WorkRights(rights)
-    except ValueError:
-        raise Refused(400, f"'{rights}' is not a kind of rights of a work") from None
+    """Add a work or change its rights (and title and owner, where not empty), and name tracks that
+    record it (``recordings``: external ids separated by commas or spaces), audited."""
+    _admin(session, csrf)
+    new = _choice(WorkRights, rights, "a work's rights")
     tracks = recordings.replace(",", " ").split()
     store = engine_of(request).store
     missing = [t for t in tracks if store.find(t) is None]
     if missing:
         raise Refused(404, f"no track with external_id {', '.join(repr(t) for t in missing)}")
     note = text(note, "note")
-    work = review(request).put_work(work_id, title=text(title, "title"), owner=text(owner, "owner"), rights=new,
-                                    actor=session.actor, note=note)
+    work = review(request).put_work(work_id, title=text(title, "title") or None, owner=text(owner, "owner") or None,
+                                    rights=new, actor=session.actor, note=note)
     for track in tracks:
         review(request).link_work(track, work.external_id, actor=session.actor, note=note)
-    return RedirectResponse(f"{request.scope['root_path']}/catalog?{urlencode({'q': work.external_id})}#works",
-                            status_code=303)
+    return _back(request, work.external_id, "#works")
+
+
+def _admin(session: Session, csrf: str) -> None:
+    session.check_csrf(csrf)
+    session.require(Role.catalog_admin)
+
+
+def _choice(kind, value: str, what: str):
+    try:
+        return kind(value)
+    except ValueError:
+        raise Refused(400, f"'{value}' is not one of {what}: {', '.join(k.value for k in kind)}") from None
+
+
+def _back(request: Request, q: str, anchor: str = "") -> RedirectResponse:
+    """To the catalog page searching for ``q``."""
+    return RedirectResponse(f"{request.scope['root_path']}/catalog?{urlencode({'q': q})}{anchor}", status_code=303)
