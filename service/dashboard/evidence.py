@@ -28,6 +28,8 @@ from service.dashboard.errors import Refused
 from service.engine import Engine
 
 LISTEN_RATE = 22050     # Hz: what reviewers hear of reference excerpts
+TRANSPOSE_BLOCK_S = 30.0    # seconds of an excerpt transposed at once ...
+TRANSPOSE_FADE_S = 0.2      # ... and cross-faded with the next
 EXCERPTS_KEPT = 32      # recent excerpts kept encoded (about 0.5 MB for 40 s): reviewers of a check hear the same
 
 
@@ -170,10 +172,34 @@ def _excerpt_ogg(path: str, version: int | None, start: float, end: float, limit
     ``version`` (its mtime) keys the cache, so a file changed in place is read again."""
     clip = decode(path, LISTEN_RATE, limits=limits, start=start, end=end)
     if shift:
-        with torch.inference_mode():
-            moved = AF.pitch_shift(torch.from_numpy(clip.samples)[None], LISTEN_RATE, shift)[0].numpy()
-        clip = Clip(np.clip(moved, -1.0, 1.0), LISTEN_RATE, clip.source)
+        clip = Clip(np.clip(transposed(clip.samples, LISTEN_RATE, shift), -1.0, 1.0), LISTEN_RATE, clip.source)
     return encode(clip, "ogg")
+
+
+def transposed(samples: np.ndarray, sample_rate: int, shift: int) -> np.ndarray:
+    """``samples`` moved ``shift`` semitones, their tempo and level kept: a phase vocoder and a
+    resampling (torchaudio) over ``TRANSPOSE_BLOCK_S`` at a time, the blocks cross-faded over
+    ``TRANSPOSE_FADE_S``, so memory stays that of one block whatever the length (whole, ten
+    minutes of audio took 1.9 GB)."""
+    block, fade = int(TRANSPOSE_BLOCK_S * sample_rate), int(TRANSPOSE_FADE_S * sample_rate)
+    out = np.zeros(len(samples), np.float32)
+    ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+    for start in range(0, len(samples), block):
+        lo = max(0, start - fade)
+        piece = np.ascontiguousarray(samples[lo:start + block])
+        with torch.inference_mode():
+            part = AF.pitch_shift(torch.from_numpy(piece)[None], sample_rate, shift)[0].numpy()
+        part *= _rms(piece) / max(_rms(part), 1e-9)       # its level kept (shifting up loses some)
+        if lo < start:       # fade this block in over the end of the previous one, which fades out
+            n = start - lo
+            out[lo:start] = out[lo:start] * ramp[::-1][:n] + part[:n] * ramp[:n]
+            part = part[n:]
+        out[start:start + len(part)] = part
+    return out
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
 
 
 def reperformance_view(engine: Engine, check: CheckView, view: MatchView) -> reperformance.ReperformanceView | None:

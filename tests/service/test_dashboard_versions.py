@@ -15,6 +15,7 @@ from playwright.sync_api import expect
 from detector import version
 from detector.audio import decode
 from service.auth import Role
+from service.dashboard.evidence import TRANSPOSE_BLOCK_S, transposed
 from tests.service.conftest import browser_sign_in, cover_of_enverness, reels_catalog, serve
 from tests.service.test_dashboard import SHOTS, sign_in
 
@@ -131,3 +132,16 @@ def test_a_catalog_admin_changes_a_works_rights_audited_and_the_next_check_uses_
     expect(page.locator("#work-W-BANJO")).to_contain_text("BanjoReel")
     expect(page.locator("#track-BanjoReel")).to_contain_text("W-BANJO")
     expect(page.locator("#rights-changes tbody tr").first).to_contain_text("track BanjoReel")
+
+
+def test_a_long_excerpt_is_transposed_block_by_block_keeping_its_length_and_level():
+    sr = 22050
+    t = np.arange(int(sr * 2.5 * TRANSPOSE_BLOCK_S)) / sr        # blocks, and a part of one
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    up = transposed(tone, sr, 3)
+    assert len(up) == len(tone)
+    for at in (0.3, 0.995, 2.2):                                 # inside blocks and across a boundary
+        piece = up[int(at * TRANSPOSE_BLOCK_S * sr):][:8192]
+        spectrum = np.abs(np.fft.rfft(piece * np.hanning(len(piece))))
+        assert np.argmax(spectrum) * sr / len(piece) == pytest.approx(440 * 2 ** (3 / 12), rel=0.01)
+        assert np.abs(piece).max() == pytest.approx(0.3, rel=0.05)
