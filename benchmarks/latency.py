@@ -1,7 +1,7 @@
 """How long one check takes: MP3 outputs against the whole ``full`` corpus indexed (301 tracks,
 17.9 h), decode included, one check at a time.
 
-    python -m benchmarks.latency [--outputs 40] [--song-runs 5]
+    python -m benchmarks.latency [--outputs 40] [--song-runs 5] [--rendered N]
                                  [--home ~/.cache/clearance/bench-service-home]
 
 Times 30 s outputs twice: in-process (``Engine.check``: decode, fingerprint, search, match,
@@ -16,6 +16,11 @@ from the waiting. The first run builds the catalog home (``benchmarks.load.full_
 of minutes on 2 cores). Prints a table, the peak memory one 30 s and one 600 s check allocate,
 and whether the claims of issue #32 hold over HTTP: p50 ≤ 1 s for a 30 s output, ≤ 2 s for a
 4-minute one, ≤ 5 s for a 10-minute one.
+
+``--rendered N`` adds to the catalog the reference renders of N works of music21's corpus
+(``detector/versionset.py``; kept as Ogg files in the home), in a home of its own
+(``bench-service-home-rendered-N``): the catalog of real and rendered music that the version
+layer's issue (#35) times checks against.
 """
 from __future__ import annotations
 
@@ -25,12 +30,15 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import zlib
+
 import httpx
 import numpy as np
 import torch
 
 from benchmarks.load import HOME, OUTPUT_S, full_catalog, mp3_stereo, outputs, running_server
-from detector.audio import decode
+from detector.audio import Clip, decode, encode
+from detector.policy import Rights
 
 CLAIM_P50_S = 1.0                           # a 30 s output, over HTTP
 SONG_CLAIMS = ((240.0, 2.0), (600.0, 5.0))  # (whole-song output s, claimed p50 s over HTTP): issue #32
@@ -42,14 +50,20 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--outputs", type=int, default=40, help="30 s outputs to time (at least 20)")
     ap.add_argument("--song-runs", type=int, default=5, help="HTTP checks of each whole-song output (240 s, 600 s)")
-    ap.add_argument("--home", type=Path, default=HOME)
+    ap.add_argument("--home", type=Path, help=f"catalog home [default {HOME}, with --rendered N: "
+                                              f"{HOME.name}-rendered-N beside it]")
+    ap.add_argument("--rendered", type=int, default=0, help="also index the reference renders of this many works "
+                                                            "of music21's corpus")
     args = ap.parse_args(argv)
+    args.home = args.home or (HOME.with_name(f"{HOME.name}-rendered-{args.rendered}") if args.rendered else HOME)
     if args.outputs < 20:
         ap.error("--outputs must be at least 20: the 600 s output is made of 20 of them")
     if args.song_runs < 1:
         ap.error("--song-runs must be at least 1")
 
     engine = full_catalog(args.home)
+    if args.rendered:
+        add_rendered(engine, args.rendered, args.home / "rendered")
     files = outputs(args.outputs + WARMUP, seed=1)
     vectors = engine.catalog.vectors
     tracks = engine.store.list_tracks()
@@ -115,6 +129,23 @@ def main(argv=None) -> None:
         p50 = float(np.percentile(times, 50))
         print(f"claim {seconds:.0f} s output p50 ≤ {claim:.0f} s over HTTP, decode included: "
               f"{'met' if p50 <= claim else 'NOT met'} ({p50:.2f} s, n {len(times)})")
+
+
+def add_rendered(engine, n: int, folder: Path) -> None:
+    """Index, as protected, the reference renders of ``n`` works of the version layer's
+    development set (spread over its collections), rendered once into ``folder``."""
+    from detector import versionset
+    chosen = sorted(versionset.works(), key=lambda w: zlib.crc32(w.work_id.encode()))[:n]
+    folder.mkdir(parents=True, exist_ok=True)
+    renderer = versionset.Renderer()
+    for w in chosen:
+        path = folder / f"{w.work_id.replace('/', '--')}.ogg"
+        if not path.exists():
+            audio = renderer.render(versionset.perform(w))
+            path.write_bytes(encode(Clip(audio, versionset.SAMPLE_RATE, path.name), "ogg"))
+    summary = engine.catalog.index_paths(sorted(folder.glob("*.ogg")), Rights.protected)
+    if summary.failed:
+        raise SystemExit(f"indexing failed: {summary.failed}")
 
 
 def peak_allocated(engine, data: bytes) -> int:

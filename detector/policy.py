@@ -228,7 +228,7 @@ def _reperformed(m: Match, info: TrackInfo, duration: float, policy: Policy, kep
     if work is None:
         if info.rights is Rights.licensed:
             return
-        what, right = f"protected '{info.external_id}'", RECORDING
+        what, right = f"protected recording '{info.external_id}' (no work recorded: its rights decide)", RECORDING
     elif work.rights is WorkRights.licensed:
         keep("attribute", m, info, WORK, f"licensed {_work(work)} re-performed{_version_detail(m)} (recording "
                                          f"'{info.external_id}'): attribute it")

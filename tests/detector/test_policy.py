@@ -86,7 +86,8 @@ def version_match(track=1, p_false=1e-5, end=25.0, key_shift=3, tempo=1.1):
 def test_a_re_performance_of_a_protected_recording_goes_to_review_in_words():
     d = decide([version_match()], {1: info(Rights.protected)}, 25.0, POLICY)
     assert d.verdict is Verdict.review and not d.blocking
-    assert d.reasons[0] == ("possible re-performance of protected 't1': melody and harmony of reference 0:40–1:07 in "
+    assert d.reasons[0] == ("possible re-performance of protected recording 't1' (no work recorded: its rights decide): "
+                            "melody and harmony of reference 0:40–1:07 in "
                             "output 0:00–0:25, 3 semitones up, at 1.10× its tempo, score 0.99999: the same music in "
                             "a new sound; needs a person")
     assert decide([version_match(p_false=0.05)], {1: info(Rights.protected)}, 25.0, POLICY).verdict is Verdict.allow
@@ -99,7 +100,7 @@ def test_a_policy_may_block_long_overwhelming_re_performances(tmp_path):
     path.write_text(DEFAULT_POLICY.read_text() + "block_min_score = 0.9999\nblock_min_seconds = 60\n")
     strict = Policy.load(path)
     long = decide([version_match(end=90.0)], {1: info(Rights.protected)}, 90.0, strict)
-    assert long.verdict is Verdict.block and "re-performance of protected 't1'" in long.reasons[0]
+    assert long.verdict is Verdict.block and "re-performance of protected recording 't1'" in long.reasons[0]
     assert decide([version_match(end=30.0)], {1: info(Rights.protected)}, 30.0, strict).verdict is Verdict.review
     assert decide([version_match(end=90.0)], {1: info(Rights.protected)}, 90.0, POLICY).verdict is Verdict.review
 

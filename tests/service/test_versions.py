@@ -61,7 +61,7 @@ def test_a_re_performance_is_flagged_and_other_works_are_not_taken_for_one(rende
     mine = [m for m in result["matches"] if m["external_id"] == files[1].stem]
     assert mine, result["reasons"]
     if mine[0]["method"] == "version":
-        assert any(r.startswith(f"possible re-performance of protected '{files[1].stem}'") for r in result["reasons"])
+        assert any(r.startswith(f"possible re-performance of protected recording '{files[1].stem}'") for r in result["reasons"])
         assert mine[0]["key_shift_st"] == (version.key_shift + 6) % 12 - 6
     for work in works[4:]:
         audio = renderer.render(versionset.perform(work, "timbre", soundfonts=(versionset.HELDOUT_SOUNDFONT,)))
