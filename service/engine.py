@@ -9,6 +9,7 @@ import uuid
 from functools import cached_property
 from pathlib import Path
 
+from detector import version
 from detector.audio import AUDIO_SUFFIXES, Clip, DecodeLimits, decode
 from detector.errors import AudioError
 from detector.matcher import Calibration
@@ -78,7 +79,7 @@ class Engine:
                                    f"{self.embedder.fe.window_s:g} s")
         decision = self.assess(clip)
         result = result_json(str(uuid.uuid4()), name, clip.duration, decision, self.embedder.version,
-                             self.policy.version, time.perf_counter() - t0)
+                             self.policy.version, time.perf_counter() - t0, version.shipped()[0].version)
         kept = self.output_path(result["id"], name) if self.settings.keep_outputs else None
         if kept:
             self._keep_output(source, kept)
@@ -109,7 +110,7 @@ class Engine:
 
 
 def result_json(check_id: str, name: str, duration: float, decision: Decision, model: str, policy: str,
-                elapsed_s: float) -> dict:
+                elapsed_s: float, version_model: str) -> dict:
     """The check result, as the CLI prints it and the API returns it."""
     return {
         "id": check_id,
@@ -129,6 +130,7 @@ def result_json(check_id: str, name: str, duration: float, decision: Decision, m
             "tempo_ratio": round(m.tempo_ratio, 4), "key_shift_st": m.key_shift, "method": m.method,
         } for (m, info), right in zip(decision.matches, decision.decided_by)],
         "model": model,
+        "version_model": version_model,
         "policy": policy,
         "elapsed_ms": round(elapsed_s * 1000),
     }
