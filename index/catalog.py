@@ -43,7 +43,8 @@ class IndexSummary:
     seconds of the writer);
     ``rebuilt`` says what a retraining of the index at the end of the job did. ``renamed``: the
     skipped files whose content is in the catalog under another id, as (path, the id this job
-    would have given it, the id it has)."""
+    would have given it, the id it has). ``works_kept``: works the manifest describes otherwise
+    than the catalog has them, as (what the manifest says, what the catalog keeps)."""
 
     indexed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -54,6 +55,7 @@ class IndexSummary:
     elapsed_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     rebuilt: "RebuildReport | None" = None
+    works_kept: list[tuple[WorkInfo, WorkInfo]] = field(default_factory=list)
 
 
 STAGES = ("hash", "decode", "embed", "chromaprint", "landmarks", "version", "add", "publish")
@@ -86,7 +88,8 @@ def read_manifest(path: str | Path) -> dict[Path, ManifestEntry]:
             raise ClearanceError(f"manifest {path} line {i}: needs 'path' and 'track_id' (or 'external_id')")
         work, rights = None, r.get("work_rights") or WorkRights.unknown.value
         if rights not in {w.value for w in WorkRights}:
-            raise ClearanceError(f"manifest {path} line {i}: work_rights is protected, licensed or unknown, not {rights!r}")
+            raise ClearanceError(f"manifest {path} line {i}: work_rights is protected, licensed or unknown, "
+                                 f"not {rights!r}")
         if r.get("work_id"):
             try:
                 work = WorkInfo(valid_work_id(r["work_id"]), r.get("work_title") or "", r.get("work_owner") or "",
@@ -276,13 +279,18 @@ class Catalog:
         for f in fields(outcome.times):
             summary.stage_s[f.name.removesuffix("_s")] += getattr(outcome.times, f.name)
         t0 = time.perf_counter()
+        work_key = None
+        if entry.work:
+            work_key, kept = self.store.ensure_work(entry.work)
+            if kept != entry.work and (entry.work, kept) not in summary.works_kept:
+                summary.works_kept.append((entry.work, kept))
         try:
             key = self.store.add_pending(
                 external_id=entry.external_id, title=entry.title or entry.external_id, owner=entry.owner or owner,
                 rights=rights, sha256=source.sha256, source_path=str(path.resolve()), duration_s=outcome.duration_s,
                 model=outcome.model, vectors=len(outcome.windows), fingerprint=outcome.chromaprint,
                 peaks=outcome.peaks, peaks_version=landmarks.PEAKS, classes=outcome.classes,
-                classes_version=version.PITCH_CLASSES, work_key=self.store.ensure_work(entry.work) if entry.work else None)
+                classes_version=version.PITCH_CLASSES, work_key=work_key)
         except Conflict as exc:
             return self._fail(source.path, str(exc), summary)
         vectors.add(key, outcome.vectors, outcome.windows)

@@ -24,8 +24,8 @@ from sqlalchemy import event
 from detector.errors import ClearanceError, Conflict, InvalidRequest, NotFound, StorageError
 from detector.policy import Rights, TrackInfo, WorkInfo, WorkRights
 from index import migrate
-from index.schema import (WORK_ID_MAX, api_keys, checks, chromaprints, failures, landmarks, metadata, pitch_classes, tracks,
-                          works)
+from index.schema import (WORK_ID_MAX, api_keys, checks, chromaprints, failures, landmarks, metadata, pitch_classes,
+                          tracks, works)
 
 
 class DuplicateCheck(Conflict):
@@ -164,18 +164,19 @@ class Store:
             r = c.execute(sa.select(works).where(works.c.external_id == external_id)).first()
         return work_from_row(r) if r else None
 
-    def ensure_work(self, work: WorkInfo) -> int:
-        """The key of the work ``work.external_id``, added as ``work`` says when the catalog does
-        not have it; a work already there keeps what it has (its rights change only through
-        ``Review.put_work``, audited)."""
+    def ensure_work(self, work: WorkInfo) -> tuple[int, WorkInfo]:
+        """(key, what the catalog has) of the work ``work.external_id``, added as ``work`` says
+        when the catalog does not have it; a work already there keeps what it has (its rights
+        change only through ``Review.put_work``, audited)."""
         valid_work_id(work.external_id)
         with self.engine.begin() as c:
-            key = c.execute(sa.select(works.c.id).where(works.c.external_id == work.external_id)).scalar()
-            if key is None:
-                key = c.execute(works.insert().values(external_id=work.external_id, title=work.title, owner=work.owner,
-                                                      rights=work.rights.value, created_at=now(), updated_at=now())
-                                ).inserted_primary_key[0]
-        return int(key)
+            r = c.execute(sa.select(works).where(works.c.external_id == work.external_id)).first()
+            if r is not None:
+                return int(r.id), work_from_row(r)
+            key = c.execute(works.insert().values(external_id=work.external_id, title=work.title, owner=work.owner,
+                                                  rights=work.rights.value, created_at=now(), updated_at=now())
+                            ).inserted_primary_key[0]
+        return int(key), work
 
     def list_works(self, external_id: str | None = None, text: str = "", limit: int | None = None
                    ) -> list[tuple[WorkInfo, list[str]]]:

@@ -127,6 +127,9 @@ def index_cmd(engine: Engine, paths, rights, owner, manifest, workers, engine_na
             for path, wanted, kept in summary.renamed:
                 click.echo(f"skipped: {path}: the same audio is in the catalog as '{kept}', so '{wanted}' was not "
                            f"added (a check names '{kept}')", err=True)
+            for said, kept in summary.works_kept:
+                click.echo(f"work {kept.external_id}: the catalog keeps its own ({_work_facts(kept)}), not the "
+                           f"manifest's ({_work_facts(said)}); change it with `clearance work`, audited", err=True)
             for path, reason in summary.failed:
                 click.echo(f"failed: {path}: {reason}", err=True)
             if summary.rebuilt:
@@ -144,6 +147,10 @@ def index_cmd(engine: Engine, paths, rights, owner, manifest, workers, engine_na
              130)
     if paths and (summary.failed or empty):
         sys.exit(2)
+
+
+def _work_facts(work) -> str:
+    return f"{work.rights.value}, {work.owner or 'owner not recorded'}, '{work.title}'"
 
 
 def _audio_files(paths) -> tuple[list[Path], list[Path]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from detector.policy import DEFAULT_POLICY, WorkRights
+from detector.policy import DEFAULT_POLICY, Rights, WorkRights
 from index.reviews import Actor, Review
 from service.engine import Engine
 from service.settings import Settings
@@ -72,3 +72,15 @@ def test_a_re_performance_is_decided_by_its_works_rights_and_a_change_applies_to
                                                                            "licensed")
     review.put_work("W-ENVERNESS", rights=WorkRights.protected, actor=Actor("k1", "Ada Admin"))
     assert engine.check(cover, "cover.wav")["decision"] == "review"
+
+
+def test_a_manifest_that_describes_a_catalog_work_otherwise_changes_nothing_and_says_so(catalog, tmp_path):
+    engine, works, renderer, _ = catalog
+    live = cover_of_enverness(works, renderer, tmp_path / "live.wav")       # another recording of the work
+    (tmp_path / "manifest.csv").write_text("path,track_id,work_id,work_rights\nlive.wav,LIVE-1,W-ENVERNESS,licensed\n")
+    summary = engine.catalog.index_paths([live], Rights.licensed, manifest=tmp_path / "manifest.csv")
+    [(said, kept)] = summary.works_kept
+    assert (said.rights, kept.rights) == (WorkRights.licensed, WorkRights.protected)
+    assert engine.store.find_work("W-ENVERNESS").rights is WorkRights.protected
+    assert engine.store.find("LIVE-1").work == kept
+    engine.catalog.remove(["LIVE-1"])
