@@ -167,8 +167,12 @@ def decide(matches: list[Match], tracks: dict[int, TrackInfo], duration: float, 
 
     for m in sorted(matches, key=lambda m: m.method == "version"):     # copies first
         info = tracks.get(m.track)
-        if info is not None:
-            (_reperformed if m.method == "version" else _copied)(m, info, duration, policy, kept, keep)
+        if info is None:
+            continue
+        if m.method == "version":
+            _reperformed(m, info, policy, kept, keep)
+        else:
+            _copied(m, info, duration, policy, keep)
     if kept["block"]:
         verdict = Verdict.block
     elif kept["review"]:
@@ -183,9 +187,9 @@ def decide(matches: list[Match], tracks: dict[int, TrackInfo], duration: float, 
                     tuple(r for _, _, r in ordered))
 
 
-def _copied(m: Match, info: TrackInfo, duration: float, policy: Policy, kept: dict, keep) -> None:
+def _copied(m: Match, info: TrackInfo, duration: float, policy: Policy, keep) -> None:
     """A signal copy of ``info``'s recording: by the recording's rights where it is protected,
-    else by its work's."""
+    else by its work's. ``keep(kind, match, info, right, reason)`` keeps what counts."""
     long_enough = m.duration >= policy.block_seconds or m.duration >= policy.block_fraction * duration
     blocks = m.score >= policy.block_score and long_enough
     reviews = m.score >= policy.review_score and m.duration >= min(policy.review_seconds, duration)
@@ -218,8 +222,9 @@ def _copied(m: Match, info: TrackInfo, duration: float, policy: Policy, kept: di
         keep("review", m, info, WORK, f"{copy}; needs a person")
 
 
-def _reperformed(m: Match, info: TrackInfo, duration: float, policy: Policy, kept: dict, keep) -> None:
-    """A re-performance of ``info``'s work (of its recording's rights where it names no work)."""
+def _reperformed(m: Match, info: TrackInfo, policy: Policy, kept: dict, keep) -> None:
+    """A re-performance of ``info``'s work (of its recording's rights where it names no work);
+    ``kept``, what is already kept, by kind."""
     work = info.work
     copies = kept["block"] + kept["review"] + kept["attribute"]
     if m.score < policy.version_review_score or any(
