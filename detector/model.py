@@ -98,6 +98,18 @@ def for_inference(encoder: Encoder) -> Encoder:
     return enc.to(memory_format=torch.channels_last)
 
 
+def load_checkpoint(path: str | Path, fmt: int, what: str) -> dict:
+    """The checkpoint at ``path`` (tensors and plain values only), of checkpoint format ``fmt``;
+    ``ModelError`` naming ``what`` it is of when it cannot be read or has another format."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise ModelError(f"cannot load {what} weights {path}: {exc}") from None
+    if ckpt.get("format") != fmt:
+        raise ModelError(f"{what} checkpoint {path}: format {ckpt.get('format')!r}, expected {fmt}")
+    return ckpt
+
+
 class Embedder:
     """A loaded checkpoint: front end + encoder + version, ready to fingerprint clips.
 
@@ -128,16 +140,11 @@ class Embedder:
     @classmethod
     def load(cls, path: str | Path | None = None) -> "Embedder":
         """Load a checkpoint; by default the weights shipped in this package."""
-        try:
-            if path is None:
-                with resources.as_file(resources.files("detector") / "weights" / DEFAULT_WEIGHTS) as p:
-                    ckpt = torch.load(p, map_location="cpu", weights_only=True)
-            else:
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as exc:
-            raise ModelError(f"cannot load model weights {path or DEFAULT_WEIGHTS}: {exc}") from None
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ModelError(f"model checkpoint format {ckpt.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        if path is None:
+            with resources.as_file(resources.files("detector") / "weights" / DEFAULT_WEIGHTS) as p:
+                ckpt = load_checkpoint(p, CHECKPOINT_FORMAT, "model")
+        else:
+            ckpt = load_checkpoint(path, CHECKPOINT_FORMAT, "model")
         fe = FrontEnd(**ckpt["front_end"])
         enc = build(ckpt["arch"], fe)
         enc.load_state_dict(ckpt["state_dict"])

@@ -28,9 +28,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from detector import saved
-from detector.errors import ModelError
 from detector.features import FrontEnd, Spectrogram
 from detector.matcher import Calibration
+from detector.model import load_checkpoint
 
 CHROMA_FPS = 10                 # chroma frames per second
 SEGMENT_S = 20.0                # seconds of audio per version vector
@@ -249,12 +249,7 @@ class VersionModel:
     @classmethod
     def load(cls, path: str | Path | None = None) -> VersionModel:
         path = Path(path) if path else DEFAULT_WEIGHTS
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as exc:
-            raise ModelError(f"{path}: cannot load the version model: {exc}") from exc
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ModelError(f"{path}: version checkpoint format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        ckpt = load_checkpoint(path, CHECKPOINT_FORMAT, "version model")
         net = VersionNet(ckpt["width"], ckpt["dim"])
         net.load_state_dict(ckpt["state"])
         return cls(net, ckpt["version"], ckpt["segment_s"], hashlib.sha256(path.read_bytes()).hexdigest())

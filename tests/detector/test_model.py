@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from detector.audio import Clip
+from detector.errors import ModelError
 from detector.model import DEFAULT_WEIGHTS, Embedder
+from detector.version import VersionModel
 from tests.detector.golden import GOLDEN, SR, embed_all, signals
 
 
@@ -68,3 +70,16 @@ def test_the_checkpoint_names_its_reference_hop(embedder, tmp_path):
     del ckpt["ref_hop_s"]
     torch.save(ckpt, tmp_path / "older.pt")
     assert Embedder.load(tmp_path / "older.pt").ref_hop_s == 0.5     # indexed every 0.5 s before it was stored
+
+
+def test_an_unreadable_or_foreign_checkpoint_is_a_clear_error(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="cannot load model weights .*junk.pt"):
+        Embedder.load(junk)
+    with pytest.raises(ModelError, match="cannot load version model weights .*junk.pt"):
+        VersionModel.load(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"format": 99}, other)
+    with pytest.raises(ModelError, match="format 99, expected 1"):
+        Embedder.load(other)
