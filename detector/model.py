@@ -8,6 +8,7 @@ tempo changes and new material mixed on top.
 from __future__ import annotations
 
 import copy
+import pickle
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -103,7 +104,7 @@ def load_checkpoint(path: str | Path, fmt: int, what: str) -> dict:
     ``ModelError`` naming ``what`` it is of when it cannot be read or has another format."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise ModelError(f"cannot load {what} weights {path}: {exc}") from None
     if ckpt.get("format") != fmt:
         raise ModelError(f"{what} checkpoint {path}: format {ckpt.get('format')!r}, expected {fmt}")
