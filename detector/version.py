@@ -46,12 +46,17 @@ DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "clearance-ver-v1.pt"
 def pitch_classes(power: torch.Tensor, f_min_midi: int, frames_per_second: float) -> torch.Tensor:
     """Semitone band power (bands, frames) → power of each pitch class (12, frames at
     ``CHROMA_FPS``); row k is pitch class k (0 = C). Powers add when recordings are mixed."""
+    pooled = _at_chroma_rate(power, frames_per_second)
+    classes = (torch.arange(len(pooled)) + f_min_midi) % 12
+    return torch.zeros(12, pooled.shape[1], dtype=pooled.dtype).index_add_(0, classes, pooled)
+
+
+def _at_chroma_rate(power: torch.Tensor, frames_per_second: float) -> torch.Tensor:
+    """Band power (bands, frames) averaged down to ``CHROMA_FPS`` frames a second."""
     bands, frames = power.shape
     step = max(1, round(frames_per_second / CHROMA_FPS))
     n = frames // step
-    pooled = power[:, : n * step].reshape(bands, n, step).mean(2)
-    classes = (torch.arange(bands) + f_min_midi) % 12
-    return torch.zeros(12, n, dtype=pooled.dtype).index_add_(0, classes, pooled)
+    return power[:, : n * step].reshape(bands, n, step).mean(2)
 
 
 @functools.cache
@@ -59,15 +64,30 @@ def _spectrogram() -> Spectrogram:
     return Spectrogram(FrontEnd())
 
 
+def band_power(samples: np.ndarray) -> torch.Tensor:
+    """Mono samples at the fingerprint front end's rate (8 kHz) → their power in its semitone
+    bands (bands, frames at its 50 a second): what ``pitch_class_power`` and ``melody`` reduce."""
+    with torch.inference_mode():
+        return _spectrogram().of_long(torch.from_numpy(np.ascontiguousarray(samples, np.float32)))
+
+
+def _band0_midi(fe: FrontEnd) -> int:
+    """The MIDI note of the front end's lowest band."""
+    return round(69 + 12 * math.log2(fe.f_min / 440))
+
+
 def pitch_class_power(samples: np.ndarray) -> np.ndarray:
     """Mono samples at the fingerprint front end's rate (8 kHz) → (12, frames) float16 power of
     each pitch class at ``CHROMA_FPS``: what the catalog stores of a track for this layer (240
     bytes a second), computed from the same semitone bands as the fingerprints."""
-    spec = _spectrogram()
-    fe = spec.fe
+    return stored_pitch_classes(band_power(samples))
+
+
+def stored_pitch_classes(power: torch.Tensor) -> np.ndarray:
+    """``pitch_class_power`` of samples whose ``band_power`` is ``power``."""
+    fe = _spectrogram().fe
     with torch.inference_mode():
-        power = spec.of_long(torch.from_numpy(np.ascontiguousarray(samples, np.float32)))
-        classes = pitch_classes(power, round(69 + 12 * math.log2(fe.f_min / 440)), fe.sample_rate / fe.hop_length)
+        classes = pitch_classes(power, _band0_midi(fe), fe.sample_rate / fe.hop_length)
     # float16 holds up to 65,504: full-scale music reaches about 300,000 before this scaling, and
     # the model sees power only relative to the window's loudest frame
     return np.minimum(classes.numpy() / PITCH_CLASS_SCALE, 6e4).astype(np.float16)
@@ -78,27 +98,21 @@ MELODY_QUIET_DB = 30.0          # frames this far below the clip's loudest have 
 _HARMONICS = ((0, 1.0), (12, 0.5), (19, 0.33), (24, 0.25))      # semitones above a note, weight
 
 
-def melody(samples: np.ndarray) -> np.ndarray:
-    """The layer's melody view, drawn for reviewers (the search does not use it): the predominant
-    pitch of each ``CHROMA_FPS`` frame of mono samples at the front end's rate, as a MIDI note
-    number (-1 where the frame is quiet). Each semitone band of ``MELODY_MIDI`` is scored by
+def melody(power: torch.Tensor) -> np.ndarray:
+    """The layer's melody view, drawn for reviewers (the search does not use it): from the
+    ``band_power`` of mono samples, the predominant pitch of each ``CHROMA_FPS`` frame as a MIDI
+    note number (-1 where the frame is quiet). Each semitone band of ``MELODY_MIDI`` is scored by
     harmonic summation of the compressed band power at its first harmonics; the best wins."""
-    spec = _spectrogram()
-    fe = spec.fe
-    with torch.inference_mode():
-        power = spec.of_long(torch.from_numpy(np.ascontiguousarray(samples, np.float32))).numpy()
-    step = max(1, round(fe.sample_rate / fe.hop_length / CHROMA_FPS))
-    n = power.shape[1] // step
-    power = power[:, :n * step].reshape(len(power), n, step).mean(2)
-    low = round(69 + 12 * math.log2(fe.f_min / 440))                  # the MIDI note of band 0
+    fe = _spectrogram().fe
+    pooled = _at_chroma_rate(power, fe.sample_rate / fe.hop_length).numpy()
     notes = np.arange(MELODY_MIDI[0], MELODY_MIDI[1] + 1)
-    magnitude = np.sqrt(power)
-    salience = np.zeros((len(notes), n), np.float32)
+    magnitude = np.sqrt(pooled)
+    salience = np.zeros((len(notes), pooled.shape[1]), np.float32)
     for offset, weight in _HARMONICS:
-        bands = notes - low + offset
-        inside = bands < len(power)
+        bands = notes - _band0_midi(fe) + offset
+        inside = bands < len(pooled)
         salience[inside] += weight * magnitude[bands[inside]]
-    level = power.sum(0)
+    level = pooled.sum(0)
     loud = level > level.max(initial=0) * 10 ** (-MELODY_QUIET_DB / 10)
     return np.where(loud & (level > 0), notes[salience.argmax(0)], -1)
 

@@ -61,10 +61,7 @@ def view(output: Clip, reference: Clip, match: dict, reference_start: float) -> 
     (its first sample at the span's start), and the reference excerpt ``reference`` starting at
     reference second ``reference_start``; both clips at the front end's rate."""
     fps = version.CHROMA_FPS
-    out_melody = version.melody(output.samples)
-    ref_melody = version.melody(reference.samples)
-    out_chroma = version.chroma(torch.from_numpy(version.pitch_class_power(output.samples).astype(np.float32))).numpy()
-    ref_chroma = version.chroma(torch.from_numpy(version.pitch_class_power(reference.samples).astype(np.float32))).numpy()
+    (out_melody, out_chroma), (ref_melody, ref_chroma) = (_views(clip.samples) for clip in (output, reference))
     n = min(len(out_melody), out_chroma.shape[1], round((match["query_end"] - match["query_start"]) * fps))
     # the reference frame heard at each output frame of the span, at the measured tempo
     at = np.round((match["ref_start"] - reference_start + np.arange(n) / fps * match["tempo_ratio"]) * fps).astype(int)
@@ -77,6 +74,13 @@ def view(output: Clip, reference: Clip, match: dict, reference_start: float) -> 
     return ReperformanceView(_piano_roll(out_m, ref_m), _chroma_image(out_c, np.roll(ref_c, shift, 0)),
                              _agreement(lambda k: _melody_agreement(out_m, ref_m, k)),
                              _agreement(lambda k: _harmony_agreement(out_c, np.roll(ref_c, shift + k, 0))), n)
+
+
+def _views(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(melody, chroma) of mono samples at the front end's rate, from one semitone spectrogram."""
+    power = version.band_power(samples)
+    classes = torch.from_numpy(version.stored_pitch_classes(power).astype(np.float32))
+    return version.melody(power), version.chroma(classes).numpy()
 
 
 def _agreement(at_shift) -> Agreement:

@@ -8,7 +8,7 @@ import torch
 from music21 import corpus
 
 from detector import versionset
-from detector.version import VersionModel, chroma, pitch_class_power, qmax
+from detector.version import VersionModel, band_power, chroma, melody, pitch_class_power, qmax
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +92,17 @@ def test_pitch_classes_of_full_scale_audio_are_finite_and_name_the_note():
     classes = pitch_class_power(square)
     assert classes.dtype == np.float16 and np.isfinite(classes).all()
     assert (classes.astype(np.float32).argmax(0) == 9).mean() > 0.9
+
+
+def test_the_melody_view_follows_the_tune_over_a_bass():
+    """Four notes of a harmonic tone, a second each, over a quieter low C held throughout: the
+    view names each note, ten frames a second, and not the bass."""
+    t = np.arange(8000) / 8000
+    tune = [60, 64, 67, 72]
+    tone = np.concatenate([sum(0.5 / h * np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * h * t) for h in (1, 2, 3))
+                           for m in tune])
+    bass = 0.3 * np.sin(2 * np.pi * 440 * 2 ** ((48 - 69) / 12) * np.arange(len(tone)) / 8000)
+    notes = melody(band_power((tone + bass).astype(np.float32)))
+    assert len(notes) == 40
+    for k, m in enumerate(tune):
+        assert (notes[10 * k + 2:10 * k + 8] == m).all(), notes
