@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from detector.errors import Conflict, NotFound
 from detector.policy import Rights, WorkInfo, WorkRights
 from index.schema import api_keys, audit_log, checks, review_sessions, tracks, works
-from index.store import (Store, Track, TrackState, now, select_tracks, track_from_row, utc, valid_work_id,
-                         work_from_row)
+from index.store import (Store, Track, TrackState, insert_work, now, select_tracks, track_from_row, utc,
+                         valid_work_id, work_from_row)
 
 UNREVIEWED = "unreviewed"
 
@@ -245,8 +245,7 @@ class Review:
             r = c.execute(sa.select(works).where(works.c.external_id == external_id)).first()
             if r is None:
                 work = WorkInfo(external_id, title or "", owner or "", rights or WorkRights.unknown)
-                c.execute(works.insert().values(external_id=external_id, title=work.title, owner=work.owner,
-                                                rights=work.rights.value, created_at=now(), updated_at=now()))
+                insert_work(c, work)
                 self._append(c, actor, "work", external_id, "rights", "", work.rights.value, "", note)
                 return work
             before = work_from_row(r)

@@ -67,10 +67,12 @@ class Track:
                 "source_path": self.source_path}
 
 
-def work_dict(work: WorkInfo | None) -> dict | None:
-    """A work as the API and the CLI's JSON show it."""
-    return None if work is None else {"work_id": work.external_id, "title": work.title, "owner": work.owner,
-                                      "rights": work.rights.value}
+def work_dict(work: WorkInfo | None, recordings: list[str] | None = None) -> dict | None:
+    """A work as the API and the CLI's JSON show it, with the tracks that record it where given."""
+    if work is None:
+        return None
+    shown = {"work_id": work.external_id, "title": work.title, "owner": work.owner, "rights": work.rights.value}
+    return shown if recordings is None else {**shown, "recordings": recordings}
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,13 @@ def track_from_row(r) -> Track:
 
 def work_from_row(r) -> WorkInfo:
     return WorkInfo(r.external_id, r.title, r.owner, WorkRights(r.rights))
+
+
+def insert_work(c: sa.Connection, work: WorkInfo) -> int:
+    """Add ``work`` to the catalog in ``c``'s transaction; its key."""
+    return int(c.execute(works.insert().values(external_id=work.external_id, title=work.title, owner=work.owner,
+                                               rights=work.rights.value, created_at=now(), updated_at=now())
+                         ).inserted_primary_key[0])
 
 
 def valid_work_id(work_id: str) -> str:
@@ -173,10 +182,7 @@ class Store:
             r = c.execute(sa.select(works).where(works.c.external_id == work.external_id)).first()
             if r is not None:
                 return int(r.id), work_from_row(r)
-            key = c.execute(works.insert().values(external_id=work.external_id, title=work.title, owner=work.owner,
-                                                  rights=work.rights.value, created_at=now(), updated_at=now())
-                            ).inserted_primary_key[0]
-        return int(key), work
+            return insert_work(c, work), work
 
     def list_works(self, external_id: str | None = None, text: str = "", limit: int | None = None
                    ) -> list[tuple[WorkInfo, list[str]]]:

@@ -167,7 +167,7 @@ def catalog_router(engine: Engine, pool: WorkPool) -> APIRouter:
 
     @router.get(WORKS, summary="The works (songs) of the catalog")
     def list_works(_: Principal = Depends(catalog_admin)) -> dict:
-        return {"works": [_work_shown(w, recordings) for w, recordings in engine.store.list_works()]}
+        return {"works": [work_dict(w, recordings) for w, recordings in engine.store.list_works()]}
 
     @router.get(WORKS + "/{work_id:path}", summary="One work, with the tracks that record it")
     def get_work(work_id: str, _: Principal = Depends(catalog_admin)) -> dict:
@@ -184,14 +184,11 @@ def catalog_router(engine: Engine, pool: WorkPool) -> APIRouter:
     return router
 
 
-def _work_shown(work: WorkInfo, recordings: list[str]) -> dict:
-    return {**work_dict(work), "recordings": recordings}
-
-
 def _work(engine: Engine, work_id: str) -> dict:
-    for work, recordings in engine.store.list_works(work_id):
-        return _work_shown(work, recordings)
-    raise NotFound(f"no work with id '{work_id}'")
+    found = engine.store.list_works(work_id)
+    if not found:
+        raise NotFound(f"no work with id '{work_id}'")
+    return work_dict(*found[0])
 
 
 def _shown(track: Track) -> dict:

@@ -224,7 +224,7 @@ def works(engine: Engine, as_json: bool) -> None:
     """List the works (songs) of the catalog, with the tracks that record them."""
     for work, recordings in _reader(engine).list_works():
         if as_json:
-            click.echo(json.dumps({**work_dict(work), "recordings": recordings}))
+            click.echo(json.dumps(work_dict(work, recordings)))
         else:
             click.echo(f"{work.external_id}\t{work.rights.value}\t{work.owner}\t{work.title}\t"
                        f"{', '.join(recordings) or 'no recordings'}")
