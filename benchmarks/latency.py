@@ -28,9 +28,8 @@ import argparse
 import os
 import time
 import tracemalloc
-from pathlib import Path
-
 import zlib
+from pathlib import Path
 
 import httpx
 import numpy as np

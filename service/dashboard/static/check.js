@@ -89,9 +89,9 @@ function pair (section, outputOptions) {
     },
     stop: stopAll
   }
+  const needs = { output: [output], reference: [reference], both: [output, reference], key: [reference] }
   for (const button of section.querySelectorAll('[data-play]')) {
-    const needs = { output: [output], reference: [reference], both: [output, reference], key: [reference] }[button.dataset.play] || []
-    button.disabled ||= !needs.every(Boolean)
+    button.disabled ||= !(needs[button.dataset.play] || []).every(Boolean)
     button.addEventListener('click', () => actions[button.dataset.play]())
   }
 }
