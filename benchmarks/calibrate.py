@@ -11,8 +11,9 @@ fitted to its top decile gives ``p_false(evidence)``, for outputs at least as lo
 shortest negative (``shortest_s``). The same negatives cut to their first 3, 5 and 8 s give the
 tails of shorter outputs (``Calibration.shorter``): music that short finds less by chance.
 The embedding's is written beside the
-model weights, the landmark layer's (searched as the check searches it: at tempo 1.0, and at the
-tempo the strongest embedding matches measured) to ``detector/weights/landmarks.calibration.json``.
+model weights, the landmark layer's to ``detector/weights/``: its search of every catalog track at
+tempo 1.0 (``landmarks.calibration.json``) and its confirmations of the strongest embedding
+matches' alignments (``landmarks.confirm.calibration.json``), each searched as a check searches.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from benchmarks import corpus as C
 from detector import landmarks
 from detector.matcher import Calibration
 from detector.model import DEFAULT_WEIGHTS
+from index.layers.landmarks import at_tempo_one, confirmations
 
 WEIGHTS = C.REPO / "detector" / "weights" / DEFAULT_WEIGHTS
 NEGATIVE_S = (10.0, 30.0)   # lengths of the negative excerpts, before a transform changes them
@@ -71,22 +73,22 @@ def negative_queries(tracks, n: int, rng: np.random.Generator):
     return out
 
 
-def null_evidence(catalog, queries, related_ids) -> tuple[np.ndarray, np.ndarray]:
+def null_evidence(catalog, queries, related_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Strongest evidence of each query against a catalog track unrelated to its parts
-    (``related_ids``): (embedding, landmarks)."""
+    (``related_ids``): (embedding, landmarks at tempo 1.0, landmark confirmations)."""
     from detector.audio import Clip
 
     ids = {t.id: t.external_id for t in catalog.store.list_tracks()}
-    emb, lm = [], []
+    samples = ([], [], [])
     for name, x, parts in queries:
         clip = Clip(x, C.SR, name)
         matches = catalog.embedding_matches(clip, max_p_false=1.0)
-        unrelated = [m for m in matches if ids.get(m.track) not in related_ids(parts)]
-        emb.append(max((m.evidence for m in unrelated), default=0.0))
-        # landmark votes do not depend on the calibration the catalog's landmark index holds
-        unrelated = [m for m in catalog.landmark_matches(clip, matches) if ids.get(m.track) not in related_ids(parts)]
-        lm.append(max((m.evidence for m in unrelated), default=0.0))
-    return np.array(emb), np.array(lm, float)
+        # landmark evidence does not depend on the calibrations the landmark layer holds
+        found, query = at_tempo_one(catalog.landmark_index, clip)
+        confirmed = [s for _, s, _ in confirmations(catalog.landmark_index, clip, matches, query)]
+        for sample, got in zip(samples, (matches, found, confirmed)):
+            sample.append(max((m.evidence for m in got if ids.get(m.track) not in related_ids(parts)), default=0.0))
+    return tuple(np.array(s, float) for s in samples)
 
 
 def tail(evidence: np.ndarray, tail_fraction: float = 0.1) -> dict:
@@ -140,22 +142,23 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(args.seed)
     queries = negative_queries(tracks, args.negatives, rng)
 
-    emb, lm = null_evidence(catalog, queries, lambda parts: C.related_to(parts, tracks))
+    null = null_evidence(catalog, queries, lambda parts: C.related_to(parts, tracks))
     print(f"whole negatives measured ({time.time() - t0:.0f} s)", flush=True)
-    cut_emb, cut_lm = {}, {}
+    cut = {}
     for secs in SHORTER_S:
-        cut = [(name, x[: int(secs * C.SR)], parts) for name, x, parts in queries]
-        cut_emb[secs], cut_lm[secs] = null_evidence(catalog, cut, lambda parts: C.related_to(parts, tracks))
+        shorter = [(name, x[: int(secs * C.SR)], parts) for name, x, parts in queries]
+        cut[secs] = null_evidence(catalog, shorter, lambda parts: C.related_to(parts, tracks))
         print(f"negatives cut to {secs:g} s measured ({time.time() - t0:.0f} s)", flush=True)
     shortest = min(len(x) for _, x, _ in queries) / C.SR
-    cal = fit(emb, engine.embedder.version, shortest, cut_emb)
-    cal.save(out)
-    report("embedding", emb, cut_emb, cal, out)
-    out = C.REPO / "detector" / "weights" / landmarks.CALIBRATION
-    cal = fit(lm, landmarks.VERSION, shortest, cut_lm)
-    cal.save(out)
-    report("landmarks", lm, cut_lm, cal, out)
-
+    weights = C.REPO / "detector" / "weights"
+    for k, (name, version, path) in enumerate([
+            ("embedding", engine.embedder.version, out),
+            ("landmarks at tempo 1.0", landmarks.VERSION, weights / landmarks.CALIBRATION),
+            ("landmark confirmations", landmarks.VERSION, weights / landmarks.CONFIRM_CALIBRATION)]):
+        shorter = {secs: sample[k] for secs, sample in cut.items()}
+        cal = fit(null[k], version, shortest, shorter)
+        cal.save(path)
+        report(name, null[k], shorter, cal, path)
 
 if __name__ == "__main__":
     main()

@@ -51,9 +51,12 @@ def evidence(catalog, x: np.ndarray, name: str):
     emb = embedding_evidence(catalog, clip)
     chroma = [(ids.get(m.track), -math.log10(max(m.p_false, 1e-300)), from_chromaprint(m))
               for m in catalog.chroma.search(chromaprint.fingerprint(clip))]
-    lm = [(ids.get(m.track), m.evidence, m) for m in catalog.landmark_matches(clip, [f[2] for f in emb])]
+    landmarks = catalog.landmark_matches(clip, [f[2] for f in emb])
+    # the landmark layer's own evidence: its search at tempo 1.0 (a confirmation of an embedding
+    # match is that match's, merged)
+    lm = [(ids.get(m.track), m.evidence, m) for m in landmarks if m.method == "landmark"]
     merged = [(ids.get(m.track), -math.log10(max(m.p_false, 1e-300)), m)
-              for m in merge([f[2] for f in emb + chroma + lm])]
+              for m in merge([f[2] for f in emb + chroma] + landmarks)]
     return emb, chroma, lm, merged
 
 

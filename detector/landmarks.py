@@ -71,7 +71,9 @@ GAP_S = 3.0                       # a stretch of aligned pairs ends at a gap thi
 EXTENT_GAP_S = 6.0                # ... and the copy it evidences, at a gap this long (``_stretch``)
 CORE_STEP_S = 0.25                # a stretch's ends are where its pairs stop being dense (``matcher.core``)
 TEXTURE_CELLS = 31                # offset cells (~2 s) either side where a texture's other alignments lie
+NEAR_S = 1.0                      # how far from a given alignment (``search``'s ``near``) a confirmation looks
 CALIBRATION = "landmarks.calibration.json"
+CONFIRM_CALIBRATION = "landmarks.confirm.calibration.json"   # the null of a confirmation's evidence
 
 
 def peaks(clip: Clip, picking: Picking = CATALOG) -> np.ndarray:
@@ -160,8 +162,8 @@ def to_match(m: LandmarkMatch) -> Match:
                  windows=m.votes)
 
 
-def default_calibration() -> Calibration:
-    with resources.as_file(resources.files("detector") / "weights" / CALIBRATION) as p:
+def default_calibration(name: str = CALIBRATION) -> Calibration:
+    with resources.as_file(resources.files("detector") / "weights" / name) as p:
         return Calibration.load(p)
 
 
@@ -226,13 +228,15 @@ class LandmarkIndex(saved.SavedArrays):
         return len(self.times)
 
     def search(self, query: np.ndarray, max_matches: int = 5, tempo: float = 1.0, track: int | None = None,
-               fan_out: int = QUERY.fan_out) -> list[LandmarkMatch]:
+               fan_out: int = QUERY.fan_out, near: float | None = None) -> list[LandmarkMatch]:
         """Stretches of catalog tracks aligned with the output's peaks ``query`` (``peaks(clip,
         QUERY)``, or another picking whose ``fan_out`` is given), best first.
 
         ``tempo`` (reference seconds per output second) searches for a copy played that much
         faster: it keeps the frequencies of its peaks but not their spacing, so the output's peak
-        times are scaled to the reference's first. ``track`` searches that catalog track alone.
+        times are scaled to the reference's first. ``track`` searches that catalog track alone,
+        ``near`` (seconds of reference at output time 0) the alignments within ``NEAR_S`` of it
+        alone.
         """
         p = query
         if tempo != 1.0:
@@ -258,6 +262,9 @@ class LandmarkIndex(saved.SavedArrays):
         offset = self.times[idx] - qt
         cell = offset // OFFSET_BIN
         key_group, key_cell, votes = self._votes(which, cell)
+        if near is not None:
+            mine = np.abs(key_cell - near / FRAME_S / OFFSET_BIN) <= NEAR_S / FRAME_S / OFFSET_BIN
+            key_group, key_cell, votes = key_group[mine], key_cell[mine], votes[mine]
         found: list[LandmarkMatch] = []
         pairs: dict[int, np.ndarray] = {}      # a candidate track's pairs, in the order found
         for k in np.argsort(-votes):

@@ -26,6 +26,7 @@ TEMPO_TOLERANCE = 0.03    # a measured tempo this close to 1.0 is no tempo chang
 TEMPO_FIT_SPAN_S = 1.5    # output seconds (of window starts) an alignment needs to measure its own tempo
 TEMPO_FIT_SE = 2.0        # a fitted tempo within this many standard errors of 1.0 is reported as 1.0
 CREDIBLE_P = 0.01         # an embedding match this unlikely by chance may correct a tempo-1.0 mapping
+SAME_OFFSET_S = 2.0       # two matches of one track whose offsets differ by less align the same stretch
 # a query window's background: its BACKGROUND_RANK-th nearest reference window, where the
 # verbatim repeats of a looping track count BACKGROUND_PER_LOOP times at most (``window_background``)
 BACKGROUND_RANK = 8
@@ -446,14 +447,14 @@ def merge(matches: list[Match]) -> list[Match]:
         for i, o in enumerate(out):
             if o.track != m.track or _overlap(o, m) == 0:
                 continue
-            same = abs(_offset(o) - _offset(m)) < 2.0
+            same = abs(_offset(o) - _offset(m)) < SAME_OFFSET_S
             if not same and _overlap(o, m) <= 0.5 * min(o.duration, m.duration):
                 continue
-            if ("embedding" not in o.method and m.method == "embedding" and abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE
-                    and m.duration > o.duration and m.p_false <= CREDIBLE_P):
+            if ("embedding" not in o.method and "embedding" in m.method.split("+")
+                    and abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE and m.duration > o.duration and m.p_false <= CREDIBLE_P):
                 p_values[i].append(m.p_false)
                 out[i] = _spanning(replace(m, p_false=fisher(p_values[i]), method=_methods(o, m)), o if same else m)
-            elif same and m.method not in o.method.split("+"):
+            elif same and not set(m.method.split("+")) & set(o.method.split("+")):
                 p_values[i].append(m.p_false)
                 out[i] = _spanning(replace(o, p_false=fisher(p_values[i]), method=_methods(o, m)), m)
             break                           # else the same stretch aligned to a repeat: keep the stronger
@@ -463,14 +464,36 @@ def merge(matches: list[Match]) -> list[Match]:
     return out
 
 
+def same_alignment(a: Match, b: Match) -> bool:
+    """Whether ``a`` and ``b`` align overlapping stretches of the output with one track at one
+    offset."""
+    return a.track == b.track and _overlap(a, b) > 0 and abs(_offset(a) - _offset(b)) < SAME_OFFSET_S
+
+
+def confirm(hypothesis: Match, confirmation: Match) -> Match:
+    """``hypothesis`` confirmed by another layer that looked at its alignment alone: the
+    confirmation's mapping over both spans, both methods, and Fisher's combination of both
+    false-match probabilities (``confirmation.p_false`` is that of its own question: chance
+    agreeing this well with one given alignment). A confirmation never stands on its own
+    (``fisher_combined``, not ``fisher``): it only strengthens the match that asked, so a chance
+    agreement of some peaks with a weak chance alignment stays as weak as both together."""
+    return _spanning(replace(confirmation, p_false=fisher_combined([hypothesis.p_false, confirmation.p_false]),
+                             method=_methods(hypothesis, confirmation)), hypothesis)
+
+
 def fisher(p_values: list[float]) -> float:
     """Fisher's combination of the false-match probabilities of layers that found the same copy
     independently (different features: embedding, Chromaprint bits, spectral peaks): the chance
     that chance alone makes all of them this strong; never weaker than the strongest alone (a
     weak second layer does not discredit a strong first one)."""
+    return min(1.0, fisher_combined(p_values), *p_values)
+
+
+def fisher_combined(p_values: list[float]) -> float:
+    """Fisher's combined probability itself: the chance that independent tests, each true to its
+    null, give p-values whose product is this small."""
     x = -sum(math.log(max(p, 1e-300)) for p in p_values)
-    combined = math.exp(-x) * sum(x ** j / math.factorial(j) for j in range(len(p_values)))
-    return min(1.0, combined, *p_values)
+    return min(1.0, math.exp(-x) * sum(x ** j / math.factorial(j) for j in range(len(p_values))))
 
 
 def _spanning(m: Match, other: Match) -> Match:

@@ -1,7 +1,8 @@
-"""The landmark layer: peak pairs (``detector/landmarks.py``), at tempo 1.0 and at the tempos the
-embedding layer measured."""
+"""The landmark layer: peak pairs (``detector/landmarks.py``), at tempo 1.0, and at the alignments
+the embedding layer measured."""
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -10,7 +11,7 @@ import numpy as np
 
 from detector import landmarks
 from detector.audio import Clip
-from detector.matcher import TEMPO_TOLERANCE, Match
+from detector.matcher import Match, confirm, fisher, same_alignment
 from index.layers import SavedLayer
 
 if TYPE_CHECKING:
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
     from index.store import Store
 
 log = logging.getLogger(__name__)
-TEMPO_LOOKS = 2             # landmark searches at a tempo the embedding measured, per output
-LOOK_MARGIN_S = 10.0        # how far beyond the embedding match's span such a search looks
+CONFIRMS = 3                # embedding matches whose alignment the landmarks confirm, per output
+CONFIRM_P = 1e-3            # a confirmation counts where chance agrees as well with one alignment this rarely
+LOOK_MARGIN_S = 10.0        # how far beyond the embedding match's span a confirmation looks
 
 
 class LandmarkLayer(SavedLayer):
@@ -58,30 +60,63 @@ def at_tempo_one(index: landmarks.LandmarkIndex, clip: Clip) -> tuple[list[landm
 
 def landmark_matches(index: landmarks.LandmarkIndex, clip: Clip, embedding: list[Match],
                      tempo_one: tuple[list[landmarks.LandmarkMatch], np.ndarray | None] | None = None) -> list[Match]:
-    """Landmark stretches of ``clip`` at tempo 1.0, and at the tempo that each of the
-    ``TEMPO_LOOKS`` strongest ``embedding`` matches measured where that is not 1.0, on its
-    track: landmarks find a copy played faster or slower once they know how much (its peaks
-    keep their frequencies), and the embedding measures that even where its own evidence is
-    weak. Only the strongest few are asked: every search is another chance for unrelated
-    music to collect votes, and an output's weaker matches at other tempos are mostly chance
-    alignments (asked for all of them, the landmarks' strongest chance match rose from about
-    20 votes to 35 on the robustness benchmark's negatives). And each is asked only where its
-    match lies, up to ``LOOK_MARGIN_S`` beyond: a copy is one stretch at one tempo, and a
-    whole song searched at a weak match's tempo offers its chance alignments everywhere (a
-    chance match's tempo on one track found 18 votes two minutes away from it, in a song
-    made of other music).
+    """Landmark stretches of ``clip`` at tempo 1.0 (``tempo_one``: what ``at_tempo_one`` found,
+    where it has already searched), and the ``embedding`` layer's strongest matches confirmed by
+    the landmarks at their alignment (``confirmations``, ``matcher.confirm``) where that makes
+    them stronger than the stretch found at tempo 1.0 at the same alignment would, which then
+    gives way: the two are the same peaks' evidence, counted once.
 
-    An output longer than ``landmarks.DENSE_S`` is searched at tempo 1.0 with ``LONG_QUERY``'s
-    sparser peaks (the search's work and memory grow with the output's length), and near each
-    match at its tempo with ``QUERY``'s, as shorter outputs are everywhere. ``tempo_one``: what
-    ``at_tempo_one`` found, where it has already searched."""
+    A confirmation counts only where its own ``p_false`` is at most ``CONFIRM_P``: it adds at
+    most that much to the chance that music not in the catalog is sent to review or blocked
+    (with every confirmation counted, weak ones combined with weak chance alignments sent 4 of
+    the decision benchmark's 300 negatives to review and 5 of the mixes benchmark's)."""
     found, query = tempo_one or at_tempo_one(index, clip)
-    found = list(found)
-    changed = [m for m in embedding if abs(m.tempo_ratio - 1.0) > TEMPO_TOLERANCE]
-    for m in sorted(changed, key=lambda m: m.evidence, reverse=True)[:TEMPO_LOOKS]:
-        if query is None:
-            query = landmarks.peaks(clip, landmarks.QUERY)
-        found += index.search(landmarks.between(query, m.query_start - LOOK_MARGIN_S, m.query_end + LOOK_MARGIN_S),
-                              tempo=m.tempo_ratio, track=m.track)
     cal = index.calibration
-    return [replace(landmarks.to_match(m), p_false=cal.p_false(m.evidence, clip.duration)) for m in found]
+    out = [replace(landmarks.to_match(m), p_false=cal.p_false(m.evidence, clip.duration)) for m in found]
+    cal = confirm_calibration()
+    for hypothesis, stretch, searched in confirmations(index, clip, embedding, query):
+        p_false = cal.p_false(stretch.evidence, min(clip.duration, searched))
+        if p_false > CONFIRM_P:
+            continue
+        confirmed = confirm(hypothesis, replace(landmarks.to_match(stretch), p_false=p_false))
+        alike = [m for m in out if same_alignment(m, confirmed)]
+        if any("embedding" in m.method for m in alike):
+            continue                    # a stronger hypothesis of the same alignment was confirmed
+        if confirmed.p_false < min((fisher([hypothesis.p_false, m.p_false]) for m in alike), default=hypothesis.p_false):
+            out = [m for m in out if m not in alike] + [confirmed]
+    return out
+
+
+def confirmations(index: landmarks.LandmarkIndex, clip: Clip, embedding: list[Match],
+                  query: np.ndarray | None) -> list[tuple[Match, landmarks.LandmarkMatch, float]]:
+    """The landmark stretch at the alignment of each of the ``CONFIRMS`` strongest ``embedding``
+    matches (its track, its tempo, its offset within ``landmarks.NEAR_S``), where it lies and up
+    to ``LOOK_MARGIN_S`` beyond: (the embedding match, the stretch, the seconds of output searched).
+
+    The embedding measures a copy's alignment even where its own evidence is weak (under new
+    material, played faster or slower); the landmarks then ask one question, whether the peaks
+    agree at that alignment, rather than which of every catalog track's alignments they agree
+    with best. Chance answers a question that narrow far more weakly: its evidence has its own
+    null (``landmarks.CONFIRM_CALIBRATION``, fitted on the strongest of an output's
+    confirmations of catalog tracks unrelated to it). Landmarks find a copy played at another
+    tempo once they know which (its peaks keep their frequencies). Only the strongest few are
+    asked, and only where each lies: an output's weaker matches are mostly chance alignments,
+    and a whole song searched at a weak match's alignment everywhere offers its chance
+    agreements from any of its passages. ``query``: the output's ``QUERY`` peaks, or None where
+    they were not taken (a long output: its peaks near each match are taken alone)."""
+    out = []
+    for m in sorted(embedding, key=lambda m: m.evidence, reverse=True)[:CONFIRMS]:
+        lo, hi = max(0.0, m.query_start - LOOK_MARGIN_S), min(clip.duration, m.query_end + LOOK_MARGIN_S)
+        if query is None:
+            first = int(lo / landmarks.FRAME_S)
+            near = landmarks.peaks(clip.excerpt(first * landmarks.FRAME_S, hi), landmarks.QUERY) + np.uint32(first << 8)
+        else:
+            near = landmarks.between(query, lo, hi)
+        out += [(m, s, hi - lo) for s in index.search(near, max_matches=1, tempo=m.tempo_ratio, track=m.track,
+                                                       near=m.ref_start - m.tempo_ratio * m.query_start)]
+    return out
+
+
+@functools.cache
+def confirm_calibration():
+    return landmarks.default_calibration(landmarks.CONFIRM_CALIBRATION)

@@ -7,7 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from detector.matcher import Calibration, Hits, Match, Matcher, fisher, merge, window_background
+from detector.matcher import (Calibration, Hits, Match, Matcher, confirm, fisher, fisher_combined, merge,
+                              window_background)
 
 CAL = Calibration(model="test", tail_start=5.0, tail_p=0.1, tail_scale=2.0)
 
@@ -134,6 +135,22 @@ def test_layers_that_agree_combine_their_false_match_probabilities():
     merged = merge([emb, peaks, other])
     assert merged[0].method == "embedding+landmark" and merged[0].p_false == pytest.approx(fisher([0.01, 0.01]))
     assert merged[1] == other
+
+
+def test_a_confirmation_strengthens_the_match_that_asked_and_is_counted_once():
+    emb = Match(6, 0.0, 20.0, 30.0, 50.0, 1.0, 1.2, 0.3, "embedding")
+    # the landmarks asked at that alignment alone: a strong agreement there is a copy ...
+    confirmed = confirm(emb, Match(6, 2.0, 18.0, 32.1, 48.1, 1.0, 25.0, 1e-7, "landmark"))
+    assert confirmed.method == "embedding+landmark" and confirmed.p_false == fisher_combined([0.3, 1e-7]) < 1e-5
+    assert (confirmed.query_start, confirmed.query_end) == (0.0, 20.0) and confirmed.ref_start == pytest.approx(30.1)
+    # ... a weak one leaves a weak chance alignment weak (no review for a few agreeing peaks)
+    assert confirm(emb, Match(6, 2.0, 18.0, 32.1, 48.1, 1.0, 9.0, 0.009, "landmark")).p_false > 0.01
+    # merged with the embedding's own match and the same peaks found by the search at tempo 1.0:
+    # nothing counted twice
+    peaks = Match(6, 1.0, 19.0, 31.0, 49.0, 1.0, 25.0, 1e-3, "landmark")
+    [merged] = merge([emb, peaks, confirmed])
+    assert merged == confirmed
+    assert merge([replace(emb, p_false=1e-8), confirmed])[0].p_false == 1e-8
 
 
 def test_background_looks_past_the_repeats_of_a_looping_track():

@@ -16,7 +16,7 @@ import pytest
 
 from detector.policy import Rights
 from index.catalog import Catalog
-from index.layers.landmarks import TEMPO_LOOKS
+from index.layers.landmarks import CONFIRMS
 from index.rebuild import RebuildError
 from index.search import LAYER
 from index.vectors import IndexMismatch
@@ -276,10 +276,10 @@ def test_a_copy_played_faster_is_confirmed_by_landmarks_at_the_tempo_the_embeddi
     assert abs(best.ref_start - (40.0 + best.tempo_ratio * best.query_start)) < 0.3
     top = catalog.find_matches(copy)[0]
     assert top.track == best.track and "landmark" in top.method.split("+") and top.p_false < 1e-6
-    # each tempo searched is another chance for unrelated music: only the strongest hypotheses are asked
+    # each alignment confirmed is another chance for unrelated music: only the strongest hypotheses are asked
     true = min(hypotheses, key=lambda m: abs(m.tempo_ratio - 1.25) + (m.track != best.track))
     stronger = [replace(true, track=other, tempo_ratio=0.8, evidence=true.evidence + 1.0)
-                for other in sorted({t.id for t in catalog.store.list_tracks()} - {best.track})[:TEMPO_LOOKS]]
+                for other in sorted({t.id for t in catalog.store.list_tracks()} - {best.track})[:CONFIRMS]]
     assert not [m for m in catalog.landmark_matches(copy, [true, *stronger]) if m.track == best.track and m.tempo_ratio != 1.0]
     assert [m for m in catalog.landmark_matches(copy, [true, *stronger[1:]]) if m.track == best.track and m.p_false < 1e-3]
 
@@ -311,11 +311,12 @@ def test_a_copy_of_a_looping_track_is_found_by_the_embedding(music, excerpts, tm
     (tmp_path / "loop.ogg").write_bytes(encode(Clip(loop, sr, "loop"), "ogg"))
     catalog = catalog_of(tmp_path / "home")
     catalog.index_paths([tmp_path / "loop.ogg", *sorted(excerpts.iterdir())[:8]], Rights.protected)
-    # pitched up 2 semitones, so that only the embedding finds it
+    # pitched up 2 semitones, so that the embedding finds it (the landmarks at most confirm the
+    # few low peaks that the shift leaves in their frequency bin)
     copy = AF.pitch_shift(torch.from_numpy(loop[int(13.3 * sr): int(23.3 * sr)])[None], sr, 2)[0].numpy()
     top = catalog.find_matches(Clip(copy, sr, "copy"))[0]
     assert catalog.store.infos([top.track])[top.track].external_id == "loop"
-    assert top.method == "embedding" and top.duration > 9.0 and abs(top.tempo_ratio - 1.0) < 0.03
+    assert "embedding" in top.method.split("+") and top.duration > 9.0 and abs(top.tempo_ratio - 1.0) < 0.03
     assert (top.ref_start - 13.3) % 6.0 < 0.3 or (top.ref_start - 13.3) % 6.0 > 5.7     # at a repeat of the passage
     assert top.p_false < 1e-6
 
