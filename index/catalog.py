@@ -279,20 +279,19 @@ class Catalog:
         for f in fields(outcome.times):
             summary.stage_s[f.name.removesuffix("_s")] += getattr(outcome.times, f.name)
         t0 = time.perf_counter()
-        work_key = None
-        if entry.work:
-            work_key, kept = self.store.ensure_work(entry.work)
-            if kept != entry.work and (entry.work, kept) not in summary.works_kept:
-                summary.works_kept.append((entry.work, kept))
         try:
             key = self.store.add_pending(
                 external_id=entry.external_id, title=entry.title or entry.external_id, owner=entry.owner or owner,
                 rights=rights, sha256=source.sha256, source_path=str(path.resolve()), duration_s=outcome.duration_s,
                 model=outcome.model, vectors=len(outcome.windows), fingerprint=outcome.chromaprint,
                 peaks=outcome.peaks, peaks_version=landmarks.PEAKS, classes=outcome.classes,
-                classes_version=version.PITCH_CLASSES, work_key=work_key)
+                classes_version=version.PITCH_CLASSES, work=entry.work)
         except Conflict as exc:
             return self._fail(source.path, str(exc), summary)
+        if entry.work:
+            kept = self.store.find_work(entry.work.external_id)
+            if kept != entry.work and (entry.work, kept) not in summary.works_kept:
+                summary.works_kept.append((entry.work, kept))
         vectors.add(key, outcome.vectors, outcome.windows)
         batch.add(key, source.sha256, vector_ids(key, outcome.windows), outcome.vectors)
         summary.indexed.append(source.path)

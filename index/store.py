@@ -173,17 +173,6 @@ class Store:
             r = c.execute(sa.select(works).where(works.c.external_id == external_id)).first()
         return work_from_row(r) if r else None
 
-    def ensure_work(self, work: WorkInfo) -> tuple[int, WorkInfo]:
-        """(key, what the catalog has) of the work ``work.external_id``, added as ``work`` says
-        when the catalog does not have it; a work already there keeps what it has (its rights
-        change only through ``Review.put_work``, audited)."""
-        valid_work_id(work.external_id)
-        with self.engine.begin() as c:
-            r = c.execute(sa.select(works).where(works.c.external_id == work.external_id)).first()
-            if r is not None:
-                return int(r.id), work_from_row(r)
-            return insert_work(c, work), work
-
     def list_works(self, external_id: str | None = None, text: str = "", limit: int | None = None
                    ) -> list[tuple[WorkInfo, list[str]]]:
         """Every work (or the one ``external_id``, or the first ``limit`` whose id, title or owner
@@ -210,15 +199,24 @@ class Store:
     def add_pending(self, *, external_id: str, title: str, owner: str, rights: Rights, sha256: str,
                     source_path: str, duration_s: float, model: str, vectors: int, fingerprint: np.ndarray,
                     peaks: np.ndarray, peaks_version: str, classes: np.ndarray, classes_version: str,
-                    work_key: int | None = None) -> int:
+                    work: WorkInfo | None = None) -> int:
         """Insert a track in state ``pending`` with its Chromaprint, landmark peaks (picked as
-        ``peaks_version`` says) and pitch classes (``classes_version``), recording the work
-        ``work_key`` (``ensure_work``) if given; returns its key."""
+        ``peaks_version`` says) and pitch classes (``classes_version``), recording the work it
+        records if given: the catalog's work of that id, or ``work`` added as it says where the
+        catalog has none (a work already there keeps what it has: its rights change only through
+        ``Review.put_work``, audited), in the same transaction: a track refused leaves no work
+        behind. Returns the track's key."""
+        if work:
+            valid_work_id(work.external_id)
         t = now()
         with self.engine.begin() as c:
             if c.execute(sa.select(tracks.c.id).where(tracks.c.external_id == external_id)).first():
                 raise Conflict(f"external_id '{external_id}' is already used by another recording; "
                                "remove it first or give this file another id")
+            work_key = None
+            if work:
+                r = c.execute(sa.select(works.c.id).where(works.c.external_id == work.external_id)).first()
+                work_key = int(r.id) if r else insert_work(c, work)
             key = c.execute(tracks.insert().values(
                 external_id=external_id, title=title, owner=owner, rights=rights.value, content_sha256=sha256,
                 source_path=source_path, duration_s=duration_s, model=model, vectors=vectors,

@@ -84,3 +84,14 @@ def test_a_manifest_that_describes_a_catalog_work_otherwise_changes_nothing_and_
     assert engine.store.find_work("W-ENVERNESS").rights is WorkRights.protected
     assert engine.store.find("LIVE-1").work == kept
     engine.catalog.remove(["LIVE-1"])
+
+
+def test_a_recording_the_catalog_refuses_leaves_no_work_behind(catalog, tmp_path):
+    engine, works, renderer, _ = catalog
+    take = cover_of_enverness(works, renderer, tmp_path / "take.wav")
+    # the id is another recording's: the track is refused, and the new work it names with it
+    (tmp_path / "manifest.csv").write_text("path,track_id,work_id\ntake.wav,BanjoReel,W-NEW\n")
+    summary = engine.catalog.index_paths([take], Rights.licensed, manifest=tmp_path / "manifest.csv")
+    assert [reason for _, reason in summary.failed] == ["external_id 'BanjoReel' is already used by another "
+                                                        "recording; remove it first or give this file another id"]
+    assert engine.store.find_work("W-NEW") is None
