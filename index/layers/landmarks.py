@@ -68,8 +68,9 @@ def landmark_matches(index: landmarks.LandmarkIndex, clip: Clip, embedding: list
 
     A confirmation counts only where its own ``p_false`` is at most ``CONFIRM_P``: it adds at
     most that much to the chance that music not in the catalog is sent to review or blocked
-    (with every confirmation counted, weak ones combined with weak chance alignments sent 4 of
-    the decision benchmark's 300 negatives to review and 5 of the mixes benchmark's)."""
+    (counted ungated, weak confirmations of weak chance alignments sent 4 of the decision
+    benchmark's 300 negatives to review instead of 3, and 5 of the mixes benchmark's instead
+    of 3)."""
     found, query = tempo_one or at_tempo_one(index, clip)
     cal = index.calibration
     out = [replace(landmarks.to_match(m), p_false=cal.p_false(m.evidence, clip.duration)) for m in found]
