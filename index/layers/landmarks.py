@@ -11,7 +11,7 @@ import numpy as np
 
 from detector import landmarks
 from detector.audio import Clip
-from detector.matcher import Match, confirm, fisher, same_alignment
+from detector.matcher import Calibration, Match, confirm, fisher, same_alignment
 from index.layers import SavedLayer
 
 if TYPE_CHECKING:
@@ -119,5 +119,6 @@ def confirmations(index: landmarks.LandmarkIndex, clip: Clip, embedding: list[Ma
 
 
 @functools.cache
-def confirm_calibration():
+def confirm_calibration() -> Calibration:
+    """The null of a confirmation's evidence (``benchmarks/calibrate.py`` fits it)."""
     return landmarks.default_calibration(landmarks.CONFIRM_CALIBRATION)
