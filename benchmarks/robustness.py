@@ -32,10 +32,11 @@ import torchaudio.functional as AF
 
 from benchmarks import corpus as C
 from benchmarks.calibrate import NEGATIVE_S, WEIGHTS, negative_queries
-from detector import chromaprint
+from detector import chromaprint, landmarks
 from detector.audio import Clip, decode
 from detector.matcher import from_chromaprint, merge
 from index.layers.embedding import QUERY_HOP_S
+from index.layers.landmarks import at_tempo_one
 from index.vectors import index_ids, split_ids
 
 REPEAT_CORR = 0.9   # waveform correlation of two passages of a track that are the same audio
@@ -51,12 +52,12 @@ def evidence(catalog, x: np.ndarray, name: str):
     emb = embedding_evidence(catalog, clip)
     chroma = [(ids.get(m.track), -math.log10(max(m.p_false, 1e-300)), from_chromaprint(m))
               for m in catalog.chroma.search(chromaprint.fingerprint(clip))]
-    landmarks = catalog.landmark_matches(clip, [f[2] for f in emb])
-    # the landmark layer's own evidence: its search at tempo 1.0 (a confirmation of an embedding
-    # match is that match's, merged)
-    lm = [(ids.get(m.track), m.evidence, m) for m in landmarks if m.method == "landmark"]
+    # the landmark layer's own evidence is its search of the catalog at tempo 1.0; its
+    # confirmations of embedding matches strengthen those matches, merged
+    found, _ = at_tempo_one(catalog.landmark_index, clip)
+    lm = [(ids.get(m.track), m.evidence, landmarks.to_match(m)) for m in found]
     merged = [(ids.get(m.track), -math.log10(max(m.p_false, 1e-300)), m)
-              for m in merge([f[2] for f in emb + chroma] + landmarks)]
+              for m in merge([f[2] for f in emb + chroma] + catalog.landmark_matches(clip, [f[2] for f in emb]))]
     return emb, chroma, lm, merged
 
 
