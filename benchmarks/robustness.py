@@ -36,7 +36,7 @@ from detector import chromaprint, landmarks
 from detector.audio import Clip, decode
 from detector.matcher import from_chromaprint, merge
 from index.layers.embedding import QUERY_HOP_S
-from index.layers.landmarks import at_tempo_one
+from index.layers.landmarks import at_tempo_one, landmark_matches
 from index.vectors import index_ids, split_ids
 
 REPEAT_CORR = 0.9   # waveform correlation of two passages of a track that are the same audio
@@ -54,10 +54,11 @@ def evidence(catalog, x: np.ndarray, name: str):
               for m in catalog.chroma.search(chromaprint.fingerprint(clip))]
     # the landmark layer's own evidence is its search of the catalog at tempo 1.0; its
     # confirmations of embedding matches strengthen those matches, merged
-    found, _ = at_tempo_one(catalog.landmark_index, clip)
-    lm = [(ids.get(m.track), m.evidence, landmarks.to_match(m)) for m in found]
+    tempo_one = at_tempo_one(catalog.landmark_index, clip)
+    lm = [(ids.get(m.track), m.evidence, landmarks.to_match(m)) for m in tempo_one[0]]
+    layer = landmark_matches(catalog.landmark_index, clip, [f[2] for f in emb], tempo_one)
     merged = [(ids.get(m.track), -math.log10(max(m.p_false, 1e-300)), m)
-              for m in merge([f[2] for f in emb + chroma] + catalog.landmark_matches(clip, [f[2] for f in emb]))]
+              for m in merge([f[2] for f in emb + chroma] + layer)]
     return emb, chroma, lm, merged
 
 

@@ -97,6 +97,11 @@ class Match:
     def duration(self) -> float:
         return self.query_end - self.query_start
 
+    @property
+    def offset(self) -> float:
+        """Reference time aligned with output time 0."""
+        return self.ref_start - self.tempo_ratio * self.query_start
+
 
 def _tail_p(evidence: float, start: float, p: float, scale: float) -> float:
     """An exponential tail ``p * exp(-(e - start) / scale)`` above ``start``, ``p * start / e`` below."""
@@ -447,7 +452,7 @@ def merge(matches: list[Match]) -> list[Match]:
         for i, o in enumerate(out):
             if o.track != m.track or _overlap(o, m) == 0:
                 continue
-            same = abs(_offset(o) - _offset(m)) < SAME_OFFSET_S
+            same = same_alignment(o, m)
             if not same and _overlap(o, m) <= 0.5 * min(o.duration, m.duration):
                 continue
             if ("embedding" not in o.method and "embedding" in m.method.split("+")
@@ -467,7 +472,7 @@ def merge(matches: list[Match]) -> list[Match]:
 def same_alignment(a: Match, b: Match) -> bool:
     """Whether ``a`` and ``b`` align overlapping stretches of the output with one track at one
     offset."""
-    return a.track == b.track and _overlap(a, b) > 0 and abs(_offset(a) - _offset(b)) < SAME_OFFSET_S
+    return a.track == b.track and _overlap(a, b) > 0 and abs(a.offset - b.offset) < SAME_OFFSET_S
 
 
 def confirm(hypothesis: Match, confirmation: Match) -> Match:
@@ -499,8 +504,8 @@ def fisher_combined(p_values: list[float]) -> float:
 def _spanning(m: Match, other: Match) -> Match:
     """``m``'s mapping over the union of both matches' output spans."""
     q0, q1 = min(m.query_start, other.query_start), max(m.query_end, other.query_end)
-    return replace(m, query_start=q0, query_end=q1, ref_start=_offset(m) + m.tempo_ratio * q0,
-                   ref_end=_offset(m) + m.tempo_ratio * q1)
+    return replace(m, query_start=q0, query_end=q1, ref_start=m.offset + m.tempo_ratio * q0,
+                   ref_end=m.offset + m.tempo_ratio * q1)
 
 
 def _methods(a: Match, b: Match) -> str:
@@ -510,8 +515,3 @@ def _methods(a: Match, b: Match) -> str:
 def _overlap(a: Match, b: Match) -> float:
     """Seconds of output covered by both matches."""
     return max(0.0, min(a.query_end, b.query_end) - max(a.query_start, b.query_start))
-
-
-def _offset(m: Match) -> float:
-    """Reference time aligned with output time 0."""
-    return m.ref_start - m.tempo_ratio * m.query_start

@@ -114,7 +114,7 @@ def confirmations(index: landmarks.LandmarkIndex, clip: Clip, embedding: list[Ma
         else:
             near = landmarks.between(query, lo, hi)
         out += [(m, s, hi - lo) for s in index.search(near, max_matches=1, tempo=m.tempo_ratio, track=m.track,
-                                                       near=m.ref_start - m.tempo_ratio * m.query_start)]
+                                                       near=m.offset)]
     return out
 
 
