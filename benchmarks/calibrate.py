@@ -85,7 +85,7 @@ def null_evidence(catalog, queries, related_ids) -> tuple[np.ndarray, np.ndarray
         matches = catalog.embedding_matches(clip, max_p_false=1.0)
         # landmark evidence does not depend on the calibrations the landmark layer holds
         found, query = at_tempo_one(catalog.landmark_index, clip)
-        confirmed = [s for _, s, _ in confirmations(catalog.landmark_index, clip, matches, query)]
+        confirmed = confirmations(catalog.landmark_index, clip, matches, query)
         for sample, got in zip(samples, (matches, found, confirmed)):
             sample.append(max((m.evidence for m in got if ids.get(m.track) not in related_ids(parts)), default=0.0))
     return tuple(np.array(s, float) for s in samples)

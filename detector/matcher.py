@@ -445,7 +445,12 @@ def merge(matches: list[Match]) -> list[Match]:
     mapping is the one that holds (a tempo-1.0 alignment of a tempo-changed copy is partial at
     best), carried with the combined score: when the embedding match covers more of
     the output and is itself credible (``p_false`` ≤ ``CREDIBLE_P``), so that a chance alignment
-    at another tempo never displaces a full tempo-1.0 match."""
+    at another tempo never displaces a full tempo-1.0 match.
+
+    A weaker match of the same track at another alignment over the same stretch is the stretch
+    aligned to a repeat of the recording's passage, and gives way, unless most of it lies beyond
+    the stronger one's span: then it evidences more of the output than the stronger one does
+    (a copy whose first seconds a loop's repeat matches better) and is kept beside it."""
     out: list[Match] = []
     p_values: list[list[float]] = []     # of the layers merged into each match of ``out``
     for m in sorted(matches, key=lambda m: (m.p_false, -m.duration)):
@@ -462,6 +467,8 @@ def merge(matches: list[Match]) -> list[Match]:
             elif same and not set(m.method.split("+")) & set(o.method.split("+")):
                 p_values[i].append(m.p_false)
                 out[i] = _spanning(replace(o, p_false=fisher(p_values[i]), method=_methods(o, m)), m)
+            elif not same and _overlap(o, m) <= 0.5 * m.duration:
+                continue                    # mostly beyond the stronger one's span
             break                           # else the same stretch aligned to a repeat: keep the stronger
         else:
             out.append(m)

@@ -11,7 +11,7 @@ import numpy as np
 
 from detector import landmarks
 from detector.audio import Clip
-from detector.matcher import Calibration, Match, confirm, fisher, same_alignment
+from detector.matcher import TEMPO_TOLERANCE, Calibration, Match, confirm, fisher, same_alignment
 from index.layers import SavedLayer
 
 if TYPE_CHECKING:
@@ -62,24 +62,17 @@ def landmark_matches(index: landmarks.LandmarkIndex, clip: Clip, embedding: list
                      tempo_one: tuple[list[landmarks.LandmarkMatch], np.ndarray | None] | None = None) -> list[Match]:
     """Landmark stretches of ``clip`` at tempo 1.0 (``tempo_one``: what ``at_tempo_one`` found,
     where it has already searched), and the ``embedding`` layer's strongest matches confirmed by
-    the landmarks at their alignment (``confirmations``, ``matcher.confirm``) where that makes
-    them stronger than the stretch found at tempo 1.0 at the same alignment would, which then
-    gives way: the two are the same peaks' evidence, counted once.
-
-    A confirmation counts only where its own ``p_false`` is at most ``CONFIRM_P``: it adds at
-    most that much to the chance that music not in the catalog is sent to review or blocked
-    (counted ungated, weak confirmations of weak chance alignments sent 4 of the decision
-    benchmark's 300 negatives to review instead of 3, and 5 of the mixes benchmark's instead
-    of 3)."""
+    the landmarks (``confirmation``, ``matcher.confirm``) where that makes them stronger than the
+    stretch found at tempo 1.0 at the same alignment would, which then gives way: the two are
+    the same peaks' evidence, counted once."""
     found, query = tempo_one or at_tempo_one(index, clip)
     cal = index.calibration
     out = [replace(landmarks.to_match(m), p_false=cal.p_false(m.evidence, clip.duration)) for m in found]
-    cal = confirm_calibration()
-    for hypothesis, stretch, searched in confirmations(index, clip, embedding, query):
-        p_false = cal.p_false(stretch.evidence, min(clip.duration, searched))
-        if p_false > CONFIRM_P:
+    for hypothesis, peaks, searched in looks(clip, embedding, query):
+        stretch = confirmation(index, hypothesis, peaks, min(clip.duration, searched))
+        if stretch is None:
             continue
-        confirmed = confirm(hypothesis, replace(landmarks.to_match(stretch), p_false=p_false))
+        confirmed = confirm(hypothesis, stretch)
         alike = [m for m in out if same_alignment(m, confirmed)]
         if any("embedding" in m.method for m in alike):
             continue                    # a stronger hypothesis of the same alignment was confirmed
@@ -88,23 +81,17 @@ def landmark_matches(index: landmarks.LandmarkIndex, clip: Clip, embedding: list
     return out
 
 
-def confirmations(index: landmarks.LandmarkIndex, clip: Clip, embedding: list[Match],
-                  query: np.ndarray | None) -> list[tuple[Match, landmarks.LandmarkMatch, float]]:
-    """The landmark stretch at the alignment of each of the ``CONFIRMS`` strongest ``embedding``
-    matches (its track, its tempo, its offset within ``landmarks.NEAR_S``), where it lies and up
-    to ``LOOK_MARGIN_S`` beyond: (the embedding match, the stretch, the seconds of output searched).
+def looks(clip: Clip, embedding: list[Match], query: np.ndarray | None) -> list[tuple[Match, np.ndarray, float]]:
+    """The ``CONFIRMS`` strongest ``embedding`` matches, each with the output's ``QUERY`` peaks
+    where it lies and up to ``LOOK_MARGIN_S`` beyond, and the seconds of output those span.
 
     The embedding measures a copy's alignment even where its own evidence is weak (under new
-    material, played faster or slower); the landmarks then ask one question, whether the peaks
-    agree at that alignment, rather than which of every catalog track's alignments they agree
-    with best. Chance answers a question that narrow far more weakly: its evidence has its own
-    null (``landmarks.CONFIRM_CALIBRATION``, fitted on the strongest of an output's
-    confirmations of catalog tracks unrelated to it). Landmarks find a copy played at another
-    tempo once they know which (its peaks keep their frequencies). Only the strongest few are
-    asked, and only where each lies: an output's weaker matches are mostly chance alignments,
-    and a whole song searched at a weak match's alignment everywhere offers its chance
-    agreements from any of its passages. ``query``: the output's ``QUERY`` peaks, or None where
-    they were not taken (a long output: its peaks near each match are taken alone)."""
+    material, played faster or slower); the landmarks then ask whether the peaks agree at that
+    alignment (``confirmation``). Only the strongest few are asked, and only where each lies: an
+    output's weaker matches are mostly chance alignments, and a whole song searched at a weak
+    match's alignment everywhere offers its chance agreements from any of its passages.
+    ``query``: the output's ``QUERY`` peaks, or None where they were not taken (a long output:
+    its peaks near each match are taken alone)."""
     out = []
     for m in sorted(embedding, key=lambda m: m.evidence, reverse=True)[:CONFIRMS]:
         lo, hi = max(0.0, m.query_start - LOOK_MARGIN_S), min(clip.duration, m.query_end + LOOK_MARGIN_S)
@@ -113,9 +100,47 @@ def confirmations(index: landmarks.LandmarkIndex, clip: Clip, embedding: list[Ma
             near = landmarks.peaks(clip.excerpt(first * landmarks.FRAME_S, hi), landmarks.QUERY) + np.uint32(first << 8)
         else:
             near = landmarks.between(query, lo, hi)
-        out += [(m, s, hi - lo) for s in index.search(near, max_matches=1, tempo=m.tempo_ratio, track=m.track,
-                                                       near=m.offset)]
+        out.append((m, near, hi - lo))
     return out
+
+
+def confirmations(index: landmarks.LandmarkIndex, clip: Clip, embedding: list[Match],
+                  query: np.ndarray | None) -> list[landmarks.LandmarkMatch]:
+    """The landmark stretch at the alignment of each of ``looks``' embedding matches (its track,
+    its tempo, its offset within ``landmarks.NEAR_S``), whatever its evidence: the sample that
+    ``benchmarks/calibrate.py`` fits the null of a confirmation on
+    (``landmarks.CONFIRM_CALIBRATION``)."""
+    return [s for m, peaks, _ in looks(clip, embedding, query)
+            for s in index.search(peaks, max_matches=1, tempo=m.tempo_ratio, track=m.track, near=m.offset)]
+
+
+def confirmation(index: landmarks.LandmarkIndex, hypothesis: Match, peaks: np.ndarray, seconds: float) -> Match | None:
+    """The landmark stretch of ``peaks`` (``seconds`` of output) that confirms ``hypothesis``, with
+    its own ``p_false``, or None where none counts: one whose ``p_false`` is at most
+    ``CONFIRM_P``, which bounds what confirmations add to the chance that music not in the
+    catalog is sent to review or blocked (counted ungated, weak confirmations of weak chance
+    alignments sent 4 of the decision benchmark's 300 negatives to review instead of 3, and 5 of
+    the mixes benchmark's instead of 3).
+
+    First at the hypothesis's alignment (its track, its tempo, its offset within
+    ``landmarks.NEAR_S``): chance agrees with one given alignment far more weakly than with the
+    best of every catalog track's, and that question has its own null
+    (``landmarks.CONFIRM_CALIBRATION``, fitted on the strongest of an output's confirmations of
+    catalog tracks unrelated to it). Then, for a match at another tempo, anywhere in its track at
+    that tempo: the embedding may have aligned a varied repeat of the passage the output copies
+    (game and pop music repeat themselves with small changes), which the peaks tell apart, and a
+    copy played faster or slower is found by no search at tempo 1.0. That question is held to
+    the null of a search of the whole catalog at one tempo (``index.calibration``), which a search
+    of one track never exceeds."""
+    questions = [(dict(near=hypothesis.offset), confirm_calibration())]
+    if abs(hypothesis.tempo_ratio - 1.0) > TEMPO_TOLERANCE:
+        questions.append(({}, index.calibration))
+    for where, cal in questions:
+        for s in index.search(peaks, max_matches=1, tempo=hypothesis.tempo_ratio, track=hypothesis.track, **where):
+            p_false = cal.p_false(s.evidence, seconds)
+            if p_false <= CONFIRM_P:
+                return replace(landmarks.to_match(s), p_false=p_false)
+    return None
 
 
 @functools.cache

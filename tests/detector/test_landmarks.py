@@ -149,7 +149,7 @@ def test_an_index_saved_opened_or_updated_holds_what_one_built_from_peaks_does(t
         opened.updated({1: prints[1]}, drop=[1])
 
 
-def test_a_confirmation_looks_only_near_the_match_that_measured_its_tempo_and_alignment(tracks, index):
+def test_a_confirmation_looks_where_the_match_that_measured_its_tempo_lies(tracks, index):
     # a copy played 1.1x as fast, then a minute of other music: the landmarks find it at the tempo
     # the embedding measured where the embedding found it, and nowhere when the embedding's match
     # (at that tempo, on that track) lies far away: a weak match's tempo is no licence to search
@@ -160,9 +160,11 @@ def test_a_confirmation_looks_only_near_the_match_that_measured_its_tempo_and_al
                  evidence=1.0, p_false=0.5, method="embedding")
     near = [m for m in landmark_matches(index, song, [hint]) if m.tempo_ratio == 1.1]
     assert near and near[0].track == 1 and near[0].query_start < 2.0 and near[0].query_end > 10.0
-    # ... at the alignment it measured, not at any other of that track
+    # aligned 5 s off (a repeat of the passage, as the embedding may take it for the copy): the
+    # peaks put it where it lies
     elsewhere = replace(hint, ref_start=hint.ref_start + 5.0, ref_end=hint.ref_end + 5.0)
-    assert not [m for m in landmark_matches(index, song, [elsewhere]) if m.tempo_ratio == 1.1]
+    [found] = [m for m in landmark_matches(index, song, [elsewhere]) if m.tempo_ratio == 1.1]
+    assert abs(found.offset - near[0].offset) < 0.5 and found.p_false < 1e-3
     far = replace(hint, query_start=50.0, query_end=56.0)
     assert all(m.query_start >= 40.0 for m in landmark_matches(index, song, [far]) if m.tempo_ratio == 1.1)
 

@@ -105,6 +105,16 @@ def test_merge_names_both_methods_for_the_same_alignment():
     assert (merged[0].query_start, merged[0].query_end, merged[0].ref_start) == (0.0, 20.0, 10.0)
 
 
+def test_merge_keeps_a_weaker_alignment_that_covers_more_of_the_output():
+    """A loop's repeat matched the first seconds of a spliced copy better than the copy's own
+    passage, which the landmarks found over all of it: both are kept, the longer evidence too."""
+    repeat = Match(8, 7.5, 11.6, 54.1, 58.2, 1.0, 35.0, 1e-13, "embedding+landmark")
+    copy = Match(8, 7.8, 17.6, 43.7, 53.5, 1.0, 43.0, 1e-7, "landmark")
+    assert merge([repeat, copy]) == [repeat, copy]
+    inside = Match(8, 8.0, 11.0, 20.0, 23.0, 1.0, 20.0, 1e-5, "landmark")       # within the stronger one's span
+    assert merge([repeat, inside]) == [repeat]
+
+
 def test_merge_keeps_the_embedding_mapping_of_a_tempo_changed_copy():
     """Chromaprint aligned a 1.4x copy at tempo 1.0 over part of it; the embedding measured the
     tempo: the merged match maps like the embedding, as strong as the Chromaprint match."""
