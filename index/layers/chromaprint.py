@@ -12,7 +12,6 @@ from detector.matcher import Match, from_chromaprint, stretches
 from index.layers import SavedLayer
 
 if TYPE_CHECKING:
-    from index.catalog import Catalog
     from index.search import Searcher
     from index.store import Store
 
