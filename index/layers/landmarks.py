@@ -69,7 +69,7 @@ def landmark_matches(index: landmarks.LandmarkIndex, clip: Clip, embedding: list
     cal = index.calibration
     out = [replace(landmarks.to_match(m), p_false=cal.p_false(m.evidence, clip.duration)) for m in found]
     for hypothesis, peaks, searched in looks(clip, embedding, query):
-        stretch = confirmation(index, hypothesis, peaks, min(clip.duration, searched))
+        stretch = confirmation(index, hypothesis, peaks, searched)
         if stretch is None:
             continue
         confirmed = confirm(hypothesis, stretch)
@@ -110,8 +110,7 @@ def confirmations(index: landmarks.LandmarkIndex, clip: Clip, embedding: list[Ma
     its tempo, its offset within ``landmarks.NEAR_S``), whatever its evidence: the sample that
     ``benchmarks/calibrate.py`` fits the null of a confirmation on
     (``landmarks.CONFIRM_CALIBRATION``)."""
-    return [s for m, peaks, _ in looks(clip, embedding, query)
-            for s in index.search(peaks, max_matches=1, tempo=m.tempo_ratio, track=m.track, near=m.offset)]
+    return [s for m, peaks, _ in looks(clip, embedding, query) for s in _asked(index, m, peaks, near=True)]
 
 
 def confirmation(index: landmarks.LandmarkIndex, hypothesis: Match, peaks: np.ndarray, seconds: float) -> Match | None:
@@ -132,15 +131,23 @@ def confirmation(index: landmarks.LandmarkIndex, hypothesis: Match, peaks: np.nd
     copy played faster or slower is found by no search at tempo 1.0. That question is held to
     the null of a search of the whole catalog at one tempo (``index.calibration``), which a search
     of one track never exceeds."""
-    questions = [(dict(near=hypothesis.offset), confirm_calibration())]
+    questions = [(True, confirm_calibration())]
     if abs(hypothesis.tempo_ratio - 1.0) > TEMPO_TOLERANCE:
-        questions.append(({}, index.calibration))
-    for where, cal in questions:
-        for s in index.search(peaks, max_matches=1, tempo=hypothesis.tempo_ratio, track=hypothesis.track, **where):
+        questions.append((False, index.calibration))
+    for near, cal in questions:
+        for s in _asked(index, hypothesis, peaks, near):
             p_false = cal.p_false(s.evidence, seconds)
             if p_false <= CONFIRM_P:
                 return replace(landmarks.to_match(s), p_false=p_false)
     return None
+
+
+def _asked(index: landmarks.LandmarkIndex, hypothesis: Match, peaks: np.ndarray,
+           near: bool) -> list[landmarks.LandmarkMatch]:
+    """The strongest stretch of ``peaks`` on ``hypothesis``'s track at its tempo: within
+    ``landmarks.NEAR_S`` of its offset (``near``), or at any offset."""
+    return index.search(peaks, max_matches=1, tempo=hypothesis.tempo_ratio, track=hypothesis.track,
+                        near=hypothesis.offset if near else None)
 
 
 @functools.cache
