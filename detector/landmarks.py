@@ -58,8 +58,9 @@ CATALOG = Picking((9, 11), 60, 10)
 QUERY = Picking((7, 9), 120, 20)
 # A search's candidate pairs grow with the output's pairs times the catalog's: an output longer
 # than ``DENSE_S`` is searched at tempo 1.0 with sparser peaks (a 10-minute output against 15.8 h
-# of catalog: 0.6 s and 0.6 GB, where ``QUERY``'s would take 2.9 s and 3.0 GB); near the matches
-# whose tempo it is searched at, it keeps ``QUERY``'s (``index/layers/landmarks.py``).
+# of catalog: 0.6 s and 0.6 GB, where ``QUERY``'s would take 2.9 s and 3.0 GB), and with
+# ``QUERY``'s only where those point and near the matches whose tempo it is searched at
+# (``index/layers/landmarks.py``).
 DENSE_S = 120.0
 LONG_QUERY = Picking((11, 15), 45, 10)
 OFFSET_BIN = 4                    # frames: alignments this close vote together

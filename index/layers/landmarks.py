@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 CONFIRMS = 3                # embedding matches whose alignment the landmarks confirm, per output
 CONFIRM_P = 1e-3            # a confirmation counts where chance agrees as well with one alignment this rarely
 LOOK_MARGIN_S = 10.0        # how far beyond the embedding match's span a confirmation looks
+POINTERS = 5                # a long output's sparse stretches whose alignments its dense peaks are searched at
 
 
 class LandmarkLayer(SavedLayer):
@@ -49,13 +50,31 @@ class LandmarkLayer(SavedLayer):
 
 
 def at_tempo_one(index: landmarks.LandmarkIndex, clip: Clip) -> tuple[list[landmarks.LandmarkMatch], np.ndarray | None]:
-    """The stretches of ``clip`` at tempo 1.0, and its ``QUERY`` peaks where they were taken (an
-    output longer than ``landmarks.DENSE_S`` is searched with ``LONG_QUERY``'s; its dense peaks are
-    taken only if a search at a measured tempo needs them: None)."""
-    if clip.duration > landmarks.DENSE_S:
-        return index.search(landmarks.peaks(clip, landmarks.LONG_QUERY), fan_out=landmarks.LONG_QUERY.fan_out), None
-    query = landmarks.peaks(clip, landmarks.QUERY)
-    return index.search(query), query
+    """The stretches of ``clip`` at tempo 1.0, and its ``QUERY`` peaks where they were taken.
+
+    An output up to ``landmarks.DENSE_S`` long is searched with those peaks. A longer one is
+    searched with ``LONG_QUERY``'s, whose candidate pairs cost a fifth as much, for its
+    ``POINTERS`` strongest stretches, however weak; the ``QUERY`` peaks of the passage where each
+    one lies (and ``LOOK_MARGIN_S`` beyond) are then searched on its track, within
+    ``landmarks.NEAR_S`` of its alignment, and the stronger of the two is kept (its dense peaks
+    are taken only there: None). Under new material a copy keeps few of the sparse peaks (a wide
+    neighbourhood's maximum is often the new material's), enough to point at it but not to prove
+    it; the dense ones do, as they do in a shorter output. A stretch so found is one that a search
+    of the whole output with dense peaks finds as well, and it is held to that search's null
+    (``index.calibration`` at the output's length)."""
+    if clip.duration <= landmarks.DENSE_S:
+        query = landmarks.peaks(clip, landmarks.QUERY)
+        return index.search(query), query
+    found: list[landmarks.LandmarkMatch] = []
+    for pointer in index.search(landmarks.peaks(clip, landmarks.LONG_QUERY), max_matches=POINTERS,
+                                fan_out=landmarks.LONG_QUERY.fan_out):
+        near, _ = _dense_near(clip, None, pointer.query_start, pointer.query_end)
+        dense = index.search(near, max_matches=1, track=pointer.track, near=pointer.offset)
+        best = max([pointer, *dense], key=lambda m: m.evidence)
+        if not any(m.track == best.track and abs(m.offset - best.offset) <= landmarks.NEAR_S
+                   and m.query_start < best.query_end and best.query_start < m.query_end for m in found):
+            found.append(best)
+    return sorted(found, key=lambda m: -m.evidence), None
 
 
 def landmark_matches(index: landmarks.LandmarkIndex, clip: Clip, embedding: list[Match],
@@ -92,16 +111,20 @@ def looks(clip: Clip, embedding: list[Match], query: np.ndarray | None) -> list[
     match's alignment everywhere offers its chance agreements from any of its passages.
     ``query``: the output's ``QUERY`` peaks, or None where they were not taken (a long output:
     its peaks near each match are taken alone)."""
-    out = []
-    for m in sorted(embedding, key=lambda m: m.evidence, reverse=True)[:CONFIRMS]:
-        lo, hi = max(0.0, m.query_start - LOOK_MARGIN_S), min(clip.duration, m.query_end + LOOK_MARGIN_S)
-        if query is None:
-            first = int(lo / landmarks.FRAME_S)
-            near = landmarks.peaks(clip.excerpt(first * landmarks.FRAME_S, hi), landmarks.QUERY) + np.uint32(first << 8)
-        else:
-            near = landmarks.between(query, lo, hi)
-        out.append((m, near, hi - lo))
-    return out
+    return [(m, *_dense_near(clip, query, m.query_start, m.query_end))
+            for m in sorted(embedding, key=lambda m: m.evidence, reverse=True)[:CONFIRMS]]
+
+
+def _dense_near(clip: Clip, query: np.ndarray | None, start: float, end: float) -> tuple[np.ndarray, float]:
+    """The ``QUERY`` peaks of ``clip`` from ``start`` to ``end`` seconds and ``LOOK_MARGIN_S``
+    beyond, and the seconds those span: from ``query`` (all of the output's), or, where it is
+    None, picked from that passage alone (a passage's peaks are its own loudest, as a short
+    output's are, not the whole song's)."""
+    lo, hi = max(0.0, start - LOOK_MARGIN_S), min(clip.duration, end + LOOK_MARGIN_S)
+    if query is not None:
+        return landmarks.between(query, lo, hi), hi - lo
+    first = int(lo / landmarks.FRAME_S)
+    return landmarks.peaks(clip.excerpt(first * landmarks.FRAME_S, hi), landmarks.QUERY) + np.uint32(first << 8), hi - lo
 
 
 def confirmations(index: landmarks.LandmarkIndex, clip: Clip, embedding: list[Match],

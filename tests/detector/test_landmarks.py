@@ -11,7 +11,7 @@ from benchmarks.corpus import tempo
 from detector import landmarks
 from detector.audio import Clip, decode
 from detector.matcher import Calibration, Match
-from index.layers.landmarks import landmark_matches
+from index.layers.landmarks import at_tempo_one, landmark_matches
 
 CAL = Calibration(model="test", tail_start=10.0, tail_p=0.1, tail_scale=3.0)
 SR = landmarks.SAMPLE_RATE
@@ -98,6 +98,23 @@ def test_a_copy_10_db_under_other_music_is_found_by_dense_query_peaks(tracks, in
     assert found[0].offset == pytest.approx(20.0, abs=0.1)
     dense = landmarks.peaks(tracks["xmoto-foxrun"], landmarks.QUERY)
     assert np.isin(landmarks.peaks(tracks["xmoto-foxrun"]), dense).mean() > 0.99
+
+
+def test_a_long_output_is_searched_with_its_dense_peaks_where_its_sparse_ones_point(tracks, index):
+    # past DENSE_S the whole output is searched with sparser peaks, which keep few of a copy's
+    # under new material: enough to point at it, not to prove it; the dense peaks of the passage
+    # they point at find it about as strongly as a dense search of the whole output does
+    host = np.resize(tracks["asc-frontiers"].samples, 200 * SR)
+    song = host.copy()
+    song[150 * SR:160 * SR] = mix(tracks["drascula-track6"].excerpt(30.0, 40.0).samples, host[150 * SR:160 * SR], -10.0)
+    clip = Clip(song, SR, "song")
+    found, _ = at_tempo_one(index, clip)
+    sparse = index.search(landmarks.peaks(clip, landmarks.LONG_QUERY), fan_out=landmarks.LONG_QUERY.fan_out)
+    whole = index.search(landmarks.peaks(clip, landmarks.QUERY), track=1)
+    assert found[0].track == 1 and found[0].offset == pytest.approx(30.0 - 150.0, abs=0.1)
+    assert 148.0 < found[0].query_start < 151.0 and 159.0 < found[0].query_end < 166.0
+    assert found[0].evidence > 0.9 * whole[0].evidence
+    assert sparse[0].evidence < 0.75 * found[0].evidence
 
 
 def test_unrelated_music_is_not_a_landmark_copy(music, index):
