@@ -59,9 +59,9 @@ def at_tempo_one(index: landmarks.LandmarkIndex, clip: Clip) -> tuple[list[landm
     ``landmarks.NEAR_S`` of its alignment, and the stronger of the two is kept (its dense peaks
     are taken only there: None). Under new material a copy keeps few of the sparse peaks (a wide
     neighbourhood's maximum is often the new material's), enough to point at it but not to prove
-    it; the dense ones do, as they do in a shorter output. A stretch so found is one that a search
-    of the whole output with dense peaks finds as well, and it is held to that search's null
-    (``index.calibration`` at the output's length)."""
+    it; the dense ones do, as they do in a shorter output. A stretch so found is held to the null
+    of a dense search of the whole catalog at the output's length (``index.calibration``), which
+    asks every track at every alignment what this asks a few tracks at one each."""
     if clip.duration <= landmarks.DENSE_S:
         query = landmarks.peaks(clip, landmarks.QUERY)
         return index.search(query), query
