@@ -434,6 +434,16 @@ def from_chromaprint(m: ChromaMatch) -> Match:
                  windows=m.items)
 
 
+def within(m: Match, duration_s: float) -> Match:
+    """``m`` with its span cut at the output's end (``duration_s``), and its reference span by as
+    much at its tempo. A layer's span may reach past the last second it heard: a landmark
+    stretch ends half a pair's reach after its last anchor, an embedding window ends a window
+    after its start; no copy lasts longer than the output it is in."""
+    if m.query_end <= duration_s:
+        return m
+    return replace(m, query_end=duration_s, ref_end=m.ref_end - m.tempo_ratio * (m.query_end - duration_s))
+
+
 def merge(matches: list[Match]) -> list[Match]:
     """One match per copied stretch: where both layers found the same alignment, keep the
     stronger one's mapping over the union of both spans, name both methods, and combine their

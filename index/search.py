@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from detector.audio import Clip
-from detector.matcher import Match, merge
+from detector.matcher import Match, merge, within
 from index.layers import Layer
 from index.layers.chromaprint import ChromaprintLayer
 from index.layers.embedding import EmbeddingLayer
@@ -69,5 +69,6 @@ class Searcher:
             prepared = [helper.submit(layer.prepare, indexes[layer.name], clip) for layer in LAYERS]
             for layer, ready in zip(LAYERS, prepared):
                 earlier[layer.name] = layer.search(self, clip, earlier, ready.result())
-                (copies if layer.signal else versions).extend(layer.reported(earlier[layer.name]))
+                (copies if layer.signal else versions).extend(within(m, clip.duration)
+                                                               for m in layer.reported(earlier[layer.name]))
         return merge(copies) + sorted(versions, key=lambda m: m.p_false)

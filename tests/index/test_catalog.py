@@ -246,6 +246,20 @@ def test_copy_under_louder_new_music_is_found_by_the_landmark_layer(engine, musi
     assert top.p_false < 1e-3
 
 
+def test_no_match_reaches_past_the_end_of_the_output(engine, music):
+    # a landmark stretch ends half a pair's reach after its last anchor: a whole 20 s copy was
+    # reported "matched for 20.4 s (output 0.0–20.4 s)"
+    from detector.audio import decode
+
+    clip = decode(music["drascula-track11"].path, engine.embedder.fe.sample_rate).excerpt(40.0, 60.0)
+    found = engine.catalog.find_matches(clip)
+    assert found and all(m.query_end <= clip.duration for m in found)
+    top = found[0]
+    assert top.duration == pytest.approx(20.0, abs=0.3)
+    assert top.ref_end - top.ref_start == pytest.approx(top.duration * top.tempo_ratio, abs=0.05)
+    assert top.ref_start - top.query_start == pytest.approx(40.0, abs=0.2)
+
+
 def time_stretched(engine, music, start: float, end: float, rate: float, seconds: float):
     """``seconds`` of drascula-track11 from ``start`` to ``end`` s played ``rate`` times as fast, by
     a phase vocoder (tempo changed, pitch kept), at the model's sample rate."""
