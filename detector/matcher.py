@@ -436,9 +436,9 @@ def from_chromaprint(m: ChromaMatch) -> Match:
 
 def within(m: Match, duration_s: float) -> Match:
     """``m`` with its span cut at the output's end (``duration_s``), and its reference span by as
-    much at its tempo. A layer's span may reach past the last second it heard: a landmark
-    stretch ends half a pair's reach after its last anchor, an embedding window ends a window
-    after its start; no copy lasts longer than the output it is in."""
+    much at its tempo. A layer's span may reach past the last second it heard (a landmark
+    stretch ends half a pair's reach after its last anchor); no copy lasts longer than the
+    output it is in."""
     if m.query_end <= duration_s:
         return m
     return replace(m, query_end=duration_s, ref_end=m.ref_end - m.tempo_ratio * (m.query_end - duration_s))
