@@ -2,12 +2,15 @@
 ``clearance serve`` process on loopback, over the whole ``full`` corpus indexed (301 tracks).
 
     python -m benchmarks.load [--clients 16] [--seconds 60] [--workers 2] [--queue 16]
+                              [--shards 1] [--engine local|ray] [--replicas 1]
                               [--home ~/.cache/clearance/bench-service-home]
 
 Each client posts, waits for the answer and posts again. Prints throughput, latency percentiles
 of the answered checks, and every other outcome: 503 (the queue was full: deliberate) and errors
 (any other status, or a failed connection). The catalog home is built on first use (see
-``full_catalog``) and shared with ``benchmarks.latency``.
+``full_catalog``) and shared with ``benchmarks.latency``. ``--shards N --engine ray`` serves the
+catalog in N shards held by Ray actors on a local Ray instance (``--replicas`` each), whose
+resident memory is printed per shard.
 """
 from __future__ import annotations
 
@@ -130,6 +133,12 @@ def running_server(home: Path, **settings):
         proc.wait(timeout=60)
 
 
+def shard_memory() -> list[float]:
+    """Resident memory (MB) of each process holding a shard (``ShardServer`` actors), by name."""
+    out = subprocess.run(["ps", "-eo", "rss,args"], capture_output=True, text=True).stdout.splitlines()
+    return sorted(int(line.split()[0]) / 1024 for line in out if "ShardServer" in line)
+
+
 async def load(url: str, key: str, files: list[tuple[str, bytes]], clients: int, seconds: float):
     """Run the clients; returns (latencies of 200s in seconds, Counter of outcomes, wall seconds)."""
     latencies: list[float] = []
@@ -171,6 +180,9 @@ def main(argv=None) -> None:
     ap.add_argument("--workers", type=int, default=Settings().check_workers, help="CLEARANCE_CHECK_WORKERS")
     ap.add_argument("--queue", type=int, default=Settings().check_queue, help="CLEARANCE_CHECK_QUEUE")
     ap.add_argument("--outputs", type=int, default=32, help="distinct outputs the clients take turns with")
+    ap.add_argument("--shards", type=int, default=1, help="CLEARANCE_SERVE_SHARDS")
+    ap.add_argument("--engine", choices=["local", "ray"], default="local", help="CLEARANCE_SERVE_ENGINE")
+    ap.add_argument("--replicas", type=int, default=1, help="CLEARANCE_SERVE_REPLICAS")
     ap.add_argument("--home", type=Path, default=HOME)
     args = ap.parse_args(argv)
 
@@ -178,22 +190,27 @@ def main(argv=None) -> None:
     vectors = engine.catalog.vectors
     n_tracks = len(vectors.tracks())
     files = outputs(args.outputs)
-    with running_server(args.home, check_workers=args.workers, check_queue=args.queue) as (url, key):
+    with running_server(args.home, check_workers=args.workers, check_queue=args.queue, serve_shards=args.shards,
+                        serve_engine=args.engine, serve_replicas=args.replicas) as (url, key):
         latencies, outcomes, wall = asyncio.run(load(url, key, files, args.clients, args.seconds))
         refused = re.search(r'^clearance_pool_refused_total\{pool="checks"\} (\S+)$', httpx.get(f"{url}/metrics").text,
                             re.M).group(1)
+        held = shard_memory() if args.engine == "ray" else []
 
     answered = outcomes["200"]
     errors = sum(v for k, v in outcomes.items() if k.startswith("error"))
     print(f"load: {args.clients} clients for {args.seconds:.0f} s against clearance serve "
-          f"(check_workers {args.workers}, check_queue {args.queue}) on {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}")
+          f"(check_workers {args.workers}, check_queue {args.queue}, {args.shards} shard(s), {args.engine}"
+          f"{f', {args.replicas} replica(s) each' if args.engine == 'ray' else ''}) on {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"catalog: {n_tracks} tracks, {vectors.size:,} vectors ({vectors.info.factory}); "
           f"outputs: {len(files)} × {OUTPUT_S:.0f} s MP3 (44.1 kHz stereo, 192 kbps)")
     print(f"{'requests':<26}{sum(outcomes.values())}")
     print(f"{'answered 200':<26}{answered}  ({answered / wall:.2f} checks/s over {wall:.1f} s)")
     print(f"{'refused 503 (queue full)':<26}{outcomes['503']}  (server counted {float(refused):.0f})")
     print(f"{'errors':<26}{errors}  {dict((k, v) for k, v in outcomes.items() if k.startswith('error'))}")
+    if held:
+        print(f"{'resident memory of shards':<26}" + ", ".join(f"{mb:.0f} MB" for mb in held))
     if latencies:
         p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
         print(f"{'latency of 200s, s':<26}p50 {p50:.2f}  p95 {p95:.2f}  p99 {p99:.2f}  max {max(latencies):.2f}")

@@ -135,29 +135,41 @@ class ChromaIndex(saved.SavedArrays):
         return index
 
     def search(self, query: np.ndarray, max_matches: int = 5) -> list[ChromaMatch]:
-        """Aligned stretches of catalog tracks that agree with ``query``, best first."""
+        """Aligned stretches of catalog tracks that agree with ``query``, best first: ``best`` of
+        ``ranked``."""
+        return best([self.ranked(query, max_matches, self.counts(query))], max_matches)
+
+    def counts(self, query: np.ndarray) -> np.ndarray:
+        """How often each of ``query``'s values occurs in the index: a shard's search takes the
+        sum over the shards of a catalog, so that a value is as common as it is in the catalog."""
+        if len(self.values) == 0:
+            return np.zeros(len(query), np.int64)
+        return np.searchsorted(self.values, query, "right") - np.searchsorted(self.values, query, "left")
+
+    def ranked(self, query: np.ndarray, max_matches: int, counts: np.ndarray) -> list[tuple[tuple, ChromaMatch | None]]:
+        """The alignments that ``search`` tries (the ``4 × max_matches`` with most agreeing
+        values, at least 3, values as common as ``counts`` says ignored when very common), each with
+        the key of that order (most votes first, then by track and offset) and the stretch it
+        verified, or None."""
         if len(query) == 0 or len(self.values) == 0:
             return []
         lo = np.searchsorted(self.values, query, "left")
-        hi = np.searchsorted(self.values, query, "right")
-        counts = hi - lo
-        keep = (counts > 0) & (counts < 200)      # very common values (silence) carry no evidence
-        qpos = np.repeat(np.arange(len(query))[keep], counts[keep])
-        idx = np.concatenate([np.arange(a, b) for a, b in zip(lo[keep], hi[keep])]) if keep.any() else np.zeros(0, int)
+        here = np.searchsorted(self.values, query, "right") - lo
+        keep = (here > 0) & (counts < 200)        # very common values (silence) carry no evidence
+        qpos = np.repeat(np.arange(len(query))[keep], here[keep])
+        idx = np.concatenate([np.arange(a, a + n) for a, n in zip(lo[keep], here[keep])]) if keep.any() \
+            else np.zeros(0, int)
         if len(idx) == 0:
             return []
         ranks, offsets = self.tracks[idx].astype(np.int64), self.positions[idx].astype(np.int64) - qpos
         pairs, votes = np.unique(np.stack([ranks, offsets], 1), axis=0, return_counts=True)
-        found: list[ChromaMatch] = []
-        for j in np.argsort(-votes)[: 4 * max_matches]:
+        out = []
+        for j in np.argsort(-votes, kind="stable")[: 4 * max_matches]:     # pairs are in track order
             if votes[j] < 3:
                 break
             rank, offset = int(pairs[j, 0]), int(pairs[j, 1])
-            m = self._verify(query, rank, offset)
-            if m and not any(f.track == m.track and abs((f.ref_item - f.query_item) - offset) < 8 for f in found):
-                found.append(m)
-        found.sort(key=lambda m: m.p_false)
-        return found[:max_matches]
+            out.append(((-int(votes[j]), int(self.ids[rank]), offset), self._verify(query, rank, offset)))
+        return out
 
     def _verify(self, query: np.ndarray, rank: int, offset: int) -> ChromaMatch | None:
         """The stretch aligned at ``offset`` with the track of rank ``rank``, if it agrees."""
@@ -186,6 +198,18 @@ class ChromaIndex(saved.SavedArrays):
         return ChromaMatch(int(self.ids[rank]), q0 + a, r0, int(b - a), float(ber), observations,
                            float(on_varying.mean()) if on_varying.size else 0.5,
                            float(min(shifted, default=0.5)) if varying.any() else 0.5)
+
+
+def best(ranked: list[list[tuple[tuple, ChromaMatch | None]]], max_matches: int) -> list[ChromaMatch]:
+    """What a search of the whole index finds, from ``ranked`` of each of its shards (or of
+    itself): the stretches verified at the first ``4 × max_matches`` alignments in the order
+    they are tried, one per track and offset, the likeliest copies first."""
+    found: list[ChromaMatch] = []
+    for (_, _, offset), m in sorted((r for part in ranked for r in part), key=lambda r: r[0])[: 4 * max_matches]:
+        if m and not any(f.track == m.track and abs((f.ref_item - f.query_item) - offset) < 8 for f in found):
+            found.append(m)
+    found.sort(key=lambda m: m.p_false)
+    return found[:max_matches]
 
 
 def _table(ids: np.ndarray, prints: list[np.ndarray]) -> tuple[np.ndarray, ...]:

@@ -62,3 +62,8 @@ class Busy(ClearanceError):
     def __init__(self, message: str, retry_after_s: int | None = None):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class Unavailable(ClearanceError):
+    """A part of the catalog that the request needs answers nowhere now (every replica of a shard
+    is gone): no decision is made without it; the same request may succeed once it is back."""

@@ -187,6 +187,16 @@ class LandmarkIndex(saved.SavedArrays):
              calibration: Calibration | None = None) -> None:
         self.ids, self.tracks, self.times, self.starts = ids, tracks, times, starts
         self.calibration = calibration or default_calibration()
+        self.catalog_counts: np.ndarray | None = None
+
+    def shard(self, drop: list[int]) -> "LandmarkIndex":
+        """This index without the tracks ``drop``, searched as a shard of it: a hash is as common
+        (``COMMON``) as it is in the whole of it, so that its shards' searches, merged
+        (``best``), find what it finds."""
+        part = self.updated({}, drop)
+        part.catalog_counts = (self.catalog_counts if self.catalog_counts is not None
+                               else np.diff(self.starts).astype(np.int32))
+        return part
 
     @classmethod
     def open(cls, folder: Path, calibration: Calibration | None = None) -> "LandmarkIndex":
@@ -231,7 +241,15 @@ class LandmarkIndex(saved.SavedArrays):
     def search(self, query: np.ndarray, max_matches: int = 5, tempo: float = 1.0, track: int | None = None,
                fan_out: int = QUERY.fan_out, near: float | None = None) -> list[LandmarkMatch]:
         """Stretches of catalog tracks aligned with the output's peaks ``query`` (``peaks(clip,
-        QUERY)``, or another picking whose ``fan_out`` is given), best first.
+        QUERY)``, or another picking whose ``fan_out`` is given), best first: ``best`` of
+        ``ranked``."""
+        return best([self.ranked(query, max_matches, tempo, track, fan_out, near)], max_matches)
+
+    def ranked(self, query: np.ndarray, max_matches: int = 5, tempo: float = 1.0, track: int | None = None,
+               fan_out: int = QUERY.fan_out, near: float | None = None) -> list[tuple[tuple, LandmarkMatch]]:
+        """The first ``max_matches`` stretches that ``search`` finds, each with the key of the
+        order it tries candidates in (most votes first, then by track and offset), which orders the
+        stretches of an index's shards as the index's own search would.
 
         ``tempo`` (reference seconds per output second) searches for a copy played that much
         faster: it keeps the frequencies of its peaks but not their spacing, so the output's peak
@@ -247,7 +265,7 @@ class LandmarkIndex(saved.SavedArrays):
             return []
         lo = self.starts[h]
         counts = self.starts[h + 1] - lo
-        counts[counts > COMMON] = 0
+        counts[(counts if self.catalog_counts is None else self.catalog_counts[h]) > COMMON] = 0
         if track is not None:
             rank = int(np.searchsorted(self.ids, track))
             if rank == len(self.ids) or self.ids[rank] != track:
@@ -266,22 +284,21 @@ class LandmarkIndex(saved.SavedArrays):
         if near is not None:
             mine = np.abs(key_cell - near / FRAME_S / OFFSET_BIN) <= NEAR_S / FRAME_S / OFFSET_BIN
             key_group, key_cell, votes = key_group[mine], key_cell[mine], votes[mine]
-        found: list[LandmarkMatch] = []
+        found: list[tuple[tuple, LandmarkMatch]] = []
         pairs: dict[int, np.ndarray] = {}      # a candidate track's pairs, in the order found
-        for k in np.argsort(-votes):
+        for k in np.argsort(-votes, kind="stable"):     # keys are in track and cell order
             if votes[k] < MIN_VOTES or len(found) >= max_matches:
                 break
             g, c = key_group[k], int(key_cell[k])
             tr = int(self.ids[g])
-            if any(m.track == tr and abs(m.offset / FRAME_S / OFFSET_BIN - c) < 3 for m in found):
+            if any(m.track == tr and abs(m.offset / FRAME_S / OFFSET_BIN - c) < 3 for _, m in found):
                 continue
             if g not in pairs:
                 pairs[g] = np.flatnonzero(which == g)
             mine = pairs[g]
             m = self._stretch(tr, c, qt[mine], cell[mine], offset[mine], tempo)
             if m is not None:
-                found.append(m)
-        found.sort(key=lambda m: (m.p_false, -m.evidence))
+                found.append(((-int(votes[k]), tr, c), m))
         return found
 
     def _votes(self, which: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -373,6 +390,16 @@ class LandmarkIndex(saved.SavedArrays):
         return LandmarkMatch(track, float(first * FRAME_S / tempo), float((last + MAX_DT / 2) * FRAME_S / tempo),
                              float(np.median(off_near[run]) * FRAME_S), votes,
                              self.calibration.p_false(evidence), tempo, evidence)
+
+
+def best(ranked: list[list[tuple[tuple, LandmarkMatch]]], max_matches: int) -> list[LandmarkMatch]:
+    """The stretches that a search of the whole index finds, from ``ranked`` of each of its shards
+    (or of itself): the first ``max_matches`` in the order candidates are tried, strongest first.
+    A stretch is found or not by its own track's pairs alone, and the tracks of one shard are
+    tried in the index's order, so a shard's first ``max_matches`` hold all of its stretches that
+    the index's first ``max_matches`` hold."""
+    first = sorted((r for part in ranked for r in part), key=lambda r: r[0])[:max_matches]
+    return sorted((m for _, m in first), key=lambda m: (m.p_false, -m.evidence))
 
 
 def _table(ids: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:

@@ -389,10 +389,17 @@ class VersionIndex(saved.SavedArrays):
     def search(self, classes: torch.Tensor) -> list[VersionMatch]:
         """The ``CANDIDATES`` tracks whose version vectors come nearest those of an output's
         pitch-class power (12, frames), each aligned by Qmax around its nearest window; none for
-        an output shorter than ``SHORTEST_S``."""
+        an output shorter than ``SHORTEST_S``: ``best`` of ``ranked``."""
         if len(self.vectors) == 0 or classes.shape[1] < SHORTEST_S * CHROMA_FPS:
             return []
-        starts, query = self.model.vectors(classes, QUERY_HOP_S)
+        return best([self.ranked(classes, *self.model.vectors(classes, QUERY_HOP_S))])
+
+    def ranked(self, classes: torch.Tensor, starts: np.ndarray, query: np.ndarray) -> list[tuple[tuple, VersionMatch]]:
+        """``search``'s candidates among this index's tracks, each with the key of their order
+        (nearest first, then by track), given the output's version vectors ``query`` and their
+        ``starts`` (seconds)."""
+        if len(self.vectors) == 0:
+            return []
         best_ref = np.empty(len(self.vectors), np.float32)
         best_query = np.empty(len(self.vectors), np.int64)
         for lo in range(0, len(self.vectors), 65536):          # bounded memory whatever the catalog
@@ -404,7 +411,7 @@ class VersionIndex(saved.SavedArrays):
         per_track[some] = np.maximum.reduceat(best_ref, self.vector_starts[:-1][some])
         out = []
         query_chroma = chroma(classes.float()).numpy()
-        for rank in np.argsort(-per_track)[:min(CANDIDATES, int(some.sum()))]:
+        for rank in np.argsort(-per_track, kind="stable")[:min(CANDIDATES, int(some.sum()))]:
             lo, hi = self.vector_starts[rank], self.vector_starts[rank + 1]
             at = lo + int(np.argmax(best_ref[lo:hi]))
             ref_s = (at - lo) * INDEX_HOP_S
@@ -417,5 +424,12 @@ class VersionIndex(saved.SavedArrays):
             found = qmax(segment, [chroma(torch.from_numpy(ref.astype(np.float32))).numpy()])[0]
             aligned = Alignment(found.score, found.key_shift, found.query_start + q0, found.query_end + q0,
                                 found.ref_start + a, found.ref_end + a)
-            out.append(VersionMatch(int(self.ids[rank]), float(per_track[rank]) * math.sqrt(found.score), aligned))
+            out.append(((-float(per_track[rank]), int(self.ids[rank])),
+                        VersionMatch(int(self.ids[rank]), float(per_track[rank]) * math.sqrt(found.score), aligned)))
         return out
+
+
+def best(ranked: list[list[tuple[tuple, VersionMatch]]]) -> list[VersionMatch]:
+    """The ``CANDIDATES`` nearest of the candidates ``ranked`` by the shards of an index (or by
+    itself), nearest first: what a search of the whole index finds."""
+    return [m for _, m in sorted((r for part in ranked for r in part), key=lambda r: r[0])[:CANDIDATES]]

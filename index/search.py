@@ -13,11 +13,15 @@ from typing import TYPE_CHECKING, Callable
 
 from detector.audio import Clip
 from detector.matcher import Match, merge, within
+from detector.landmarks import default_calibration
+from detector.version import shipped
+from index import sharded
 from index.layers import Layer
 from index.layers.chromaprint import ChromaprintLayer
 from index.layers.embedding import EmbeddingLayer
 from index.layers.landmarks import LandmarkLayer
 from index.layers.version import VersionLayer
+from index.vectors import IndexInfo, published_meta
 
 if TYPE_CHECKING:
     from index.catalog import Catalog
@@ -40,18 +44,44 @@ def write_indexes(store: Store, published: Path | None, added: list[int] = (),
 
 class Searcher:
     """Searches ``catalog``'s published indexes: each layer's index is loaded on first use and
-    dropped (``forget``) when the catalog loads or publishes another vector index."""
+    dropped (``forget``) when the catalog loads or publishes another vector index.
 
-    def __init__(self, catalog: Catalog):
-        self.catalog = catalog
+    With ``shards`` > 1, the catalog is searched in that many shards by track
+    (``index/sharded.py``), cut in this process; with ``ray``, in the shards that those Ray
+    actors hold (this process then loads no index). Either way a check finds what it finds
+    searched whole."""
+
+    def __init__(self, catalog: Catalog, shards: int = 1, ray: sharded.RayShards | None = None):
+        self.catalog, self.shards, self.ray = catalog, shards, ray
         self._indexes: dict[str, object] = {}
+        self._generation = 0
 
     def index(self, name: str) -> object:
-        """Layer ``name``'s index of the published catalog."""
+        """Layer ``name``'s index of the published catalog (or what searches its shards)."""
+        if self.ray is not None:
+            return self._on_ray()[name]
         _ = self.catalog.vectors          # reloads (and forgets the others) when a newer index is published
         if name not in self._indexes:
-            self._indexes[name] = LAYER[name].load(self.catalog)
+            if self.shards > 1:
+                self._indexes = sharded.in_process({layer.name: layer.load(self.catalog) for layer in LAYERS},
+                                                   self.shards)
+            else:
+                self._indexes[name] = LAYER[name].load(self.catalog)
         return self._indexes[name]
+
+    def _on_ray(self) -> dict[str, object]:
+        """The proxies of the catalog's shards on Ray, each holding the published generation
+        (this process loads no index of its own)."""
+        meta = published_meta(self.catalog.home / "index")
+        generation = meta["generation"] if meta else 0
+        if not self._indexes or self._generation < generation:
+            sizes = self.ray.load(generation)
+            info = IndexInfo(meta["model"], meta["dim"], meta["hop_s"], meta["factory"]) if meta else \
+                IndexInfo(self.catalog.embedder.version, self.catalog.embedder.dim, self.catalog.embedder.ref_hop_s, "Flat")
+            self._indexes = sharded.proxies(self.ray, sizes, info, sizes[0]["skimmed"], default_calibration(),
+                                            shipped()[0])
+            self._generation = min(s["generation"] for s in sizes)
+        return self._indexes
 
     def forget(self) -> None:
         self._indexes.clear()

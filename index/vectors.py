@@ -25,7 +25,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import faiss
 import numpy as np
@@ -59,6 +59,7 @@ SKIM = "IVF{nlist},PQ{m}x4fsr"
 SKIM_MIN_VECTORS = 50_000
 SKIM_PROBE = 8
 SKIM_CANDIDATES = 2
+TIE_MARGIN = 8              # neighbours more than asked for from an exact search, rescored
 SKIM_TRAINING_PER_LIST = 64
 RESCORE_BLOCK = 256         # queries rescored at once: 256 × 128 candidates × 128 dims × 4 B = 16 MB
 
@@ -224,47 +225,91 @@ class VectorIndex:
         self._use_skim(None)        # its rows would name the wrong vectors
         return int(self.index.remove_ids(faiss.IDSelectorBatch(gone)))
 
+    def ids(self) -> np.ndarray:
+        """Every vector's id, in no order."""
+        return index_ids(self.index)
+
+    def without(self, tracks: list[int]) -> "VectorIndex":
+        """A copy of this index in memory without the vectors of ``tracks``: a shard of it
+        (``index/sharded.py``), which finds among its vectors what this index finds. Its skim is
+        this one's without them (the same lists, probed alike), naming this index's rows."""
+        if self.info.factory == "Flat":          # the kept rows copied, in order: no room left for the others
+            ids = faiss.vector_to_array(faiss.downcast_index(self.index).id_map)
+            gone = np.isin(split_ids(ids)[0], np.asarray(tracks, np.int64))
+            part = VectorIndex(self.root, self.info, new_index(self.info.dim, "Flat"), self.generation)
+            part.add_ids(ids[~gone], flat_vectors(self.index)[~gone])
+        else:
+            part = VectorIndex(self.root, self.info, faiss.clone_index(self.index), self.generation)
+            if "IVF" in self.info.factory:
+                faiss.extract_index_ivf(part.index).nprobe = faiss.extract_index_ivf(self.index).nprobe
+            part.remove(tracks)
+        if self._skim is not None:
+            skim = faiss.clone_index(self._skim)
+            skim.remove_ids(faiss.IDSelectorBatch(np.flatnonzero(gone).astype(np.int64)))
+            part._use_skim(skim)
+            part._skim_rows = np.flatnonzero(~gone) if self._skim_rows is None else self._skim_rows[~gone]
+        return part
+
     def tracks(self) -> dict[int, int]:
         """Vector count per track key."""
         keys, counts = np.unique(split_ids(index_ids(self.index))[0], return_counts=True)
         return dict(zip(keys.tolist(), counts.tolist()))
 
     def search(self, queries: np.ndarray, k: int, exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities, ids), each (n, k); ids are -1 where fewer than k vectors exist.
-        ``exact=False`` searches the skim where the index has one (see the module's docstring):
-        the same neighbours but for about one in a hundred, in a seventh of the time."""
-        if self.size == 0 or len(queries) == 0:
-            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        queries = np.ascontiguousarray(queries, np.float32)
-        if exact or self._skim is None:
-            return self.index.search(queries, min(k, self.size))
-        return self._skimmed(queries, min(k, self.size))
+        """(similarities, ids), each (n, k), nearest first; ids are -1 where fewer than k vectors
+        exist. ``exact=False`` searches the skim where the index has one (see the module's
+        docstring): the same neighbours but for about one in a hundred, in a seventh of the time.
+        ``nearest`` of ``candidates``: what the shards of this index find, merged, is what it finds."""
+        return nearest([self.candidates(queries, k, exact)], min(k, self.size), exact or not self.skimmed)
 
-    def _skimmed(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` nearest of each query among its ``SKIM_CANDIDATES × k`` nearest in the skim,
-        by exact similarity (a missing candidate: row -1, similarity -1)."""
-        _, rows = self._skim.search(queries, SKIM_CANDIDATES * k)
+    def candidates(self, queries: np.ndarray, k: int, exact: bool = True) -> Candidates:
+        """What ``search`` chooses each query's ``k`` nearest from: an exact index's
+        ``k + TIE_MARGIN`` nearest by FAISS, or its skim's ``SKIM_CANDIDATES × k + TIE_MARGIN``
+        nearest by code, each rescored one by one (a vector's similarity to a query, and so the
+        neighbours, do not depend on what else the index holds: FAISS's matrix products round
+        each by its block); a compressed index's ``k + TIE_MARGIN`` nearest by code (equally
+        near ones are many: ``nearest`` orders them by id)."""
+        if self.size == 0 or len(queries) == 0:
+            empty = np.zeros((len(queries), 0), np.float32)
+            return Candidates(empty, empty, empty.astype(np.int64))
+        queries = np.ascontiguousarray(queries, np.float32)
+        k = min(k, self.size)
+        if self.info.factory != "Flat":
+            sims, ids = self.index.search(queries, min(k + TIE_MARGIN, self.size))
+            return Candidates(sims, sims, ids)
+        if exact or self._skim is None:
+            coded, rows = faiss.downcast_index(self.index).index.search(queries, min(k + TIE_MARGIN, self.size))
+        else:
+            coded, rows = self._skim.search(queries, SKIM_CANDIDATES * k + TIE_MARGIN)
+            if self._skim_rows is not None:          # a shard's skim names the whole index's rows
+                rows = np.where(rows >= 0, np.searchsorted(self._skim_rows, np.maximum(rows, 0)), -1)
+        return Candidates(coded, *self._rescored(queries, rows))
+
+    def _rescored(self, queries: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(exact similarities, ids) of the vectors of ``rows`` (-1: none, similarity -1)."""
         vectors = flat_vectors(self.index)
-        sims, ids = np.empty((len(queries), k), np.float32), np.empty((len(queries), k), np.int64)
+        if self._row_ids is None:
+            self._row_ids = faiss.vector_to_array(faiss.downcast_index(self.index).id_map)
+        sims = np.empty(rows.shape, np.float32)
         for a in range(0, len(queries), RESCORE_BLOCK):
             r = rows[a:a + RESCORE_BLOCK]
-            exact = np.einsum("qd,qkd->qk", queries[a:a + RESCORE_BLOCK], vectors[np.maximum(r, 0)])
-            exact[r < 0] = -1.0
-            best = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-            sims[a:a + RESCORE_BLOCK] = np.take_along_axis(exact, best, 1)
-            r = np.take_along_axis(r, best, 1)
-            ids[a:a + RESCORE_BLOCK] = np.where(r >= 0, self._skim_ids[np.maximum(r, 0)], -1)
-        return sims, ids
+            sims[a:a + RESCORE_BLOCK] = np.einsum("qd,qkd->qk", queries[a:a + RESCORE_BLOCK], vectors[np.maximum(r, 0)])
+        sims[rows < 0] = -1.0
+        return sims, np.where(rows >= 0, self._row_ids[np.maximum(rows, 0)], -1)
 
     def _use_skim(self, skim: faiss.Index | None) -> None:
         """Search ``skim`` (made by ``make_skim`` from this index as it is now) for inexact searches;
         None: search exactly. The last skim's training is kept for the next (``make_skim``)."""
-        self._skim, self._skim_ids = skim, None
+        self._skim, self._row_ids, self._skim_rows = skim, None, None   # rows change with the vectors
         if skim is not None:
             self._trained = skim
-            self._skim_ids = faiss.vector_to_array(faiss.downcast_index(self.index).id_map)
             ivf = faiss.extract_index_ivf(skim)
             ivf.nprobe = max(1, ivf.nlist // SKIM_PROBE)
+
+    @property
+    def skimmed(self) -> bool:
+        """Whether inexact searches search a skim."""
+        return self._skim is not None
 
     @property
     def folder(self) -> Path | None:
@@ -307,6 +352,28 @@ class VectorIndex:
     def set_recall(self, recall: float) -> None:
         """Record the recall measured for this index (``measure_recall``); saved with it."""
         self.info = IndexInfo(self.info.model, self.info.dim, self.info.hop_s, self.info.factory, recall)
+
+
+class Candidates(NamedTuple):
+    """A search's candidate neighbours, (n queries, m) each: their similarity as the index's codes
+    measure it (``coded``: exact for an exact index), their exact one (``sims``; the coded one
+    where the index holds no vectors) and ``ids`` (-1: none)."""
+
+    coded: np.ndarray
+    sims: np.ndarray
+    ids: np.ndarray
+
+
+def nearest(found: list[Candidates], k: int, exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ``k`` nearest (similarities, ids) among the ``candidates`` of an index, or of
+    each of its shards: in a skim's (not ``exact``) its ``SKIM_CANDIDATES × k`` nearest by code
+    first, as the whole index's skim would have them; the lower id first where equal."""
+    coded, sims, ids = (np.concatenate([getattr(f, name) for f in found], 1) for name in Candidates._fields)
+    if not exact:
+        first = np.lexsort((ids, -coded))[:, :SKIM_CANDIDATES * k]
+        sims, ids = np.take_along_axis(sims, first, 1), np.take_along_axis(ids, first, 1)
+    best = np.lexsort((ids, -sims))[:, :k]
+    return np.take_along_axis(sims, best, 1), np.take_along_axis(ids, best, 1)
 
 
 def flat_vectors(index: faiss.Index) -> np.ndarray:

@@ -68,7 +68,7 @@ def create_app(engine: Engine) -> FastAPI:
         try:
             with engine.store.engine.connect() as c:
                 c.execute(sa.text("SELECT 1"))
-            vectors = engine.catalog.vectors      # reloads a newly published index, or fails
+            vectors = engine.catalog.searcher.index("embedding")   # reloads a newly published index, or fails
         except (ClearanceError, sa.exc.SQLAlchemyError) as exc:
             return problems.problem(503, f"not ready: {exc}")
         return JSONResponse({"status": "ready", "model": engine.embedder.version, "tracks": len(vectors.tracks()),

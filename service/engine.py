@@ -6,7 +6,7 @@ import os
 import shutil
 import time
 import uuid
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 from detector import version
@@ -16,6 +16,9 @@ from detector.matcher import Calibration
 from detector.model import DEFAULT_WEIGHTS, Embedder
 from detector.policy import Decision, Policy, decide
 from index.catalog import Catalog
+from index.pipeline import IndexEngine
+from index.search import Searcher
+from index.sharded import RayShards
 from index.store import Store
 from service.settings import Settings
 
@@ -61,9 +64,21 @@ class Engine:
         """A new handle on the catalog with its own in-memory index. The HTTP service changes the
         catalog through a second handle, so checks running meanwhile never search an index that
         is being changed; they load the new one once it is published."""
-        return Catalog(self.settings.home, self.store, self.embedder, self.calibration,
-                       factory=self.settings.index_factory, limits=self.limits(self.settings.max_reference_s),
-                       nprobe=self.settings.index_nprobe)
+        s = self.settings
+        catalog = Catalog(s.home, self.store, self.embedder, self.calibration, factory=s.index_factory,
+                          limits=self.limits(s.max_reference_s), nprobe=s.index_nprobe)
+        if s.serve_engine is IndexEngine.ray:
+            catalog.searcher = Searcher(catalog, s.serve_shards, self.ray_shards)
+        elif s.serve_shards > 1:
+            catalog.searcher = Searcher(catalog, s.serve_shards)
+        return catalog
+
+    @cached_property
+    def ray_shards(self) -> RayShards:
+        """The catalog's shards on Ray (``serve_engine`` 'ray'), one set for every catalog handle
+        of this engine: ``serve_shards`` shards of ``serve_replicas`` actors each."""
+        s = self.settings
+        return RayShards(partial(whole_catalog, s), s.serve_shards, s.serve_replicas, s.ray_address)
 
     def assess(self, clip: Clip) -> Decision:
         """The decision for a decoded output, with rights as the catalog says now."""
@@ -134,3 +149,8 @@ def result_json(check_id: str, name: str, duration: float, decision: Decision, m
         "policy": policy,
         "elapsed_ms": round(elapsed_s * 1000),
     }
+
+
+def whole_catalog(settings: Settings) -> Catalog:
+    """The catalog of ``settings``, searched whole: what a shard's actor cuts its shard from."""
+    return Engine(settings.model_copy(update={"serve_shards": 1, "serve_engine": IndexEngine.local})).catalog

@@ -45,7 +45,7 @@ class _Scraped:
         self.pools = pools
 
     def collect(self):
-        vectors = self.engine.catalog.vectors
+        vectors = self.engine.catalog.searcher.index("embedding")
         yield GaugeMetricFamily("clearance_index_vectors", "Reference windows in the published vector index.",
                                 value=vectors.size)
         yield GaugeMetricFamily("clearance_index_tracks", "Catalog recordings in the published vector index.",

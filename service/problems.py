@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from detector.errors import AudioError, Busy, ClearanceError, Conflict, InvalidRequest, NotFound
+from detector.errors import AudioError, Busy, ClearanceError, Conflict, InvalidRequest, NotFound, Unavailable
 from service.auth import Forbidden, Unauthenticated
 from service.uploads import TooManyUploads, UploadTimeout
 
@@ -31,6 +31,7 @@ STATUS: list[tuple[type[ClearanceError], int, str | None]] = [   # (error, statu
     (InvalidRequest, 422, "Invalid request"),
     (TooManyUploads, 429, None),
     (Busy, 503, None),
+    (Unavailable, 503, None),
 ]
 """Other ``ClearanceError``s are answered 500; titles default to the status's phrase."""
 

@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     max_audio_s: float = Field(600.0, description="longest accepted output to check, seconds of audio")
     max_reference_s: float = Field(3 * 3600.0, description="longest accepted catalog recording, seconds")
     decode_timeout_s: float = Field(60.0, description="wall-clock limit for decoding one file, seconds")
+    serve_shards: int = Field(1, ge=1, description="shards the catalog is searched in, split by track; a check "
+                                                   "finds exactly what it finds in the whole catalog. 1: searched "
+                                                   "whole; more: each shard held by Ray actors (serve_engine 'ray') "
+                                                   "or cut in the serving process ('local')")
+    serve_engine: IndexEngine = Field(IndexEngine.local, description="where the shards are held: 'local' (in the "
+                                                                     "serving process) or 'ray' (Ray actors, on "
+                                                                     "ray_address)")
+    serve_replicas: int = Field(1, ge=1, description="Ray actors holding each shard (serve_engine 'ray'): checks go "
+                                                     "on while one of them is left")
     check_workers: int = Field(2, ge=1, description="checks run at once by the HTTP service")
     check_queue: int = Field(16, ge=0, description="checks waiting for a worker before the service answers 503")
     catalog_queue: int = Field(4, ge=0, description="catalog uploads waiting for the one catalog writer before the "

@@ -40,21 +40,24 @@ class EmbeddingLayer(Layer):
     def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]], prepared: None) -> list[Match]:
         """Every embedding match, however weak: the landmark layer takes the tempo of the
         strongest as a hypothesis."""
-        return embedding_matches(searcher.catalog, clip, max_p_false=1.0)
+        return embedding_matches(searcher.catalog, clip, max_p_false=1.0, vectors=searcher.index(self.name))
 
     def reported(self, matches: list[Match]) -> list[Match]:
         return [m for m in matches if m.p_false <= REPORTED_P]
 
 
-def embedding_matches(catalog: Catalog, clip: Clip, max_p_false: float = REPORTED_P) -> list[Match]:
-    """Matches of ``clip`` found by the embedding layer alone.
+def embedding_matches(catalog: Catalog, clip: Clip, max_p_false: float = REPORTED_P,
+                      vectors: VectorIndex | None = None) -> list[Match]:
+    """Matches of ``clip`` found by the embedding layer alone, in ``vectors`` (the catalog's
+    published index unless given: its shards', ``index/sharded.py``).
 
     The query is also searched transposed by ±``TRANSPOSE_ST`` semitones, so copies shifted
     far beyond what the encoder absorbs by itself (about ±3 st) are still found. ``p_false``
     is that of music as long as the output (``Calibration.p_false``), as landmark matches' is.
     """
     long = clip.duration > LOCAL_S
-    hits = [_hits(catalog, clip, t, SPARSE_TRANSPOSE if t and long else 1, long)
+    vectors = catalog.vectors if vectors is None else vectors
+    hits = [_hits(catalog, vectors, clip, t, SPARSE_TRANSPOSE if t and long else 1, long)
             for t in (0.0, -TRANSPOSE_ST, TRANSPOSE_ST)]
     merged = Hits(*(np.concatenate([getattr(h, f) for h in hits]) for f in ("query_t", "track", "ref_t", "weight")))
     cal = catalog.matcher.cal
@@ -63,7 +66,8 @@ def embedding_matches(catalog: Catalog, clip: Clip, max_p_false: float = REPORTE
     return [m for m in found if m.p_false <= max_p_false]
 
 
-def _hits(catalog: Catalog, clip: Clip, transpose: float, every: int = 1, long: bool = False) -> Hits:
+def _hits(catalog: Catalog, index: VectorIndex, clip: Clip, transpose: float, every: int = 1,
+          long: bool = False) -> Hits:
     """Each voiced query window's ``NEIGHBOURS`` nearest reference windows, weighed by their
     similarity above the window's background (from its ``BACKGROUND_SEARCH`` nearest).
 
@@ -74,17 +78,17 @@ def _hits(catalog: Catalog, clip: Clip, transpose: float, every: int = 1, long: 
     take its neighbours, and the others are searched in the index's skim."""
     emb = catalog.embedder.embed(clip, hop_s=QUERY_HOP_S * every, transpose=transpose)
     voiced = np.flatnonzero(emb.voiced)
-    vectors = emb.vectors[voiced]
-    first = first_of_repeats(vectors, REPEAT_COSINE) if long else np.arange(len(vectors))
+    found = emb.vectors[voiced]
+    first = first_of_repeats(found, REPEAT_COSINE) if long else np.arange(len(found))
     distinct, inverse = np.unique(first, return_inverse=True)
-    sims, ids = catalog.vectors.search(vectors[distinct], BACKGROUND_SEARCH, exact=not long)
+    sims, ids = index.search(found[distinct], BACKGROUND_SEARCH, exact=not long)
     tracks, windows = split_ids(ids)
     tracks[ids < 0] = -1
     background = window_background(sims, tracks, windows)[inverse, None]
     sims, ids, tracks, windows = (a[inverse] for a in (sims, ids, tracks, windows))   # a repeat takes its first's
     valid = ids[:, :NEIGHBOURS] >= 0
     query_t = np.repeat(emb.starts[voiced], valid.sum(1))
-    ref_t = windows[:, :NEIGHBOURS][valid] * catalog.vectors.info.hop_s
+    ref_t = windows[:, :NEIGHBOURS][valid] * index.info.hop_s
     track, weight = tracks[:, :NEIGHBOURS][valid], (sims[:, :NEIGHBOURS] - background)[valid]
     shifts = np.arange(every) * QUERY_HOP_S
     return Hits(query_t=(query_t[None, :] + shifts[:, None]).ravel(), track=np.tile(track, every),

@@ -140,3 +140,27 @@ def test_shards_round_trip_refuse_other_formats_and_purge(tmp_path):
     assert store.purge(16, lambda ids, model: (ids % 2 == 0) | (model == "m2")) == 2
     assert sorted(np.concatenate([s.ids for s in store.iter("m1", 16)]).tolist()) == [0, 2]
     assert len(store.paths()) == 2
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,PQ16x4fs"])
+def test_the_shards_of_an_index_find_what_it_finds(tmp_path, monkeypatch, factory):
+    monkeypatch.setattr(vectors, "SKIM_MIN_VECTORS", 10_000)
+    base = unit(20000, dim=32, seed=8)
+    base[5000:5100] = base[:100]                      # track 50 repeats track 0: equal similarities
+    ids = (np.repeat(np.arange(200), 100).astype(np.int64) << 22) + np.tile(np.arange(100), 200)
+    idx = VectorIndex.trained(tmp_path, "m1", 32, 0.5, factory, base, nprobe=4)
+    idx.add_ids(ids, base)
+    idx.save()                                        # an exact index gets its skim
+    idx = VectorIndex.open(tmp_path, "m1", 32, 0.5, nprobe=4)
+    assert idx.skimmed == (factory == "Flat")
+    shards = [idx.without([t for t in range(200) if t % 3 != k]) for k in range(3)]
+    assert sum(s.size for s in shards) == idx.size and not np.isin(shards[1].ids() >> 22, [0, 2, 3]).any()
+    q = near_copies(base[::37], 0.8, seed=9)
+    for exact in (True, False):
+        want = idx.search(q, 64, exact)
+        got = vectors.nearest([s.candidates(q, 64, exact) for s in shards], 64, exact or not idx.skimmed)
+        assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
+    # of two equal vectors, the lower id comes first, whichever shard holds it (by codes, many are equal)
+    pairs = [(list(r).index(i), list(r).index(i + (50 << 22))) for r in want[1]
+             for i in r if i >> 22 == 0 and i + (50 << 22) in r]
+    assert pairs and all(b == a + 1 if factory == "Flat" else b > a for a, b in pairs)

@@ -1,0 +1,46 @@
+"""``serve_engine = ray``: a catalog's shards held by Ray actors on a real local Ray instance
+decide every check as the whole catalog does, go on while a shard has a replica left, and fail
+a check (HTTP 503) rather than decide it without a shard."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import ray
+
+from detector.audio import Clip, decode
+from detector.errors import Unavailable
+from index.pipeline import IndexEngine
+from service.engine import Engine
+from service.problems import status_of
+from service.settings import Settings
+
+
+@pytest.fixture
+def local_ray(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    yield
+    ray.shutdown()
+
+
+def test_shards_on_ray_decide_as_one_process_and_a_check_fails_without_a_shard(engine, catalog_home, music, local_ray):
+    on_ray = Engine(Settings(home=catalog_home, serve_engine=IndexEngine.ray, serve_shards=2, serve_replicas=2))
+    sr = engine.embedder.fe.sample_rate
+    song = lambda track, a, b: decode(music[track].path, sr).excerpt(a, b).samples
+    copy, other = song("drascula-track11", 40.0, 60.0), song("drascula-track10", 10.0, 30.0)
+    unseen = next(t for t, row in music.items() if row.role == "unseen")
+    outputs = [Clip(x.astype(np.float32), sr, "output") for x in (copy, copy + 0.7 * other, song(unseen, 20.0, 50.0))]
+    want = [engine.assess(c) for c in outputs]
+    assert [d.verdict.name for d in want] == ["block", "block", "allow"]
+    assert [on_ray.assess(c) for c in outputs] == want
+
+    shards = on_ray.ray_shards
+    pids = {r: ray.get(r.load.remote(0))["pid"] for k in range(2) for r in shards.replicas[k]}
+    assert len(set(pids.values())) == 4 and os.getpid() not in pids.values()   # four actors, none of them this process
+    ray.kill(shards.replicas[0][0])                  # one replica of shard 0 dies: the other answers
+    assert [on_ray.assess(c) for c in outputs * 2] == want * 2 and len(shards.replicas[0]) == 1
+    ray.kill(shards.replicas[0][0])                  # none left: no decision without the shard
+    with pytest.raises(Unavailable, match="shard 0 of 2 of the catalog has no replica left") as failed:
+        on_ray.assess(outputs[0])
+    assert status_of(failed.value)[0] == 503
