@@ -194,11 +194,12 @@ def heldout_catalog(engine, folder: Path, tracks: list[Track]):
 
 
 def bench_engine(home: Path, model: Path | None = None, calibration: Path | None = None, factory: str = "auto",
-                 nprobe: int = 32):
+                 nprobe: int = 32, **settings):
+    """The engine of a benchmark's catalog ``home``; ``settings``: other ``Settings`` fields."""
     from service.engine import Engine
     from service.settings import Settings
 
-    overrides = {"home": home, "index_factory": factory, "index_nprobe": nprobe}
+    overrides = {"home": home, "index_factory": factory, "index_nprobe": nprobe, **settings}
     if model:
         overrides["model"] = model
     if calibration:

@@ -2,6 +2,7 @@
 
     python -m benchmarks.decision [--per-transform 12] [--negatives 400] [--model PATH]
                                   [--factory FAISS-FACTORY --nprobe N] [--seconds 10 30]
+                                  [--shards N [--engine local|ray]]
 
 The held-out ``catalog`` tracks are indexed; every fourth is then made *licensed* with
 ``Review.change_rights`` (metadata only, as in production) and the rest stay *protected*.
@@ -18,7 +19,8 @@ licensed outcomes, ``ref_start`` and ``tempo_ratio`` errors, and the review rate
 ``--factory`` sets the vector index (default ``auto``: exact for a catalog this small); run it
 again with a compressed one, e.g. ``--factory IVF256,PQ64x4fsr --nprobe 4`` (the 4-bit codes of
 the index ``auto`` builds beyond 10⁶ vectors), to compare decisions on the same queries (the seed
-fixes them).
+fixes them). ``--shards 4 --engine ray`` searches the same catalog in four shards held by Ray
+actors (``index/sharded.py``): every line printed should be the same as searched whole.
 """
 from __future__ import annotations
 
@@ -84,6 +86,8 @@ def _arguments(argv) -> argparse.Namespace:
     ap.add_argument("--nprobe", type=int, default=32, help="inverted lists searched per window (IVF factories)")
     ap.add_argument("--seconds", type=float, nargs=2, default=(10.0, 30.0), metavar=("SHORTEST", "LONGEST"),
                     help="length range of every output")
+    ap.add_argument("--shards", type=int, default=1, help="search the catalog in this many shards")
+    ap.add_argument("--engine", choices=["local", "ray"], default="local", help="where the shards are held")
     ap.add_argument("--home", type=Path, default=Path.home() / ".cache/clearance/bench-home")
     args = ap.parse_args(argv)
     lo, hi = args.seconds
@@ -99,7 +103,8 @@ def _bench(args: argparse.Namespace) -> Bench:
     home = args.home / args.model.stem
     if args.factory != "auto":
         home = home.with_name(f"{home.name}-{args.factory.replace(',', '-')}")
-    engine = C.bench_engine(home, args.model, factory=args.factory, nprobe=args.nprobe)
+    engine = C.bench_engine(home, args.model, factory=args.factory, nprobe=args.nprobe, serve_shards=args.shards,
+                            serve_engine=args.engine)
     catalog = C.heldout_catalog(engine, folder, tracks)
     held = [t for t in tracks if t.split == "heldout" and t.role == "catalog"]
     licensed = {t.track_id for i, t in enumerate(held) if i % 4 == 3 and t.stem != "song"}

@@ -27,7 +27,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from detector import chromaprint, landmarks, version
-from detector.errors import Unavailable
+from detector.errors import ClearanceError, Unavailable
 from index.vectors import Candidates, IndexInfo, VectorIndex, nearest, split_ids
 
 
@@ -120,14 +120,14 @@ class RayShards:
     A question goes to each shard's replicas in turn; a replica that died is not asked again."""
 
     def __init__(self, open_catalog: Callable[[], object], count: int, replicas: int = 1, address: str | None = None):
-        import ray
+        try:
+            import ray
+        except ImportError as exc:
+            raise ClearanceError("serving shards on Ray needs Ray installed: pip install 'clearance[ray]'") from exc
 
         self.ray, self.count = ray, count
         if not ray.is_initialized():
-            address = address or os.environ.get("RAY_ADDRESS") or None
-            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                     configure_logging=True, **({} if address else {"num_cpus": os.cpu_count() or 1}))
+            _start_ray(ray, address or os.environ.get("RAY_ADDRESS") or None)
         actor = ray.remote(num_cpus=0)(ShardServer)
         self.replicas = [[actor.remote(open_catalog, k, count) for _ in range(replicas)] for k in range(count)]
         self._turn = [itertools.count() for _ in range(count)]
@@ -145,7 +145,6 @@ class RayShards:
         return sizes
 
     def every(self, method: str, *args) -> list:
-        args = tuple(self.ray.put(a) if isinstance(a, np.ndarray) else a for a in args)
         asked = [self._send(k, method, args) for k in range(self.count)]
         return [self._answer(k, method, args, *sent) for k, sent in enumerate(asked)]
 
@@ -181,6 +180,31 @@ class RayShards:
                 left = len(self.replicas[shard])
             logging.getLogger(__name__).warning("a replica of shard %d of %d is gone; %d left", shard, self.count, left)
             return None
+
+
+def _start_ray(ray, address: str | None) -> None:
+    """Connect to the Ray cluster at ``address``, or start a local instance, from a thread that
+    lives as long as this process: the processes of a local instance are killed when the thread
+    that started them ends (Linux's parent-death signal follows the thread), and the service
+    loads its indexes on a worker thread that ends when idle (the local instance, and every
+    shard with it, died a few seconds into a load run)."""
+    done, failed = threading.Event(), []
+
+    def keep() -> None:
+        try:
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                     configure_logging=True, **({} if address else {"num_cpus": os.cpu_count() or 1}))
+        except BaseException as exc:          # raised again in the caller's thread
+            failed.append(exc)
+        finally:
+            done.set()
+        threading.Event().wait()
+
+    threading.Thread(target=keep, name="clearance-ray", daemon=True).start()
+    done.wait()
+    if failed:
+        raise failed[0]
 
 
 class LocalShards:
