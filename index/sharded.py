@@ -65,9 +65,6 @@ class Shard:
     def sizes(self) -> dict[str, int]:
         return {name: len(index) if name != "embedding" else index.size for name, index in self.indexes.items()}
 
-    def nbytes(self) -> dict[str, int]:
-        return {name: index.nbytes if name != "embedding" else index.bytes for name, index in self.indexes.items()}
-
     def vector_tracks(self) -> dict[int, int]:
         return self.indexes["embedding"].tracks()
 
