@@ -78,9 +78,9 @@ class Searcher:
             sizes = self.ray.load(generation)
             info = IndexInfo(meta["model"], meta["dim"], meta["hop_s"], meta["factory"]) if meta else \
                 IndexInfo(self.catalog.embedder.version, self.catalog.embedder.dim, self.catalog.embedder.ref_hop_s, "Flat")
-            self._indexes = sharded.proxies(self.ray, sizes, info, sizes[0]["skimmed"], default_calibration(),
-                                            shipped()[0])
             self._generation = min(s["generation"] for s in sizes)
+            self._indexes = sharded.proxies(self.ray.pinned(self._generation), sizes, info, sizes[0]["skimmed"],
+                                            default_calibration(), shipped()[0])
         return self._indexes
 
     def forget(self) -> None:
@@ -91,7 +91,7 @@ class Searcher:
         its own index alone (``Layer.prepare``: Chromaprint, the landmarks at tempo 1.0) is found
         on a helper thread while the layers ahead of it search (a 4-minute output: 0.99 s
         instead of 1.28 on 2 cores, the median of 7)."""
-        indexes = {layer.name: self.index(layer.name) for layer in LAYERS}
+        indexes = {layer.name: self.index(layer.name) for layer in LAYERS}   # once: what the check searches
         earlier: dict[str, list[Match]] = {}
         copies: list[Match] = []
         versions: list[Match] = []

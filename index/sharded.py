@@ -87,28 +87,36 @@ class Shard:
 class ShardServer:
     """What a Ray actor holds: shard ``number`` of ``count`` of the catalog that ``open_catalog()``
     opens, cut from its published indexes (memory-mapped while it is cut) and cut again when
-    asked to ``load`` a newer generation."""
+    asked to ``load`` a newer generation; the shard of the generation before stays for the
+    checks that started with it, as the published generation before does for readers."""
 
     def __init__(self, open_catalog: Callable[[], object], number: int, count: int):
         self.catalog, self.number, self.count = open_catalog(), number, count
-        self.generation, self.shard = None, None
+        self.shards: dict[int, Shard] = {}
 
     def load(self, generation: int) -> dict:
         """Hold the shard of the published generation (at least ``generation``); its sizes."""
         from index.search import LAYERS
 
         catalog = self.catalog
-        if self.shard is None or self.generation < generation:
+        if not self.shards or max(self.shards) < generation:
             catalog.searcher.forget()
             current = catalog.vectors.generation
-            self.shard = Shard.of({layer.name: layer.load(catalog) for layer in LAYERS}, self.number, self.count)
-            self.generation = current
-            catalog.unload()                  # the whole catalog's indexes: only the shard is kept
-        return {**self.shard.sizes(), "skimmed": self.shard.indexes["embedding"].skimmed,
-                "generation": self.generation, "pid": os.getpid()}
+            self.shards[current] = Shard.of({layer.name: layer.load(catalog) for layer in LAYERS}, self.number,
+                                            self.count)
+            self.shards = {g: self.shards[g] for g in sorted(self.shards)[-2:]}
+            catalog.unload()                  # the whole catalog's indexes: only the shards are kept
+        newest = max(self.shards)
+        shard = self.shards[newest]
+        return {**shard.sizes(), "skimmed": shard.indexes["embedding"].skimmed, "generation": newest,
+                "pid": os.getpid()}
 
-    def ask(self, method: str, *args):
-        return getattr(self.shard, method)(*args)
+    def ask(self, generation: int, method: str, *args):
+        shard = self.shards.get(generation)
+        if shard is None:
+            raise Unavailable(f"shard {self.number} of {self.count} no longer holds generation {generation} of the "
+                              f"catalog, published over twice during this check: check again")
+        return getattr(shard, method)(*args)
 
 
 class RayShards:
@@ -141,12 +149,17 @@ class RayShards:
             sizes.append(answers[0])
         return sizes
 
-    def every(self, method: str, *args) -> list:
-        asked = [self._send(k, method, args) for k in range(self.count)]
-        return [self._answer(k, method, args, *sent) for k, sent in enumerate(asked)]
+    def pinned(self, generation: int) -> Fanout:
+        """What asks the shards of ``generation``: every question of a check goes to the shards of
+        the generation it started with."""
+        return _Pinned(self, generation)
 
-    def one(self, shard: int, method: str, *args):
-        return self._answer(shard, method, args, *self._send(shard, method, args))
+    def every(self, generation: int, method: str, *args) -> list:
+        asked = [self._send(k, (generation, method, *args)) for k in range(self.count)]
+        return [self._answer(k, (generation, method, *args), *sent) for k, sent in enumerate(asked)]
+
+    def one(self, generation: int, shard: int, method: str, *args):
+        return self._answer(shard, (generation, method, *args), *self._send(shard, (generation, method, *args)))
 
     def _live(self, shard: int) -> list:
         with self._lock:
@@ -156,20 +169,24 @@ class RayShards:
                               f"decided without it; restart the service to start its replicas again")
         return live
 
-    def _send(self, shard: int, method: str, args: tuple):
+    def _send(self, shard: int, question: tuple):
         live = self._live(shard)
         replica = live[next(self._turn[shard]) % len(live)]
-        return replica, replica.ask.remote(method, *args)
+        return replica, replica.ask.remote(*question)
 
-    def _answer(self, shard: int, method: str, args: tuple, replica, call):
+    def _answer(self, shard: int, question: tuple, replica, call):
         """The answer to ``call``; asked again of another replica where ``replica`` died."""
         found = self._get(shard, replica, call)
-        return found if found is not None else self._answer(shard, method, args, *self._send(shard, method, args))
+        return found if found is not None else self._answer(shard, question, *self._send(shard, question))
 
     def _get(self, shard: int, replica, call):
         """What ``call`` returned, or None where ``replica`` is gone (then no longer asked)."""
         try:
             return self.ray.get(call)
+        except self.ray.exceptions.RayTaskError as exc:        # raised by the shard
+            if isinstance(exc.cause, ClearanceError):
+                raise exc.cause from None
+            raise
         except (self.ray.exceptions.RayActorError, self.ray.exceptions.ActorUnavailableError):
             with self._lock:
                 if replica in self.replicas[shard]:
@@ -177,6 +194,19 @@ class RayShards:
                 left = len(self.replicas[shard])
             logging.getLogger(__name__).warning("a replica of shard %d of %d is gone; %d left", shard, self.count, left)
             return None
+
+
+class _Pinned:
+    """``RayShards`` asking the shards of one generation."""
+
+    def __init__(self, shards: RayShards, generation: int):
+        self.shards, self.generation, self.count = shards, generation, shards.count
+
+    def every(self, method: str, *args) -> list:
+        return self.shards.every(self.generation, method, *args)
+
+    def one(self, shard: int, method: str, *args):
+        return self.shards.one(self.generation, shard, method, *args)
 
 
 def _start_ray(ray, address: str | None) -> None:

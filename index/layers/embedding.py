@@ -37,10 +37,14 @@ class EmbeddingLayer(Layer):
     def load(self, catalog: Catalog) -> VectorIndex:
         return catalog.vectors
 
-    def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]], prepared: None) -> list[Match]:
+    def prepare(self, index: VectorIndex, clip: Clip) -> VectorIndex:
+        """The index the check started with (searched in ``search``, whatever is published meanwhile)."""
+        return index
+
+    def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]], prepared: VectorIndex) -> list[Match]:
         """Every embedding match, however weak: the landmark layer takes the tempo of the
         strongest as a hypothesis."""
-        return embedding_matches(searcher.catalog, clip, max_p_false=1.0, vectors=searcher.index(self.name))
+        return embedding_matches(searcher.catalog, clip, max_p_false=1.0, vectors=prepared)
 
     def reported(self, matches: list[Match]) -> list[Match]:
         return [m for m in matches if m.p_false <= REPORTED_P]

@@ -4,6 +4,7 @@ a check (HTTP 503) rather than decide it without a shard."""
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import ray
 
+from detector import landmarks
 from detector.audio import Clip, decode
 from detector.errors import Unavailable
 from index.pipeline import IndexEngine
@@ -53,3 +55,22 @@ def test_shards_on_ray_decide_as_one_process_and_a_check_fails_without_a_shard(e
     with pytest.raises(Unavailable, match="shard 0 of 2 of the catalog has no replica left") as failed:
         on_ray.assess(outputs[0])
     assert status_of(failed.value)[0] == 503
+
+
+
+def test_a_check_keeps_the_shards_it_started_with_while_a_takedown_is_published(catalog_home, music, tmp_path,
+                                                                               local_ray):
+    home = tmp_path / "home"
+    shutil.copytree(catalog_home, home)
+    on_ray = Engine(Settings(home=home, serve_engine=IndexEngine.ray, serve_shards=2))
+    sr = on_ray.embedder.fe.sample_rate
+    copy = Clip(decode(music["drascula-track11"].path, sr).excerpt(40.0, 60.0).samples, sr, "copy")
+    key = next(t.id for t in on_ray.store.list_tracks() if t.external_id == "drascula-track11")
+    started = {name: on_ray.catalog.searcher.index(name) for name in ("embedding", "landmark")}
+    Engine(Settings(home=home)).catalog.remove(["drascula-track11"])          # published meanwhile
+    now = on_ray.assess(copy)
+    assert now.verdict.name == "allow" and not any(m.track == key for m, _ in now.matches)
+    # the questions of a check that started before are answered by the shards of its generation
+    _, ids = started["embedding"].search(on_ray.embedder.embed(copy, hop_s=0.25).vectors[:8], 8)
+    assert (ids[:, 0] >> 22 == key).all()
+    assert started["landmark"].search(landmarks.peaks(copy, landmarks.QUERY))[0].track == key
