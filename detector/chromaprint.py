@@ -137,7 +137,7 @@ class ChromaIndex(saved.SavedArrays):
     def search(self, query: np.ndarray, max_matches: int = 5) -> list[ChromaMatch]:
         """Aligned stretches of catalog tracks that agree with ``query``, best first: ``best`` of
         ``ranked``."""
-        return best([self.ranked(query, max_matches, self.counts(query))], max_matches)
+        return best([self.ranked(query, max_matches)], max_matches)
 
     def counts(self, query: np.ndarray) -> np.ndarray:
         """How often each of ``query``'s values occurs in the index: a shard's search takes the
@@ -146,15 +146,17 @@ class ChromaIndex(saved.SavedArrays):
             return np.zeros(len(query), np.int64)
         return np.searchsorted(self.values, query, "right") - np.searchsorted(self.values, query, "left")
 
-    def ranked(self, query: np.ndarray, max_matches: int, counts: np.ndarray) -> list[tuple[tuple, ChromaMatch | None]]:
+    def ranked(self, query: np.ndarray, max_matches: int,
+               counts: np.ndarray | None = None) -> list[tuple[tuple, ChromaMatch | None]]:
         """The alignments that ``search`` tries (the ``4 × max_matches`` with most agreeing
-        values, at least 3, values as common as ``counts`` says ignored when very common), each with
-        the key of that order (most votes first, then by track and offset) and the stretch it
-        verified, or None."""
+        values, at least 3, values ignored when very common: as common as ``counts`` says, or as
+        they are here), each with the key of that order (most votes first, then by track and
+        offset) and the stretch it verified, or None."""
         if len(query) == 0 or len(self.values) == 0:
             return []
         lo = np.searchsorted(self.values, query, "left")
         here = np.searchsorted(self.values, query, "right") - lo
+        counts = here if counts is None else counts
         keep = (here > 0) & (counts < 200)        # very common values (silence) carry no evidence
         qpos = np.repeat(np.arange(len(query))[keep], here[keep])
         idx = np.concatenate([np.arange(a, a + n) for a, n in zip(lo[keep], here[keep])]) if keep.any() \

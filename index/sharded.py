@@ -86,7 +86,7 @@ class Shard:
 
 class ShardServer:
     """What a Ray actor holds: shard ``number`` of ``count`` of the catalog that ``open_catalog()``
-    opens, cut from its published indexes (memory-mapped while it is cut) and cut again when
+    opens, cut from its published indexes (read whole while it is cut) and cut again when
     asked to ``load`` a newer generation; the shard of the generation before stays for the
     checks that started with it, as the published generation before does for readers."""
 

@@ -234,7 +234,7 @@ class VectorIndex:
         (``index/sharded.py``), which finds among its vectors what this index finds. Its skim is
         this one's without them (the same lists, probed alike), naming this index's rows."""
         if self.info.factory == "Flat":          # the kept rows copied, in order: no room left for the others
-            ids = faiss.vector_to_array(faiss.downcast_index(self.index).id_map)
+            ids = self._row_ids()
             gone = np.isin(split_ids(ids)[0], np.asarray(tracks, np.int64))
             part = VectorIndex(self.root, self.info, new_index(self.info.dim, "Flat"), self.generation)
             part.add_ids(ids[~gone], flat_vectors(self.index)[~gone])
@@ -288,19 +288,23 @@ class VectorIndex:
     def _rescored(self, queries: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(exact similarities, ids) of the vectors of ``rows`` (-1: none, similarity -1)."""
         vectors = flat_vectors(self.index)
-        if self._row_ids is None:
-            self._row_ids = faiss.vector_to_array(faiss.downcast_index(self.index).id_map)
         sims = np.empty(rows.shape, np.float32)
         for a in range(0, len(queries), RESCORE_BLOCK):
             r = rows[a:a + RESCORE_BLOCK]
             sims[a:a + RESCORE_BLOCK] = np.einsum("qd,qkd->qk", queries[a:a + RESCORE_BLOCK], vectors[np.maximum(r, 0)])
         sims[rows < 0] = -1.0
-        return sims, np.where(rows >= 0, self._row_ids[np.maximum(rows, 0)], -1)
+        return sims, np.where(rows >= 0, self._row_ids()[np.maximum(rows, 0)], -1)
+
+    def _row_ids(self) -> np.ndarray:
+        """The id of each row of an exact index, in row order (kept until its vectors change)."""
+        if self._rows is None:
+            self._rows = faiss.vector_to_array(faiss.downcast_index(self.index).id_map)
+        return self._rows
 
     def _use_skim(self, skim: faiss.Index | None) -> None:
         """Search ``skim`` (made by ``make_skim`` from this index as it is now) for inexact searches;
         None: search exactly. The last skim's training is kept for the next (``make_skim``)."""
-        self._skim, self._row_ids, self._skim_rows = skim, None, None   # rows change with the vectors
+        self._skim, self._rows, self._skim_rows = skim, None, None   # rows change with the vectors
         if skim is not None:
             self._trained = skim
             ivf = faiss.extract_index_ivf(skim)
