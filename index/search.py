@@ -61,6 +61,17 @@ class Searcher:
         if self.ray is not None:
             return self._on_ray()[name]
         _ = self.catalog.vectors          # reloads (and forgets the others) when a newer index is published
+        return self._loaded(name)
+
+    def indexes(self) -> dict[str, object]:
+        """Every layer's index, all of one published generation: what one check searches (asked
+        for one by one, a publish between two of them would mix generations)."""
+        if self.ray is not None:
+            return dict(self._on_ray())
+        _ = self.catalog.vectors
+        return {layer.name: self._loaded(layer.name) for layer in LAYERS}
+
+    def _loaded(self, name: str) -> object:
         if name not in self._indexes:
             if self.shards > 1:
                 self._indexes = sharded.in_process({layer.name: layer.load(self.catalog) for layer in LAYERS},
@@ -91,7 +102,7 @@ class Searcher:
         its own index alone (``Layer.prepare``: Chromaprint, the landmarks at tempo 1.0) is found
         on a helper thread while the layers ahead of it search (a 4-minute output: 0.99 s
         instead of 1.28 on 2 cores, the median of 7)."""
-        indexes = {layer.name: self.index(layer.name) for layer in LAYERS}   # once: what the check searches
+        indexes = self.indexes()          # once: what the check searches
         earlier: dict[str, list[Match]] = {}
         copies: list[Match] = []
         versions: list[Match] = []
