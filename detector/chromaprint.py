@@ -196,10 +196,9 @@ class ChromaIndex(saved.SavedArrays):
         observations, varying = independent_bits(ref[r0:r1])
         on_varying = wrong[a:b][:, varying]
         shifted = [bits(np.bitwise_xor(query[q0 + a:q0 + b], ref[r0 + d:r1 + d]))[:, varying].mean()
-                   for d in SHIFTS if r0 + d >= 0 and r1 + d <= len(ref)]
+                   for d in SHIFTS if r0 + d >= 0 and r1 + d <= len(ref)] if varying.any() else []
         return ChromaMatch(int(self.ids[rank]), q0 + a, r0, int(b - a), float(ber), observations,
-                           float(on_varying.mean()) if on_varying.size else 0.5,
-                           float(min(shifted, default=0.5)) if varying.any() else 0.5)
+                           float(on_varying.mean()) if on_varying.size else 0.5, float(min(shifted, default=0.5)))
 
 
 def best(ranked: list[list[tuple[tuple, ChromaMatch | None]]], max_matches: int) -> list[ChromaMatch]:

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -28,6 +30,16 @@ def test_a_held_chord_is_no_evidence_however_well_its_bits_agree():
     found = ChromaIndex({3: held}).search(query)
     assert found and found[0].bit_error_rate < 0.02           # 1 bit in 64 differs
     assert all(m.p_false > 1e-3 for m in found)               # not enough to block (score 0.999)
+
+
+def test_a_passage_whose_bits_never_change_is_no_evidence_and_no_warning():
+    # no bit varies: nothing to compare at the shifted alignments either (their mean was taken
+    # over no bits, a NaN with a RuntimeWarning, then discarded)
+    still = np.full(80, 0x856CF977, np.uint32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = ChromaIndex({3: still}).search(still[10:70].copy())
+    assert found and all(m.p_false > 1e-3 for m in found)
 
 
 def test_a_slowly_changing_texture_is_weak_evidence_where_a_nearby_alignment_agrees_too():
