@@ -21,10 +21,25 @@ against exact search: ``recall@1`` (same top id), ``track@1`` (top hit on the sa
 exact top hit: what the matcher votes on) and ``src@8`` (the query's source track among the 8
 hits). The 10⁸ rows project the largest measured size: bytes × size; latency × √size for IVF
 indexes (lists grow as √n, so the codes scanned per query do too), × size for exact search.
+
+    python -m benchmarks.scale --layers [--hours 30 100 200] [--queries 20]
+
+measures the landmark and Chromaprint indexes instead, on synthetic catalogs of that many hours
+in tracks of up to 4 min, each drawn from a real track of the ``full`` corpus as indexed by
+``benchmarks.load`` (its stored peaks and sub-fingerprints): the landmark peaks of a random 4 min
+of it moved by a random number of bins (up to ±12: the same spacing of peaks in time and
+frequency, other hashes), its sub-fingerprints XORed with a random 32-bit mask (the same changes
+from one to the next, other values). Each index is built as a publish builds it, saved, and
+opened as a server opens it (memory-mapped); per size it prints its bytes on disk and per hour,
+the seconds to open it, and for ``--queries`` copies (30 s of the real audio a synthetic track
+was drawn from, its peaks moved and its sub-fingerprints masked alike) the catalog entries a
+search reads (landmark pairs of hashes not too common to count; Chromaprint values), its
+milliseconds (median CPU time of the searching thread) and how many of the copies it finds.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import time
@@ -33,6 +48,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import torch
 
 from index.vectors import COPY_COSINE, auto_factory, index_ids, min_training_vectors, new_index, split_ids, vector_ids
 
@@ -227,13 +243,135 @@ def _is_ivf(index: faiss.Index) -> bool:
         return False
 
 
+SHIFT_BINS = 12                      # a synthetic track's landmark peaks move by up to this many bins
+QUERY_S = 30.0
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """A synthetic track: ``seconds`` of the real track ``source`` from ``start_s``, its peaks
+    moved by ``shift`` bins, its sub-fingerprints XORed with ``mask``."""
+
+    source: int
+    start_s: float
+    seconds: float
+    shift: int
+    mask: int
+
+
+def moved(peaks: np.ndarray, start_s: float, seconds: float, shift: int) -> np.ndarray:
+    """``peaks`` (``landmarks.peaks``' order) from ``start_s`` for ``seconds``, from time 0,
+    ``shift`` bins higher (those moved out of the band dropped)."""
+    from detector import landmarks
+
+    t = (peaks >> 8).astype(np.int64) - round(start_s / landmarks.FRAME_S)
+    f = (peaks & 0xFF).astype(np.int64) + shift
+    keep = (t >= 0) & (t < seconds / landmarks.FRAME_S) & (f >= 0) & (f < landmarks.BINS[1] - landmarks.BINS[0])
+    return ((t[keep] << 8) | f[keep]).astype(np.uint32)
+
+
+def masked(prints: np.ndarray, start_s: float, seconds: float, mask: int) -> np.ndarray:
+    """``prints`` (sub-fingerprints) from ``start_s`` for ``seconds``, XORed with ``mask``."""
+    from detector.chromaprint import ITEM_S
+
+    first = round(start_s / ITEM_S)
+    return prints[first:first + round(seconds / ITEM_S)] ^ np.uint32(mask)
+
+
+def layer_rows(hours: list[float], n_queries: int) -> None:
+    """The landmark and Chromaprint indexes of synthetic catalogs of ``hours`` (module docstring)."""
+    import tempfile
+
+    from benchmarks import corpus as C
+    from benchmarks.load import full_catalog
+    from detector import chromaprint, landmarks
+
+    store = full_catalog().store
+    real = {t.id: t for t in store.list_tracks()}
+    peaks, prints = store.landmarks(), store.chromaprints()
+    sources = [t for t in real.values() if t.id in peaks and t.id in prints]
+    by_id = {t.track_id: t for t in C.manifest(C.music_folder("full"))}
+    print(f"synthetic tracks of up to {TRACK_S / 60:g} min drawn from the {len(sources)} tracks "
+          f"({sum(t.duration_s for t in sources) / 3600:.1f} h) of the full corpus: landmark peaks moved by up to "
+          f"±{SHIFT_BINS} bins, sub-fingerprints masked; {n_queries} copies of {QUERY_S:g} s searched per size, "
+          "on one thread")
+    head = (f"{'layer':<12} {'hours':>6} {'tracks':>7} {'disk MB':>8} {'MB/h':>6} {'open s':>6} "
+            f"{'read/30s':>10} {'ms/30s':>7} {'found':>6}")
+    print(head)
+    print("-" * len(head))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for h in hours:
+        rng = np.random.default_rng(round(h))
+        drawn, shifts, total = [], 2 * SHIFT_BINS + 1, 0.0
+        # each (source, shift) once while there are enough: the same passage moved alike twice is a
+        # catalog holding one recording twice
+        for pick in itertools.cycle(rng.permutation(len(sources) * shifts)):
+            if total >= h * 3600:
+                break
+            t = sources[pick // shifts]
+            seconds = min(TRACK_S, t.duration_s)
+            total += seconds
+            drawn.append(Drawn(t.id, float(rng.uniform(0, t.duration_s - seconds)), seconds,
+                               int(pick % shifts) - SHIFT_BINS, int(rng.integers(1, 1 << 32))))
+        copies = []
+        for k in rng.choice(len(drawn), min(n_queries, len(drawn)), replace=False):
+            d = drawn[k]
+            into = float(rng.uniform(0, max(0.0, d.seconds - QUERY_S)))
+            clip = C.load(by_id[real[d.source].external_id]).excerpt(d.start_s + into, d.start_s + into + QUERY_S)
+            copies.append((int(k), moved(landmarks.peaks(clip, landmarks.QUERY), 0.0, QUERY_S, d.shift),
+                           chromaprint.fingerprint(clip) ^ np.uint32(d.mask)))
+        layers = (
+            ("landmarks", landmarks.LandmarkIndex,
+             lambda: {k: moved(peaks[d.source], d.start_s, d.seconds, d.shift) for k, d in enumerate(drawn)},
+             lambda index, c: index.search(c[1]), _landmark_reads),
+            ("chromaprint", chromaprint.ChromaIndex,
+             lambda: {k: masked(prints[d.source], d.start_s, d.seconds, d.mask) for k, d in enumerate(drawn)},
+             lambda index, c: index.search(c[2]), lambda index, c: int(index.counts(c[2]).sum())))
+        for name, kind, arrays, search, reads in layers:
+            with tempfile.TemporaryDirectory(dir=OUT) as folder:
+                kind(arrays()).save(Path(folder))
+                disk = sum(f.stat().st_size for f in Path(folder).iterdir())
+                t0 = time.perf_counter()
+                index = kind.open(Path(folder))
+                open_s = time.perf_counter() - t0
+                ms, found = [], 0
+                for c in copies:
+                    t0 = time.thread_time()
+                    got = search(index, c)
+                    ms.append((time.thread_time() - t0) * 1e3)
+                    found += bool(got) and got[0].track == c[0]
+                read = np.mean([reads(index, c) for c in copies])
+                print(f"{name:<12} {h:>6g} {len(drawn):>7} {disk / 1e6:>8.0f} {disk / 1e6 / h:>6.2f} {open_s:>6.2f} "
+                      f"{read:>10.3g} {np.median(ms):>7.0f} {found:>3}/{len(copies)}", flush=True)
+                del index
+    torch.set_num_threads(threads)
+
+
+def _landmark_reads(index, copy: tuple) -> int:
+    """The catalog pairs a landmark search of ``copy`` reads: its hashes' pairs, but those of
+    hashes too common to count (``landmarks.COMMON``)."""
+    from detector import landmarks
+
+    h, _ = landmarks.hashes(copy[1], landmarks.QUERY.fan_out)
+    counts = index.starts[h + 1] - index.starts[h]
+    return int(counts[counts <= landmarks.COMMON].sum())
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7])
     ap.add_argument("--factories", nargs="+", default=["Flat", "auto", "IVF{nlist},PQ32", "IVF{nlist},PQ32x4fsr"])
-    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--queries", type=int, help="query windows (default 2000); with --layers, 30 s copies (default 20)")
     ap.add_argument("--nprobe", type=int, default=32)
+    ap.add_argument("--layers", action="store_true", help="measure the landmark and Chromaprint indexes instead")
+    ap.add_argument("--hours", nargs="+", type=float, default=[30, 100, 200], help="with --layers: synthetic catalogs")
     args = ap.parse_args(argv)
+    if args.layers:
+        OUT.mkdir(exist_ok=True)
+        layer_rows(args.hours, args.queries or 20)
+        return
+    args.queries = args.queries or 2000
     stats = real_stats()
     print(f"synthetic vectors: {len(stats.mean)}-d, one per {stats.hop_s:g} s ({stats.version}'s reference hop), "
           f"lag-1 correlation {stats.rho:.3f} (fitted on real embeddings); "
