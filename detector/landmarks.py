@@ -171,7 +171,8 @@ def default_calibration(name: str = CALIBRATION) -> Calibration:
 class LandmarkIndex(saved.SavedArrays):
     """Inverted index of the catalog's peak-pair hashes: where each hash's pairs start
     (``starts``, 8 MB), and each pair's track (its rank among ``ids``, in the smallest type that
-    holds it) and anchor frame, the pairs of one hash in track order: 5 to 8 bytes a pair.
+    holds it) and anchor frame (2 bytes while no track is longer than 17 min 28 s, else 4), the
+    pairs of one hash in track order: 3 to 8 bytes a pair.
 
     Built from peaks in memory (``LandmarkIndex(prints)``), changed by ``updated``, written beside
     a published vector index by ``save`` and opened from there memory-mapped (``open``): a server
@@ -221,11 +222,13 @@ class LandmarkIndex(saved.SavedArrays):
         old_counts = before[self.starts[1:]] - before[self.starts[:-1]]
         counts = old_counts + np.diff(new_starts)
         starts = np.concatenate([[0], np.cumsum(counts)])
-        tracks, times = np.empty(starts[-1], rank), np.empty(starts[-1], np.int32)
+        kept_times = self.times[keep]
+        last = max(int(kept_times.max(initial=0)), int(new_times.max(initial=0)))
+        tracks, times = np.empty(starts[-1], rank), np.empty(starts[-1], _time_type(last))
         h = np.repeat(np.arange(HASHES, dtype=np.int32), np.diff(self.starts))[keep]
         at = starts[h] + before[:-1][keep] - before[self.starts[h]]
         tracks[at] = np.searchsorted(ids, self.ids[self.tracks[keep]])
-        times[at] = self.times[keep]
+        times[at] = kept_times
         # a hash's added pairs come after its kept ones
         h = np.repeat(np.arange(HASHES, dtype=np.int32), np.diff(new_starts))
         at = starts[h] + old_counts[h] + np.arange(len(h)) - new_starts[h]
@@ -402,11 +405,18 @@ def best(ranked: list[list[tuple[tuple, LandmarkMatch]]], max_matches: int) -> l
     return sorted((m for _, m in first), key=lambda m: (m.p_false, -m.evidence))
 
 
+def _time_type(last_frame: int) -> np.dtype:
+    """The type of an index's anchor frames: 2 bytes while no anchor lies past 65,535 frames
+    (17 min 28 s into its track), else 4."""
+    return np.dtype(np.uint16) if last_frame < 1 << 16 else np.dtype(np.int32)
+
+
 def _table(ids: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
     """(ids, tracks, times, starts) of ``LandmarkIndex`` from each track's (hashes, anchor frames),
     in the order of ``ids`` (sorted): a stable sort by hash keeps each hash's pairs in track order."""
     h = np.concatenate([p[0] for p in pairs]).astype(np.int32) if pairs else np.zeros(0, np.int32)
-    times = np.concatenate([p[1] for p in pairs]).astype(np.int32) if pairs else np.zeros(0, np.int32)
+    frames = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros(0, np.int64)
+    times = frames.astype(_time_type(int(frames.max(initial=0))))
     rank = np.repeat(np.arange(len(ids)), [len(p[0]) for p in pairs]).astype(saved.rank_type(len(ids)))
     order = np.argsort(h, kind="stable")
     starts = np.concatenate([[0], np.cumsum(np.bincount(h, minlength=HASHES))])

@@ -166,6 +166,21 @@ def test_an_index_saved_opened_or_updated_holds_what_one_built_from_peaks_does(t
         opened.updated({1: prints[1]}, drop=[1])
 
 
+def test_anchor_frames_take_two_bytes_until_a_track_runs_past_17_minutes(tracks, index):
+    assert index.times.dtype == np.uint16
+    # a recording that starts after 17.5 minutes of silence: its anchor frames pass 65,535
+    late = Clip(np.concatenate([np.zeros(int(17.5 * 60 * SR), np.float32), tracks["drascula-track6"].samples]),
+                SR, "late")
+    longer = index.updated({5: landmarks.peaks(late)})
+    assert longer.times.dtype == np.int32
+    copy = landmarks.peaks(tracks["drascula-track6"].excerpt(30.0, 45.0), landmarks.QUERY)
+    found = longer.search(copy, track=5)[0]
+    assert found.offset == pytest.approx(17.5 * 60 + 30.0, abs=0.1) and found.p_false < 1e-3
+    # taken down, two bytes again, as if it had never been there
+    shorter = longer.updated({}, drop=[5])
+    assert shorter.times.dtype == np.uint16 and same_index(shorter, index)
+
+
 def test_a_confirmation_looks_where_the_match_that_measured_its_tempo_lies(tracks, index):
     # a copy played 1.1x as fast, then a minute of other music: the landmarks find it at the tempo
     # the embedding measured where the embedding found it, and nowhere when the embedding's match
