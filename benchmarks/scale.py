@@ -48,7 +48,6 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import torch
 
 from index.vectors import COPY_COSINE, auto_factory, index_ids, min_training_vectors, new_index, split_ids, vector_ids
 
@@ -281,6 +280,8 @@ def masked(prints: np.ndarray, start_s: float, seconds: float, mask: int) -> np.
 def layer_rows(hours: list[float], n_queries: int) -> None:
     """The landmark and Chromaprint indexes of synthetic catalogs of ``hours`` (module docstring)."""
     import tempfile
+
+    import torch
 
     from benchmarks import corpus as C
     from benchmarks.load import full_catalog
