@@ -9,8 +9,8 @@ Each client posts, waits for the answer and posts again. Prints throughput, late
 of the answered checks, and every other outcome: 503 (the queue was full: deliberate) and errors
 (any other status, or a failed connection). The catalog home is built on first use (see
 ``full_catalog``) and shared with ``benchmarks.latency``. ``--shards N --engine ray`` serves the
-catalog in N shards held by Ray actors on a local Ray instance (``--replicas`` each), whose
-resident memory is printed per shard.
+catalog in N shards, each a Ray Serve deployment on a local Ray instance (``--replicas`` replicas
+each), whose resident memory is printed per replica.
 """
 from __future__ import annotations
 
@@ -134,9 +134,10 @@ def running_server(home: Path, **settings):
 
 
 def shard_memory() -> list[float]:
-    """Resident memory (MB) of each process holding a shard (``ShardServer`` actors), by name."""
+    """Resident memory (MB) of each process holding a shard (the Serve replicas of the
+    ``…-shard-K-of-N`` applications), by process title."""
     out = subprocess.run(["ps", "-eo", "rss,args"], capture_output=True, text=True).stdout.splitlines()
-    return sorted(int(line.split()[0]) / 1024 for line in out if "ShardServer" in line)
+    return sorted(int(line.split()[0]) / 1024 for line in out if re.search(r"ServeReplica:\S*-shard-\d+-of-\d+", line))
 
 
 async def load(url: str, key: str, files: list[tuple[str, bytes]], clients: int, seconds: float):

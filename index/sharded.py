@@ -11,17 +11,18 @@ answers as on one process's, so a sharded check returns what an unsharded one re
 pins it on real audio). The layers search the proxies here (``ShardedVectors`` …) as they would
 search their own indexes.
 
-Shards answer in this process (``LocalShards``) or from Ray actors (``RayShards``: each shard
-held by ``replicas`` actors, on a local Ray instance or a cluster); a proxy asks them through a
-``Fanout``, every shard at once. A shard whose actor dies is asked of another replica; with none
-left, the check fails (``Unavailable``: HTTP 503) rather than be decided without it.
+Shards answer in this process (``LocalShards``) or from Ray Serve deployments (``RayShards``:
+each shard held by ``replicas`` replicas, on a local Ray instance or a cluster); a proxy asks
+them through a ``Fanout``, every shard at once. Serve routes around a replica that dies and
+starts another; while a shard has none running, a check fails (``Unavailable``: HTTP 503) rather
+than be decided without it.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import threading
+import time
 from typing import Callable, Protocol
 
 import numpy as np
@@ -85,33 +86,40 @@ class Shard:
 
 
 class ShardServer:
-    """What a Ray actor holds: shard ``number`` of ``count`` of the catalog that ``open_catalog()``
-    opens, cut from its published indexes (read whole while it is cut) and cut again when
-    asked to ``load`` a newer generation; the shard of the generation before stays for the
-    checks that started with it, as the published generation before does for readers."""
+    """What a Ray Serve replica holds: shard ``number`` of ``count`` of the catalog that
+    ``open_catalog()`` opens, cut from its published indexes (read whole while it is cut) when
+    the replica starts and again when asked for a newer generation; the shard of the generation
+    before stays for the checks that started with it, as the published generation before does for
+    readers. Serve calls it from threads of its own (health checks beside questions), so loading
+    is locked."""
 
     def __init__(self, open_catalog: Callable[[], object], number: int, count: int):
         self.catalog, self.number, self.count = open_catalog(), number, count
         self.shards: dict[int, Shard] = {}
+        self._lock = threading.Lock()
+        self.load(0)            # a replica, a new one too after one died, starts with the published generation
 
     def load(self, generation: int) -> dict:
         """Hold the shard of the published generation (at least ``generation``); its sizes."""
         from index.search import LAYERS
 
-        catalog = self.catalog
-        if not self.shards or max(self.shards) < generation:
-            catalog.searcher.forget()
-            current = catalog.vectors.generation
-            self.shards[current] = Shard.of({layer.name: layer.load(catalog) for layer in LAYERS}, self.number,
-                                            self.count)
-            self.shards = {g: self.shards[g] for g in sorted(self.shards)[-2:]}
-            catalog.unload()                  # the whole catalog's indexes: only the shards are kept
-        newest = max(self.shards)
-        shard = self.shards[newest]
+        with self._lock:
+            catalog = self.catalog
+            if not self.shards or max(self.shards) < generation:
+                catalog.searcher.forget()
+                current = catalog.vectors.generation
+                self.shards[current] = Shard.of({layer.name: layer.load(catalog) for layer in LAYERS}, self.number,
+                                                self.count)
+                self.shards = {g: self.shards[g] for g in sorted(self.shards)[-2:]}
+                catalog.unload()                  # the whole catalog's indexes: only the shards are kept
+            newest = max(self.shards)
+            shard = self.shards[newest]
         return {**shard.sizes(), "skimmed": shard.indexes["embedding"].skimmed, "generation": newest,
                 "pid": os.getpid()}
 
     def ask(self, generation: int, method: str, *args):
+        if generation > max(self.shards):       # published since this replica last loaded
+            self.load(generation)
         shard = self.shards.get(generation)
         if shard is None:
             raise Unavailable(f"shard {self.number} of {self.count} no longer holds generation {generation} of the "
@@ -120,34 +128,43 @@ class ShardServer:
 
 
 class RayShards:
-    """``count`` shards on Ray, each held by ``replicas`` actors (``ShardServer``), started on the
-    cluster at ``address`` (None: ``RAY_ADDRESS``, else a local instance of this machine's cores).
-    A question goes to each shard's replicas in turn; a replica that died is not asked again."""
+    """``count`` shards on Ray Serve: each an application (``apps``) of one deployment of
+    ``replicas`` replicas (``ShardServer``), on the cluster at ``address`` (None: ``RAY_ADDRESS``,
+    else a local instance of this machine's cores). Serve routes each question to a live replica
+    and starts a new replica when one dies (``HEALTH_S``); a question whose replica died while
+    answering is asked again. While a shard has no replica running, a check fails
+    (``Unavailable``: HTTP 503) rather than wait for it or be decided without it."""
 
-    def __init__(self, open_catalog: Callable[[], object], count: int, replicas: int = 1, address: str | None = None):
+    HEALTH_S = 2.0              # Serve checks each replica this often, and replaces a dead one
+    POLL_S = 1.0                # a question slower than this: is a replica of its shard still running?
+    LIMIT_S = 120.0             # a shard that takes longer to answer fails the check
+    QUESTIONS = 8               # questions a replica takes at once (more wait in Serve's queue)
+    # Serve answers them on threads, which allocate from the main heap here
+    # (``service.pool.one_malloc_arena``): each on a heap of its own, 4 shards held 1.2-1.8 GB each
+    REPLICA = {"num_cpus": 0, "runtime_env": {"env_vars": {"MALLOC_ARENA_MAX": "1"}}}
+
+    def __init__(self, open_catalog: Callable[[], object], count: int, replicas: int = 1, address: str | None = None,
+                 name: str = "clearance"):
         try:
             import ray
+            from ray import serve
         except ImportError as exc:
-            raise ClearanceError("serving shards on Ray needs Ray installed: pip install 'clearance[ray]'") from exc
+            raise ClearanceError("serving shards on Ray needs Ray Serve installed: pip install 'clearance[ray]'") from exc
 
-        self.ray, self.count = ray, count
+        self.ray, self.serve, self.count = ray, serve, count
         if not ray.is_initialized():
             _start_ray(ray, address or os.environ.get("RAY_ADDRESS") or None)
-        actor = ray.remote(num_cpus=0)(ShardServer)
-        self.replicas = [[actor.remote(open_catalog, k, count) for _ in range(replicas)] for k in range(count)]
-        self._turn = [itertools.count() for _ in range(count)]
-        self._lock = threading.Lock()
+        serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})   # no HTTP: asked by handle
+        deployment = serve.deployment(ShardServer, name="shard", num_replicas=replicas, ray_actor_options=self.REPLICA,
+                                      max_ongoing_requests=self.QUESTIONS, health_check_period_s=self.HEALTH_S)
+        self.apps = [f"{name}-shard-{k}-of-{count}" for k in range(count)]
+        self.handles = serve.run_many([serve.api.RunTarget(deployment.bind(open_catalog, k, count), name=app,
+                                                           route_prefix=None) for k, app in enumerate(self.apps)])
 
     def load(self, generation: int) -> list[dict]:
-        """Every replica holds its shard of ``generation`` (or a newer one); each shard's sizes."""
-        calls = [[(r, r.load.remote(generation)) for r in self._live(k)] for k in range(self.count)]
-        sizes = []
-        for k, asked in enumerate(calls):
-            answers = [a for a in (self._get(k, r, call) for r, call in asked) if a is not None]
-            if not answers:
-                self._live(k)                     # raises: none left
-            sizes.append(answers[0])
-        return sizes
+        """Each shard's sizes, asked of a replica that holds ``generation`` (or a newer one); the
+        others load it when first asked about it."""
+        return self._answers([(k, ("load", generation)) for k in range(self.count)])
 
     def pinned(self, generation: int) -> Fanout:
         """What asks the shards of ``generation``: every question of a check goes to the shards of
@@ -155,45 +172,56 @@ class RayShards:
         return _Pinned(self, generation)
 
     def every(self, generation: int, method: str, *args) -> list:
-        asked = [self._send(k, (generation, method, *args)) for k in range(self.count)]
-        return [self._answer(k, (generation, method, *args), *sent) for k, sent in enumerate(asked)]
+        return self._answers([(k, ("ask", generation, method, *args)) for k in range(self.count)])
 
     def one(self, generation: int, shard: int, method: str, *args):
-        return self._answer(shard, (generation, method, *args), *self._send(shard, (generation, method, *args)))
+        return self._answers([(shard, ("ask", generation, method, *args))])[0]
 
-    def _live(self, shard: int) -> list:
-        with self._lock:
-            live = list(self.replicas[shard])
-        if not live:
-            raise Unavailable(f"shard {shard} of {self.count} of the catalog has no replica left: no check is "
-                              f"decided without it; restart the service to start its replicas again")
-        return live
+    def running(self, shard: int) -> int:
+        """Replicas of ``shard`` that Serve reports running."""
+        app = self.serve.status().applications.get(self.apps[shard])
+        return app.deployments["shard"].replica_states.get("RUNNING", 0) if app else 0
+
+    def close(self) -> None:
+        """Take the shards' applications down (on a cluster they outlive this process)."""
+        for app in self.apps:
+            self.serve.delete(app)
+
+    def _answers(self, questions: list[tuple[int, tuple]]) -> list:
+        """The answers to ``questions`` ((shard, (method, *args)) each), asked at once."""
+        asked = [(k, q, self._send(k, q)) for k, q in questions]
+        try:
+            return [self._answer(k, q, response) for k, q, response in asked]
+        except BaseException:
+            for _, _, response in asked:
+                response.cancel()                 # no one waits for the others' answers any more
+            raise
 
     def _send(self, shard: int, question: tuple):
-        live = self._live(shard)
-        replica = live[next(self._turn[shard]) % len(live)]
-        return replica, replica.ask.remote(*question)
+        method, *args = question
+        return getattr(self.handles[shard], method).remote(*args)
 
-    def _answer(self, shard: int, question: tuple, replica, call):
-        """The answer to ``call``; asked again of another replica where ``replica`` died."""
-        found = self._get(shard, replica, call)
-        return found if found is not None else self._answer(shard, question, *self._send(shard, question))
-
-    def _get(self, shard: int, replica, call):
-        """What ``call`` returned, or None where ``replica`` is gone (then no longer asked)."""
-        try:
-            return self.ray.get(call)
-        except self.ray.exceptions.RayTaskError as exc:        # raised by the shard
-            if isinstance(exc.cause, ClearanceError):
-                raise exc.cause from None
-            raise
-        except (self.ray.exceptions.RayActorError, self.ray.exceptions.ActorUnavailableError):
-            with self._lock:
-                if replica in self.replicas[shard]:
-                    self.replicas[shard].remove(replica)
-                left = len(self.replicas[shard])
-            logging.getLogger(__name__).warning("a replica of shard %d of %d is gone; %d left", shard, self.count, left)
-            return None
+    def _answer(self, shard: int, question: tuple, response):
+        deadline = time.monotonic() + self.LIMIT_S
+        while True:
+            try:
+                return response.result(timeout_s=self.POLL_S)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"shard {shard} of {self.count} of the catalog did not answer within "
+                                      f"{self.LIMIT_S:.0f} s") from None
+                if not self.running(shard):
+                    raise Unavailable(f"shard {shard} of {self.count} of the catalog has no replica running (Ray "
+                                      f"Serve is starting new ones): no check is decided without it; check again "
+                                      f"in a few seconds") from None
+            except self.ray.exceptions.RayTaskError as exc:        # raised by the shard
+                if isinstance(exc.cause, ClearanceError):
+                    raise exc.cause from None
+                raise
+            except self.ray.exceptions.RayActorError:              # its replica died answering: ask another
+                logging.getLogger(__name__).warning("a replica of shard %d of %d died answering; asked again",
+                                                    shard, self.count)
+                response = self._send(shard, question)
 
 
 class _Pinned:

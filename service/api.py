@@ -47,6 +47,7 @@ def create_app(engine: Engine) -> FastAPI:
         yield
         checks_pool.close()
         catalog_pool.close()
+        engine.release()
 
     app = FastAPI(title="Clearance", version="0.1.0", lifespan=lifespan,
                   description="Pre-publish check of generated music against a catalog of recordings. "

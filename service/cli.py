@@ -313,8 +313,8 @@ def _cli_actor() -> Actor:
 @click.option("--shards", type=click.IntRange(min=1), help="search the catalog in this many shards, split by track "
                                                            "[env CLEARANCE_SERVE_SHARDS; default 1: whole]")
 @click.option("--engine", "engine_name", type=click.Choice([e.value for e in IndexEngine]),
-              help="hold the shards in this process or on Ray actors [env CLEARANCE_SERVE_ENGINE; default local]")
-@click.option("--replicas", type=click.IntRange(min=1), help="Ray actors per shard [env CLEARANCE_SERVE_REPLICAS; "
+              help="hold the shards in this process or on Ray Serve [env CLEARANCE_SERVE_ENGINE; default local]")
+@click.option("--replicas", type=click.IntRange(min=1), help="Ray Serve replicas per shard [env CLEARANCE_SERVE_REPLICAS; "
                                                              "default 1]")
 @click.option("--ray-address", help="Ray cluster for --engine ray [env CLEARANCE_RAY_ADDRESS or RAY_ADDRESS; "
                                     "default a local Ray instance]")
@@ -324,9 +324,9 @@ def serve(engine: Engine, host: str, port: int, shards, engine_name, replicas, r
     CLEARANCE_HEADER_TIMEOUT_S of opening or of its previous answer is closed, and one idle
     between requests after 5 s (uvicorn's keep-alive timeout).
 
-    With --engine ray the catalog is searched in --shards shards held by --replicas Ray actors
-    each; a check is decided exactly as the whole catalog decides it, and answered 503 while a
-    shard has no replica left."""
+    With --engine ray the catalog is searched in --shards shards, each a Ray Serve deployment of
+    --replicas replicas; a check is decided exactly as the whole catalog decides it, and answered
+    503 while a shard has no replica running (Serve replaces a replica that dies)."""
     given = {"serve_shards": shards, "serve_engine": engine_name and IndexEngine(engine_name), "serve_replicas": replicas,
              "ray_address": ray_address}
     engine = Engine(engine.settings.model_copy(update={k: v for k, v in given.items() if v is not None}))

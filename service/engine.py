@@ -2,6 +2,7 @@
 and the one place where a check result's JSON shape is made."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -75,10 +76,19 @@ class Engine:
 
     @cached_property
     def ray_shards(self) -> RayShards:
-        """The catalog's shards on Ray (``serve_engine`` 'ray'), one set for every catalog handle
-        of this engine: ``serve_shards`` shards of ``serve_replicas`` actors each."""
+        """The catalog's shards on Ray Serve (``serve_engine`` 'ray'), one set for every catalog
+        handle of this engine: ``serve_shards`` shards of ``serve_replicas`` replicas each, named
+        after the catalog's home (two catalogs can be served from one cluster)."""
         s = self.settings
-        return RayShards(partial(whole_catalog, s), s.serve_shards, s.serve_replicas, s.ray_address)
+        home = hashlib.sha1(str(Path(s.home).resolve()).encode()).hexdigest()[:10]
+        return RayShards(partial(whole_catalog, s), s.serve_shards, s.serve_replicas, s.ray_address,
+                         name=f"clearance-{home}")
+
+    def release(self) -> None:
+        """Take down what this engine started outside its process: the shards' Serve applications."""
+        if "ray_shards" in self.__dict__:
+            self.ray_shards.close()
+            del self.ray_shards
 
     def assess(self, clip: Clip) -> Decision:
         """The decision for a decoded output, with rights as the catalog says now."""
@@ -152,5 +162,5 @@ def result_json(check_id: str, name: str, duration: float, decision: Decision, m
 
 
 def whole_catalog(settings: Settings) -> Catalog:
-    """The catalog of ``settings``, searched whole: what a shard's actor cuts its shard from."""
+    """The catalog of ``settings``, searched whole: what a shard's replica cuts its shard from."""
     return Engine(settings.model_copy(update={"serve_shards": 1, "serve_engine": IndexEngine.local})).catalog

@@ -44,13 +44,14 @@ class Settings(BaseSettings):
     decode_timeout_s: float = Field(60.0, description="wall-clock limit for decoding one file, seconds")
     serve_shards: int = Field(1, ge=1, description="shards the catalog is searched in, split by track; a check "
                                                    "finds exactly what it finds in the whole catalog. 1: searched "
-                                                   "whole; more: each shard held by Ray actors (serve_engine 'ray') "
+                                                   "whole; more: each shard a Ray Serve deployment (serve_engine 'ray') "
                                                    "or cut in the serving process ('local')")
     serve_engine: IndexEngine = Field(IndexEngine.local, description="where the shards are held: 'local' (in the "
-                                                                     "serving process) or 'ray' (Ray actors, on "
+                                                                     "serving process) or 'ray' (Ray Serve, on "
                                                                      "ray_address)")
-    serve_replicas: int = Field(1, ge=1, description="Ray actors holding each shard (serve_engine 'ray'): checks go "
-                                                     "on while one of them is left")
+    serve_replicas: int = Field(1, ge=1, description="Ray Serve replicas holding each shard (serve_engine 'ray'): "
+                                                     "checks go on while one of them runs; Serve replaces one that "
+                                                     "dies")
     check_workers: int = Field(2, ge=1, description="checks run at once by the HTTP service")
     check_queue: int = Field(16, ge=0, description="checks waiting for a worker before the service answers 503")
     catalog_queue: int = Field(4, ge=0, description="catalog uploads waiting for the one catalog writer before the "

@@ -1,6 +1,7 @@
-"""``serve_engine = ray``: a catalog's shards held by Ray actors on a real local Ray instance
-decide every check as the whole catalog does, go on while a shard has a replica left, and fail
-a check (HTTP 503) rather than decide it without a shard."""
+"""``serve_engine = ray``: a catalog's shards as Ray Serve deployments on a real local Ray
+instance decide every check as the whole catalog does, go on while a shard has a replica
+running, fail a check (HTTP 503) rather than decide it without a shard, and are answered again
+once Serve has replaced the replicas that died."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import ray
+from ray import serve
 
 from detector import landmarks
 from detector.audio import Clip, decode
@@ -25,7 +27,15 @@ from service.settings import Settings
 def local_ray(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     yield
+    serve.shutdown()
     ray.shutdown()
+
+
+def replicas(shards, shard: int) -> list:
+    """The replica actors of ``shard`` that Ray knows of now."""
+    prefix = f"SERVE_REPLICA::{shards.apps[shard]}#"
+    return [ray.get_actor(a["name"], namespace=a["namespace"]) for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(prefix)]
 
 
 def test_shards_on_ray_decide_as_one_process_and_a_check_fails_without_a_shard(engine, catalog_home, music, local_ray):
@@ -47,14 +57,21 @@ def test_shards_on_ray_decide_as_one_process_and_a_check_fails_without_a_shard(e
     assert first == want[:1] and [on_ray.assess(c) for c in outputs] == want
 
     shards = on_ray.ray_shards
-    pids = {r: ray.get(r.load.remote(0))["pid"] for k in range(2) for r in shards.replicas[k]}
-    assert len(set(pids.values())) == 4 and os.getpid() not in pids.values()   # four actors, none of them this process
-    ray.kill(shards.replicas[0][0])                  # one replica of shard 0 dies: the other answers
-    assert [on_ray.assess(c) for c in outputs * 2] == want * 2 and len(shards.replicas[0]) == 1
-    ray.kill(shards.replicas[0][0])                  # none left: no decision without the shard
-    with pytest.raises(Unavailable, match="shard 0 of 2 of the catalog has no replica left") as failed:
+    pids = {shards.handles[k].load.remote(0).result()["pid"] for k in range(2) for _ in range(24)}
+    assert len(pids) == 4 and os.getpid() not in pids     # four replicas, none of them this process
+    ray.kill(replicas(shards, 0)[0], no_restart=True)     # one replica of shard 0 dies: the other answers
+    assert [on_ray.assess(c) for c in outputs * 2] == want * 2
+    for replica in replicas(shards, 0):                   # none left: no decision without the shard
+        ray.kill(replica, no_restart=True)
+    with pytest.raises(Unavailable, match="shard 0 of 2 of the catalog has no replica running") as failed:
         on_ray.assess(outputs[0])
     assert status_of(failed.value)[0] == 503
+    deadline = time.monotonic() + 120                     # Serve starts new replicas: checks are answered again
+    while shards.running(0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert shards.running(0) == 2 and [on_ray.assess(c) for c in outputs] == want
+    on_ray.release()                                      # the shards' applications are taken down
+    assert not replicas(shards, 0) and not replicas(shards, 1)
 
 
 
