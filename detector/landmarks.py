@@ -75,6 +75,7 @@ TEXTURE_CELLS = 31                # offset cells (~2 s) either side where a text
 NEAR_S = 1.0                      # how far from a given alignment (``search``'s ``near``) a confirmation looks
 CALIBRATION = "landmarks.calibration.json"
 CONFIRM_CALIBRATION = "landmarks.confirm.calibration.json"   # the null of a confirmation's evidence
+COUNTS_FILE = "landmarks-catalog-counts.npy"                  # a shard's: each hash's pairs in the whole catalog
 
 
 def peaks(clip: Clip, picking: Picking = CATALOG) -> np.ndarray:
@@ -199,10 +200,19 @@ class LandmarkIndex(saved.SavedArrays):
                                else np.diff(self.starts).astype(np.int32))
         return part
 
+    def save(self, folder: Path) -> None:
+        """Write the index to ``folder``; a shard (``shard``), with the whole index's counts."""
+        super().save(folder)
+        if self.catalog_counts is not None:
+            np.save(folder / COUNTS_FILE, self.catalog_counts)
+
     @classmethod
     def open(cls, folder: Path, calibration: Calibration | None = None) -> "LandmarkIndex":
-        """The index ``save`` wrote to ``folder``, its pairs memory-mapped."""
-        return super().open(folder, calibration=calibration)
+        """The index ``save`` wrote to ``folder``, its pairs (and a shard's counts) memory-mapped."""
+        index = super().open(folder, calibration=calibration)
+        if (folder / COUNTS_FILE).exists():
+            index.catalog_counts = np.asarray(np.load(folder / COUNTS_FILE, mmap_mode="r"))
+        return index
 
     def updated(self, prints: dict[int, np.ndarray], drop: list[int] = ()) -> "LandmarkIndex":
         """A new index in memory: this one without the tracks ``drop``, with the tracks of

@@ -105,8 +105,9 @@ class Catalog:
     ``home/vectors`` (shards, for retraining and rebuilding the index)."""
 
     def __init__(self, home: str | Path, store: Store, embedder: Embedder, calibration: Calibration,
-                 factory: str = AUTO, limits: DecodeLimits = DecodeLimits(), nprobe: int = 32):
+                 factory: str = AUTO, limits: DecodeLimits = DecodeLimits(), nprobe: int = 32, serve_shards: int = 1):
         self.home = Path(home)
+        self.serve_shards = serve_shards      # each publish also saves the catalog in this many shards, if over 1
         self.home.mkdir(parents=True, exist_ok=True)
         self.store = store
         self.embedder = embedder
@@ -192,7 +193,8 @@ class Catalog:
         silent = [k for k, t in rows.items() if t.state is TrackState.pending and t.vectors == 0]
         if stray or lost:
             vectors.remove(stray + lost)
-            vectors.save(write_indexes(self.store, vectors.folder, added=adopt + silent, dropped=stray + lost))
+            vectors.save(write_indexes(self.store, vectors.folder, added=adopt + silent, dropped=stray + lost,
+                                       cut=(vectors, self.serve_shards)))
         self.store.delete(lost)
         self.store.mark_indexed(adopt + silent)
 
@@ -312,7 +314,7 @@ class Catalog:
         t0 = time.perf_counter()
         if batch.ids:
             self.shards.write(np.concatenate(batch.ids), np.concatenate(batch.vectors), self.embedder.version)
-        vectors.save(write_indexes(self.store, vectors.folder, added=batch.keys))
+        vectors.save(write_indexes(self.store, vectors.folder, added=batch.keys, cut=(vectors, self.serve_shards)))
         self.store.mark_indexed(batch.keys)
         batch.clear()
         self._published()
@@ -332,7 +334,8 @@ class Catalog:
         keys = np.asarray([t.id for t in found], np.int64)
         with self.writing() as vectors:
             vectors.remove(keys.tolist())
-            vectors.save(write_indexes(self.store, vectors.folder, dropped=keys.tolist()))
+            vectors.save(write_indexes(self.store, vectors.folder, dropped=keys.tolist(),
+                                       cut=(vectors, self.serve_shards)))
             self.store.delete(keys.tolist())
             self._published()
             self.shards.purge(self.embedder.dim, lambda ids, model: ~np.isin(split_ids(ids)[0], keys))

@@ -102,7 +102,7 @@ def rebuild_locked(catalog: Catalog, workers: int, engine: str, ray_address: str
     # model) is refused until a rebuild, which finds every vector in the shards just written
     catalog.store.set_vectors({k: n for k, n in counts.items() if rows[k].model != model or rows[k].vectors != n},
                               model)
-    new.save(write_indexes(catalog.store, None))      # the landmark peaks of some tracks were taken again
+    new.save(write_indexes(catalog.store, None, cut=(new, catalog.serve_shards)))   # some landmark peaks were taken again
     for p in before:
         if p not in written:
             p.unlink(missing_ok=True)

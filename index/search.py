@@ -21,7 +21,7 @@ from index.layers.chromaprint import ChromaprintLayer
 from index.layers.embedding import EmbeddingLayer
 from index.layers.landmarks import LandmarkLayer
 from index.layers.version import VersionLayer
-from index.vectors import IndexInfo, published_meta
+from index.vectors import IndexInfo, VectorIndex, published_meta
 
 if TYPE_CHECKING:
     from index.catalog import Catalog
@@ -31,14 +31,18 @@ LAYERS: tuple[Layer, ...] = (EmbeddingLayer(), ChromaprintLayer(), LandmarkLayer
 LAYER = {layer.name: layer for layer in LAYERS}
 
 
-def write_indexes(store: Store, published: Path | None, added: list[int] = (),
-                  dropped: list[int] = ()) -> Callable[[Path], None]:
+def write_indexes(store: Store, published: Path | None, added: list[int] = (), dropped: list[int] = (),
+                  cut: tuple[VectorIndex, int] | None = None) -> Callable[[Path], None]:
     """What ``VectorIndex.save`` calls with its next generation's folder: every layer writes its
     index of the tracks there (``Layer.write``): those of the ``published`` generation (None:
-    every layer's built again from the database) with ``added``, less ``dropped``."""
+    every layer's built again from the database) with ``added``, less ``dropped``. With ``cut``
+    (the vector index being saved, and a shard count over 1), the generation is also saved in
+    that many shards (``sharded.write_shards``), for the replicas that serve them."""
     def write(folder: Path) -> None:
         for layer in LAYERS:
             layer.write(store, published, folder, added, dropped)
+        if cut is not None and cut[1] > 1:
+            sharded.write_shards(folder, *cut)
     return write
 
 

@@ -23,13 +23,15 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 
 from detector import chromaprint, landmarks, version
 from detector.errors import ClearanceError, Unavailable
-from index.vectors import Candidates, IndexInfo, VectorIndex, nearest, split_ids
+from index.layers import SavedLayer
+from index.vectors import Candidates, IndexInfo, VectorIndex, generation_folder, nearest, published_meta, split_ids
 
 
 class Fanout(Protocol):
@@ -63,6 +65,22 @@ class Shard:
                                    "landmark": indexes["landmark"].shard(others),
                                    "version": indexes["version"].updated({}, others)})
 
+    def save(self, folder: Path) -> None:
+        """Write every layer's index of the shard into ``folder`` (``open`` reads it)."""
+        self.indexes["embedding"].save_part(folder)
+        for name in ("chromaprint", "landmark", "version"):
+            self.indexes[name].save(folder)
+
+    @classmethod
+    def open(cls, folder: Path, number: int, count: int, root: Path, info: IndexInfo, generation: int,
+             nprobe: int) -> "Shard":
+        """The shard ``save`` wrote into ``folder``, of generation ``generation`` of the index at
+        ``root``: its vectors in memory, the other layers' indexes memory-mapped."""
+        return cls(number, count, {"embedding": VectorIndex.open_part(folder, root, info, generation, nprobe),
+                                   "chromaprint": chromaprint.ChromaIndex.open(folder),
+                                   "landmark": landmarks.LandmarkIndex.open(folder),
+                                   "version": version.VersionIndex.open(folder)})
+
     def sizes(self) -> dict[str, int]:
         return {name: len(index) if name != "embedding" else index.size for name, index in self.indexes.items()}
 
@@ -87,8 +105,9 @@ class Shard:
 
 class ShardServer:
     """What a Ray Serve replica holds: shard ``number`` of ``count`` of the catalog that
-    ``open_catalog()`` opens, cut from its published indexes (read whole while it is cut) when
-    the replica starts and again when asked for a newer generation; the shard of the generation
+    ``open_catalog()`` opens, as its publish saved it (``write_shards``) or else cut from its
+    published indexes (read whole while it is cut), when the replica starts and again when asked
+    for a newer generation; the shard of the generation
     before stays for the checks that started with it, as the published generation before does for
     readers. Serve calls it from threads of its own (health checks beside questions), so loading
     is locked."""
@@ -101,21 +120,43 @@ class ShardServer:
 
     def load(self, generation: int) -> dict:
         """Hold the shard of the published generation (at least ``generation``); its sizes."""
-        from index.search import LAYERS
-
         with self._lock:
-            catalog = self.catalog
             if not self.shards or max(self.shards) < generation:
-                catalog.searcher.forget()
-                current = catalog.vectors.generation
-                self.shards[current] = Shard.of({layer.name: layer.load(catalog) for layer in LAYERS}, self.number,
-                                                self.count)
+                current, shard = self._saved() or self._cut()
+                self.shards[current] = shard
                 self.shards = {g: self.shards[g] for g in sorted(self.shards)[-2:]}
-                catalog.unload()                  # the whole catalog's indexes: only the shards are kept
             newest = max(self.shards)
             shard = self.shards[newest]
         return {**shard.sizes(), "skimmed": shard.indexes["embedding"].skimmed, "generation": newest,
                 "pid": os.getpid()}
+
+    def _saved(self) -> tuple[int, Shard] | None:
+        """The published generation and this shard of it, as its publish wrote it
+        (``write_shards``); None where it did not, or for another model's vectors."""
+        catalog = self.catalog
+        root = catalog.home / "index"
+        meta = published_meta(root)
+        if meta is None or meta["model"] != catalog.embedder.version:
+            return None
+        folder = shard_folder(generation_folder(root, meta["generation"]), self.number, self.count)
+        info = IndexInfo(meta["model"], meta["dim"], meta["hop_s"], meta["factory"], meta.get("recall", 1.0))
+        try:
+            shard = Shard.open(folder, self.number, self.count, root, info, meta["generation"], catalog.nprobe)
+        except (OSError, RuntimeError):         # none written; or a later publish removed the generation
+            return None
+        return (meta["generation"], shard) if shard.indexes["version"].current else None
+
+    def _cut(self) -> tuple[int, Shard]:
+        """The published generation and this shard, cut from the whole catalog's indexes (read
+        whole while it is cut)."""
+        from index.search import LAYERS
+
+        catalog = self.catalog
+        catalog.searcher.forget()
+        current = catalog.vectors.generation
+        shard = Shard.of({layer.name: layer.load(catalog) for layer in LAYERS}, self.number, self.count)
+        catalog.unload()                  # the whole catalog's indexes: only the shard is kept
+        return current, shard
 
     def ask(self, generation: int, method: str, *args):
         if generation > max(self.shards):       # published since this replica last loaded
@@ -125,6 +166,26 @@ class ShardServer:
             raise Unavailable(f"shard {self.number} of {self.count} no longer holds generation {generation} of the "
                               f"catalog, published over twice during this check: check again")
         return getattr(shard, method)(*args)
+
+
+def shard_folder(folder: Path, number: int, count: int) -> Path:
+    """Where shard ``number`` of ``count`` of the generation in ``folder`` is saved."""
+    return folder / f"shards-{count}" / str(number)
+
+
+def write_shards(folder: Path, vectors: VectorIndex, count: int) -> None:
+    """Cut the generation being published in ``folder`` (``vectors``, being saved, and every other
+    layer's index as just written there) into ``count`` shards, each saved in its
+    ``shard_folder``: a replica opens its shard there instead of reading the whole catalog to cut
+    it. Holds the whole vector index (held already) and one shard at a time."""
+    from index.search import LAYERS
+
+    whole = {layer.name: layer.index_type.open(folder) for layer in LAYERS if isinstance(layer, SavedLayer)}
+    whole["embedding"] = vectors.as_saved(folder)
+    for k in range(count):
+        part = shard_folder(folder, k, count)
+        part.mkdir(parents=True)
+        Shard.of(whole, k, count).save(part)
 
 
 class RayShards:

@@ -18,6 +18,7 @@ half of one.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -179,7 +180,7 @@ class VectorIndex:
             raise IndexMismatch(f"index at {root} holds vectors of model {info.model} ({info.dim}-d, every "
                                 f"{info.hop_s:g} s); the loaded model is {model} ({dim}-d, every {hop_s:g} s): "
                                 "rebuild the index with `clearance index --rebuild`")
-        folder = root / f"gen-{meta['generation']:06d}"
+        folder = generation_folder(root, meta["generation"])
         index = faiss.read_index(str(folder / "vectors.faiss"))
         skim = faiss.read_index(str(folder / "skim.faiss")) if (folder / "skim.faiss").exists() else None
         return cls(root, info, index, meta["generation"], nprobe, skim)
@@ -248,6 +249,34 @@ class VectorIndex:
             skim.remove_ids(faiss.IDSelectorBatch(np.flatnonzero(gone).astype(np.int64)))
             part._use_skim(skim)
             part._skim_rows = np.flatnonzero(~gone) if self._skim_rows is None else self._skim_rows[~gone]
+        return part
+
+    def as_saved(self, folder: Path) -> "VectorIndex":
+        """This index as ``save`` is writing it into ``folder`` (the next generation), with the skim
+        written there: a shallow copy, the same FAISS index."""
+        saved = copy.copy(self)
+        skim = folder / "skim.faiss"
+        saved._use_skim(faiss.read_index(str(skim)) if skim.exists() else None)
+        saved.generation = self.generation + 1
+        return saved
+
+    def save_part(self, folder: Path) -> None:
+        """Write this shard of an index (``without``) into ``folder``: its vectors, its skim and the
+        rows of the whole index that the skim names (``open_part`` reads them)."""
+        faiss.write_index(self.index, str(folder / "vectors.faiss"))
+        if self._skim is not None:
+            faiss.write_index(self._skim, str(folder / "skim.faiss"))
+            np.save(folder / "skim-rows.npy", self._skim_rows)
+
+    @classmethod
+    def open_part(cls, folder: Path, root: Path, info: IndexInfo, generation: int, nprobe: int = 32) -> "VectorIndex":
+        """The shard ``save_part`` wrote into ``folder``, of generation ``generation`` of the index
+        at ``root``."""
+        skim = folder / "skim.faiss"
+        part = cls(root, info, faiss.read_index(str(folder / "vectors.faiss")), generation, nprobe,
+                   faiss.read_index(str(skim)) if skim.exists() else None)
+        if skim.exists():
+            part._skim_rows = np.load(folder / "skim-rows.npy")
         return part
 
     def tracks(self) -> dict[int, int]:
@@ -319,14 +348,14 @@ class VectorIndex:
     def folder(self) -> Path | None:
         """The published generation's folder, where the other layers' indexes lie beside the
         vectors (``save``'s ``beside``); None before the first publish."""
-        return self.root / f"gen-{self.generation:06d}" if self.generation else None
+        return generation_folder(self.root, self.generation) if self.generation else None
 
     def save(self, beside: Callable[[Path], None] | None = None) -> None:
         """Publish the in-memory index as a new generation, atomically; ``beside(folder)`` writes
         the other layers' indexes of the same tracks into the new generation's folder first."""
         self.root.mkdir(parents=True, exist_ok=True)
         gen = self.generation + 1
-        name = f"gen-{gen:06d}"
+        name = generation_folder(self.root, gen).name
         tmp = self.root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -346,7 +375,7 @@ class VectorIndex:
         os.replace(tmp, self.root / name)
         publish_pointer(self.root / "CURRENT", name)
         # the previous generation stays for readers that read CURRENT just before the swap
-        keep = {name, f"gen-{self.generation:06d}"}
+        keep = {name, generation_folder(self.root, self.generation).name}
         self.generation = gen
         self._use_skim(skim)
         for old in self.root.glob("gen-*"):
@@ -356,6 +385,11 @@ class VectorIndex:
     def set_recall(self, recall: float) -> None:
         """Record the recall measured for this index (``measure_recall``); saved with it."""
         self.info = IndexInfo(self.info.model, self.info.dim, self.info.hop_s, self.info.factory, recall)
+
+
+def generation_folder(root: Path, generation: int) -> Path:
+    """Where generation ``generation`` of the index at ``root`` lies, with every layer's index."""
+    return Path(root) / f"gen-{generation:06d}"
 
 
 class Candidates(NamedTuple):
@@ -461,8 +495,11 @@ def publish_pointer(pointer: Path, target: str) -> None:
 
 
 def fsync_tree(folder: Path) -> None:
-    """fsync every file in ``folder``, then the folder itself."""
+    """fsync every file in ``folder`` and in the folders under it, then each folder itself."""
     for f in folder.iterdir():
+        if f.is_dir():
+            fsync_tree(f)
+            continue
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     fsync_dir(folder)

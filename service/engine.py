@@ -67,7 +67,7 @@ class Engine:
         is being changed; they load the new one once it is published."""
         s = self.settings
         catalog = Catalog(s.home, self.store, self.embedder, self.calibration, factory=s.index_factory,
-                          limits=self.limits(s.max_reference_s), nprobe=s.index_nprobe)
+                          limits=self.limits(s.max_reference_s), nprobe=s.index_nprobe, serve_shards=s.serve_shards)
         if s.serve_engine is IndexEngine.ray:
             catalog.searcher = Searcher(catalog, s.serve_shards, self.ray_shards)
         elif s.serve_shards > 1:

@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     serve_shards: int = Field(1, ge=1, description="shards the catalog is searched in, split by track; a check "
                                                    "finds exactly what it finds in the whole catalog. 1: searched "
                                                    "whole; more: each shard a Ray Serve deployment (serve_engine 'ray') "
-                                                   "or cut in the serving process ('local')")
+                                                   "or cut in the serving process ('local'); each publish then also "
+                                                   "saves the catalog in that many shards, which the Ray replicas "
+                                                   "open")
     serve_engine: IndexEngine = Field(IndexEngine.local, description="where the shards are held: 'local' (in the "
                                                                      "serving process) or 'ray' (Ray Serve, on "
                                                                      "ray_address)")
