@@ -5,12 +5,12 @@
                               [--shards 1] [--engine local|ray] [--replicas 1]
                               [--home ~/.cache/clearance/bench-service-home]
 
-Each client posts, waits for the answer and posts again. Prints throughput, latency percentiles
-of the answered checks, and every other outcome: 503 (the queue was full: deliberate) and errors
-(any other status, or a failed connection). The catalog home is built on first use (see
-``full_catalog``) and shared with ``benchmarks.latency``. ``--shards N --engine ray`` serves the
-catalog in N shards, each a Ray Serve deployment on a local Ray instance (``--replicas`` replicas
-each), whose resident memory is printed per replica.
+Each client posts, waits for the answer and posts again. Prints how long the server took to be
+ready, throughput, latency percentiles of the answered checks, and every other outcome: 503 (the
+queue was full: deliberate) and errors (any other status, or a failed connection). The catalog
+home is built on first use (see ``full_catalog``) and shared with ``benchmarks.latency``.
+``--shards N --engine ray`` serves the catalog in N shards, each a Ray Serve deployment on a
+local Ray instance (``--replicas`` replicas each), whose resident memory is printed per replica.
 """
 from __future__ import annotations
 
@@ -191,8 +191,10 @@ def main(argv=None) -> None:
     vectors = engine.catalog.vectors
     n_tracks = len(vectors.tracks())
     files = outputs(args.outputs)
+    t0 = time.perf_counter()
     with running_server(args.home, check_workers=args.workers, check_queue=args.queue, serve_shards=args.shards,
                         serve_engine=args.engine, serve_replicas=args.replicas) as (url, key):
+        ready_s = time.perf_counter() - t0
         latencies, outcomes, wall = asyncio.run(load(url, key, files, args.clients, args.seconds))
         refused = re.search(r'^clearance_pool_refused_total\{pool="checks"\} (\S+)$', httpx.get(f"{url}/metrics").text,
                             re.M).group(1)
@@ -206,6 +208,7 @@ def main(argv=None) -> None:
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"catalog: {n_tracks} tracks, {vectors.size:,} vectors ({vectors.info.factory}); "
           f"outputs: {len(files)} × {OUTPUT_S:.0f} s MP3 (44.1 kHz stereo, 192 kbps)")
+    print(f"{'server ready after':<26}{ready_s:.1f} s  (from its start to /readyz answering 200)")
     print(f"{'requests':<26}{sum(outcomes.values())}")
     print(f"{'answered 200':<26}{answered}  ({answered / wall:.2f} checks/s over {wall:.1f} s)")
     print(f"{'refused 503 (queue full)':<26}{outcomes['503']}  (server counted {float(refused):.0f})")
