@@ -215,6 +215,7 @@ class RayShards:
         self.ray, self.serve, self.count = ray, serve, count
         if not ray.is_initialized():
             _start_ray(ray, address or os.environ.get("RAY_ADDRESS") or None)
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)     # its notes on starting, here
         serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})   # no HTTP: asked by handle
         deployment = serve.deployment(ShardServer, name="shard", num_replicas=replicas, ray_actor_options=self.REPLICA,
                                       max_ongoing_requests=self.QUESTIONS, health_check_period_s=self.HEALTH_S)

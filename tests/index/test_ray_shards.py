@@ -91,3 +91,10 @@ def test_a_check_keeps_the_shards_it_started_with_while_a_takedown_is_published(
     _, ids = started["embedding"].search(on_ray.embedder.embed(copy, hop_s=0.25).vectors[:8], 8)
     assert (ids[:, 0] >> 22 == key).all()
     assert started["landmark"].search(landmarks.peaks(copy, landmarks.QUERY))[0].track == key
+    # once a second publish has reached the shards, its generation is gone: 503, never an answer of another
+    writer = Engine(Settings(home=home))
+    writer.catalog.remove([next(t.external_id for t in writer.store.list_tracks())])
+    assert on_ray.assess(copy).verdict.name == "allow"                # the shards hold the newest two
+    with pytest.raises(Unavailable, match="published over twice during this check") as failed:
+        started["landmark"].search(landmarks.peaks(copy, landmarks.QUERY))
+    assert status_of(failed.value)[0] == 503
