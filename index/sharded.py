@@ -299,6 +299,9 @@ class _Pinned:
         return self.shards.one(self.generation, shard, method, *args)
 
 
+RAY_START_S = 60.0              # longest wait for a Ray cluster to answer, or a local instance to start
+
+
 def _start_ray(ray, address: str | None) -> None:
     """Connect to the Ray cluster at ``address``, or start a local instance, from a thread that
     lives as long as this process: the processes of a local instance are killed when the thread
@@ -319,9 +322,12 @@ def _start_ray(ray, address: str | None) -> None:
         threading.Event().wait()
 
     threading.Thread(target=keep, name="clearance-ray", daemon=True).start()
-    done.wait()
+    where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+    if not done.wait(RAY_START_S):      # ray.init retries an address that does not answer for ever
+        raise ClearanceError(f"{where} did not answer within {RAY_START_S:.0f} s: check --ray-address (or "
+                             f"CLEARANCE_RAY_ADDRESS, RAY_ADDRESS) and that `ray start --head` runs there")
     if failed:
-        raise failed[0]
+        raise ClearanceError(f"{where} could not be reached: {failed[0]}") from failed[0]
 
 
 class LocalShards:
