@@ -31,6 +31,7 @@ import numpy as np
 from detector import chromaprint, landmarks, version
 from detector.errors import ClearanceError, Unavailable
 from index.layers import SavedLayer
+from index.pipeline import ray_reachable
 from index.vectors import Candidates, IndexInfo, VectorIndex, generation_folder, nearest, published_meta, split_ids
 
 
@@ -214,7 +215,9 @@ class RayShards:
 
         self.ray, self.serve, self.count = ray, serve, count
         if not ray.is_initialized():
-            _start_ray(ray, address or os.environ.get("RAY_ADDRESS") or None)
+            address = address or os.environ.get("RAY_ADDRESS") or None
+            ray_reachable(address)
+            _start_ray(ray, address)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)     # its notes on starting, here
         serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})   # no HTTP: asked by handle
         deployment = serve.deployment(ShardServer, name="shard", num_replicas=replicas, ray_actor_options=self.REPLICA,
@@ -323,7 +326,7 @@ def _start_ray(ray, address: str | None) -> None:
 
     threading.Thread(target=keep, name="clearance-ray", daemon=True).start()
     where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-    if not done.wait(RAY_START_S):      # ray.init retries an address that does not answer for ever
+    if not done.wait(RAY_START_S):      # ray.init retries an address that takes connections but not Ray's
         raise ClearanceError(f"{where} did not answer within {RAY_START_S:.0f} s: check --ray-address (or "
                              f"CLEARANCE_RAY_ADDRESS, RAY_ADDRESS) and that `ray start --head` runs there")
     if failed:

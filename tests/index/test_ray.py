@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 
 import numpy as np
@@ -51,3 +52,13 @@ def stored_vectors(catalog, embedder) -> dict[tuple[str, int], np.ndarray]:
     names = {t.id: t.external_id for t in catalog.store.list_tracks()}
     return {(names[int(i) >> 22], int(i) & 0x3FFFFF): v
             for sh in catalog.shards.iter(embedder.version, embedder.dim) for i, v in zip(sh.ids, sh.vectors)}
+
+
+def test_a_ray_address_that_refuses_connections_stops_the_job_with_the_reason(excerpts, tmp_path):
+    with socket.socket() as closed:              # ray.init retried such an address for ever, silently
+        closed.bind(("127.0.0.1", 0))
+        address = "127.0.0.1:%d" % closed.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"CLEARANCE_HOME": str(tmp_path / "home")}
+    r = subprocess.run([*CLEARANCE, "index", str(sorted(excerpts.iterdir())[0]), "--rights", "protected", "--engine",
+                        "ray", "--ray-address", address], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode != 0 and f"no Ray cluster answers at {address}" in r.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -104,10 +105,21 @@ def test_a_check_keeps_the_shards_it_started_with_while_a_takedown_is_published(
 
 def test_a_ray_address_that_does_not_answer_stops_the_service_with_the_reason(tmp_path):
     # ray.init retries such an address for ever: the service waited, silent, and ignored SIGTERM
-    run = subprocess.run(
-        [sys.executable, "-c", "import sys, index.sharded as s; s.RAY_START_S = 5; from service.cli import main; "
-                               "main(sys.argv[1:])", "--home", str(tmp_path), "serve", "--engine", "ray", "--shards",
-         "2", "--ray-address", "127.0.0.1:9", "--port", "0"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""})
-    assert run.returncode != 0
-    assert "the Ray cluster at 127.0.0.1:9 did not answer within 5 s: check --ray-address" in run.stdout + run.stderr
+    def serve(address: str) -> str:
+        run = subprocess.run(
+            [sys.executable, "-c", "import sys, index.sharded as s; s.RAY_START_S = 5; from service.cli import main; "
+                                   "main(sys.argv[1:])", "--home", str(tmp_path), "serve", "--engine", "ray",
+             "--shards", "2", "--ray-address", address, "--port", "0"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""})
+        assert run.returncode != 0
+        return run.stdout + run.stderr
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in serve(f"127.0.0.1:{port}")
+    with socket.socket() as mute:                          # takes connections, never speaks Ray
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        address = "127.0.0.1:%d" % mute.getsockname()[1]
+        assert f"the Ray cluster at {address} did not answer within 5 s: check --ray-address" in serve(address)
