@@ -108,10 +108,9 @@ class ShardServer:
     """What a Ray Serve replica holds: shard ``number`` of ``count`` of the catalog that
     ``open_catalog()`` opens, as its publish saved it (``write_shards``) or else cut from its
     published indexes (read whole while it is cut), when the replica starts and again when asked
-    for a newer generation; the shard of the generation
-    before stays for the checks that started with it, as the published generation before does for
-    readers. Serve calls it from threads of its own (health checks beside questions), so loading
-    is locked."""
+    for a newer generation; the shard of the generation before stays for the checks that started
+    with it, as the published generation before does for readers. Serve calls it from threads of
+    its own (health checks beside questions), so loading is locked."""
 
     def __init__(self, open_catalog: Callable[[], object], number: int, count: int):
         self.catalog, self.number, self.count = open_catalog(), number, count
@@ -267,14 +266,16 @@ class RayShards:
         return getattr(self.handles[shard], method).remote(*args)
 
     def _answer(self, shard: int, question: tuple, response):
+        """The answer to ``question``, sent as ``response``: asked again where its replica died
+        answering; ``Unavailable`` once its shard has no replica running or ``LIMIT_S`` passed."""
         deadline = time.monotonic() + self.LIMIT_S
         while True:
+            if time.monotonic() > deadline:
+                raise Unavailable(f"shard {shard} of {self.count} of the catalog did not answer within "
+                                  f"{self.LIMIT_S:.0f} s")
             try:
                 return response.result(timeout_s=self.POLL_S)
             except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise Unavailable(f"shard {shard} of {self.count} of the catalog did not answer within "
-                                      f"{self.LIMIT_S:.0f} s") from None
                 if not self.running(shard):
                     raise Unavailable(f"shard {shard} of {self.count} of the catalog has no replica running (Ray "
                                       f"Serve is starting new ones): no check is decided without it; check again "
