@@ -207,11 +207,12 @@ class LandmarkIndex(saved.SavedArrays):
             np.save(folder / COUNTS_FILE, self.catalog_counts)
 
     @classmethod
-    def open(cls, folder: Path, calibration: Calibration | None = None) -> "LandmarkIndex":
-        """The index ``save`` wrote to ``folder``, its pairs (and a shard's counts) memory-mapped."""
-        index = super().open(folder, calibration=calibration)
+    def open(cls, folder: Path, calibration: Calibration | None = None, mapped: bool = True) -> "LandmarkIndex":
+        """The index ``save`` wrote to ``folder``, its pairs (and a shard's counts) memory-mapped
+        (``mapped``; else read into memory)."""
+        index = super().open(folder, mapped, calibration=calibration)
         if (folder / COUNTS_FILE).exists():
-            index.catalog_counts = np.asarray(np.load(folder / COUNTS_FILE, mmap_mode="r"))
+            index.catalog_counts = np.asarray(np.load(folder / COUNTS_FILE, mmap_mode="r" if mapped else None))
         return index
 
     def updated(self, prints: dict[int, np.ndarray], drop: list[int] = ()) -> "LandmarkIndex":

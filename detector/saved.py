@@ -31,12 +31,13 @@ class SavedArrays:
             np.save(self._path(folder, name), np.ascontiguousarray(getattr(self, name)))
 
     @classmethod
-    def open(cls, folder: Path, **kwargs):
-        """The index ``save`` wrote to ``folder``, memory-mapped (``kwargs`` go to ``_use``): its
-        arrays are plain arrays over the mapped files, so what a search computes from them is no
-        ``memmap``."""
+    def open(cls, folder: Path, mapped: bool = True, **kwargs):
+        """The index ``save`` wrote to ``folder``, memory-mapped (``mapped``; else read into
+        memory; ``kwargs`` go to ``_use``): its arrays are plain arrays over the mapped files, so
+        what a search computes from them is no ``memmap``."""
         index = cls.__new__(cls)
-        ids, *rest = (np.asarray(np.load(cls._path(folder, name), mmap_mode="r")) for name in cls.arrays)
+        ids, *rest = (np.asarray(np.load(cls._path(folder, name), mmap_mode="r" if mapped else None))
+                      for name in cls.arrays)
         index._use(np.array(ids), *rest, **kwargs)
         return index
 
