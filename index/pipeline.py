@@ -365,25 +365,27 @@ def _ray_fingerprints(ray, new: list[Source], fingerprinter: Fingerprinter, work
                           StageTimes(*(float(row[f.name]) for f in fields(StageTimes))))
 
 
-def ray_reachable(address: str | None) -> None:
-    """Raise ``ClearanceError`` where ``address`` (``host:port`` of a Ray head) refuses a
-    connection or does not take one within a few seconds: ``ray.init`` would retry it for ever,
-    silently. Client addresses (``ray://``) and ``auto`` are left to Ray."""
+def ray_address(address: str | None) -> str | None:
+    """The Ray cluster to join: ``address``, else ``RAY_ADDRESS``; None: start a local instance.
+    ``ClearanceError`` where it (``host:port`` of a Ray head) refuses a connection or does not
+    take one within a few seconds: ``ray.init`` would retry it for ever, silently. Client
+    addresses (``ray://``) and ``auto`` are left to Ray."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if not address or "://" in address or ":" not in address:
-        return
+        return address
     host, _, port = address.rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except (OSError, ValueError) as exc:
         raise ClearanceError(f"no Ray cluster answers at {address} ({exc}): check --ray-address (or "
                              f"CLEARANCE_RAY_ADDRESS, RAY_ADDRESS) and that `ray start --head` runs there") from None
+    return address
 
 
 def _ray_init(ray, workers: int, address: str | None) -> None:
     import logging
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    ray_reachable(address)
+    address = ray_address(address)
     local = {} if address else {"num_cpus": max(workers, 1), "object_store_memory": 256 * 2 ** 20}
     # the model travels to each actor through the object store; Ray's core warns about that at
     # error level although the driver keeps it alive for the whole job

@@ -91,7 +91,7 @@ class Searcher:
         generation = meta["generation"] if meta else 0
         if not self._indexes or self._generation < generation:
             sizes = self.ray.load(generation)
-            info = IndexInfo(meta["model"], meta["dim"], meta["hop_s"], meta["factory"]) if meta else \
+            info = IndexInfo.published(meta) if meta else \
                 IndexInfo(self.catalog.embedder.version, self.catalog.embedder.dim, self.catalog.embedder.ref_hop_s, "Flat")
             self._generation = min(s["generation"] for s in sizes)
             self._indexes = sharded.proxies(self.ray.pinned(self._generation), sizes, info, sizes[0]["skimmed"],

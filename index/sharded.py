@@ -31,7 +31,7 @@ import numpy as np
 from detector import chromaprint, landmarks, version
 from detector.errors import ClearanceError, Unavailable
 from index.layers import SavedLayer
-from index.pipeline import ray_reachable
+from index.pipeline import ray_address
 from index.vectors import Candidates, IndexInfo, VectorIndex, generation_folder, nearest, published_meta, split_ids
 
 
@@ -144,7 +144,7 @@ class ShardServer:
         if meta is None or meta["model"] != catalog.embedder.version:
             return None
         folder = shard_folder(generation_folder(root, meta["generation"]), self.number, self.count)
-        info = IndexInfo(meta["model"], meta["dim"], meta["hop_s"], meta["factory"], meta.get("recall", 1.0))
+        info = IndexInfo.published(meta)
         try:
             shard = Shard.open(folder, self.number, self.count, root, info, meta["generation"], catalog.nprobe)
         except (OSError, RuntimeError):         # none written; or a later publish removed the generation
@@ -219,9 +219,7 @@ class RayShards:
 
         self.ray, self.serve, self.count = ray, serve, count
         if not ray.is_initialized():
-            address = address or os.environ.get("RAY_ADDRESS") or None
-            ray_reachable(address)
-            _start_ray(ray, address)
+            _start_ray(ray, ray_address(address))
         logging.getLogger("ray.serve").setLevel(logging.WARNING)     # its notes on starting, here
         serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})   # no HTTP: asked by handle
         deployment = serve.deployment(ShardServer, name="shard", num_replicas=replicas, ray_actor_options=self.REPLICA,

@@ -85,6 +85,11 @@ class IndexInfo:
     factory: str
     recall: float = 1.0
 
+    @classmethod
+    def published(cls, meta: dict) -> "IndexInfo":
+        """What the published index whose ``meta.json`` reads ``meta`` holds."""
+        return cls(meta["model"], meta["dim"], meta["hop_s"], meta["factory"], meta.get("recall", 1.0))
+
 
 def vector_ids(track: int, windows: np.ndarray) -> np.ndarray:
     """(n,) int64 ids of a track's windows."""
@@ -175,7 +180,7 @@ class VectorIndex:
         meta = published_meta(root)
         if meta is None:
             return cls(root, IndexInfo(model, dim, hop_s, "Flat"), new_index(dim, "Flat"), 0)
-        info = IndexInfo(meta["model"], meta["dim"], meta["hop_s"], meta["factory"], meta.get("recall", 1.0))
+        info = IndexInfo.published(meta)
         if info.model != model or info.dim != dim or info.hop_s != hop_s:
             raise IndexMismatch(f"index at {root} holds vectors of model {info.model} ({info.dim}-d, every "
                                 f"{info.hop_s:g} s); the loaded model is {model} ({dim}-d, every {hop_s:g} s): "
