@@ -2,7 +2,7 @@
 windows in the FAISS index weighed above each window's background, aligned by the matcher."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -61,8 +61,13 @@ def embedding_matches(catalog: Catalog, clip: Clip, max_p_false: float = REPORTE
     """
     long = clip.duration > LOCAL_S
     vectors = catalog.vectors if vectors is None else vectors
-    hits = [_hits(catalog, vectors, clip, t, SPARSE_TRANSPOSE if t and long else 1, long)
-            for t in (0.0, -TRANSPOSE_ST, TRANSPOSE_ST)]
+    asked = [_windows(catalog, clip, t, SPARSE_TRANSPOSE if t and long else 1, long)
+             for t in (0.0, -TRANSPOSE_ST, TRANSPOSE_ST)]
+    # one search for the three (one request per shard where the index is sharded)
+    sims, ids = vectors.search(np.concatenate([w.vectors for w in asked]), BACKGROUND_SEARCH, exact=not long)
+    ends = np.cumsum([len(w.vectors) for w in asked])
+    hits = [w.hits(sims[end - len(w.vectors):end], ids[end - len(w.vectors):end], vectors.info.hop_s)
+            for w, end in zip(asked, ends)]
     merged = Hits(*(np.concatenate([getattr(h, f) for h in hits]) for f in ("query_t", "track", "ref_t", "weight")))
     cal = catalog.matcher.cal
     found = [replace(m, p_false=cal.p_false(m.evidence, clip.duration))
@@ -70,33 +75,48 @@ def embedding_matches(catalog: Catalog, clip: Clip, max_p_false: float = REPORTE
     return [m for m in found if m.p_false <= max_p_false]
 
 
-def _hits(catalog: Catalog, index: VectorIndex, clip: Clip, transpose: float, every: int = 1,
-          long: bool = False) -> Hits:
-    """Each voiced query window's ``NEIGHBOURS`` nearest reference windows, weighed by their
-    similarity above the window's background (from its ``BACKGROUND_SEARCH`` nearest).
+@dataclass(frozen=True)
+class Windows:
+    """An output's voiced query windows, embedded: the ``vectors`` to search (a loop's repeats
+    once), the start of each window (``starts``) and which of ``vectors`` it takes the
+    neighbours of (``inverse``); each searched window stands for the ``every`` windows from it."""
 
-    ``every`` > 1 embeds and searches one window in ``every`` and gives each searched window's
-    hits to the ``every - 1`` after it too (the reference a hop later): half a second apart (at
+    vectors: np.ndarray
+    starts: np.ndarray
+    inverse: np.ndarray
+    every: int
+
+    def hits(self, sims: np.ndarray, ids: np.ndarray, hop_s: float) -> Hits:
+        """Each window's ``NEIGHBOURS`` nearest reference windows, weighed by their similarity
+        above the window's background (from its ``BACKGROUND_SEARCH`` nearest), given each of
+        ``vectors``' ``sims`` and ``ids`` (the index's reference windows lie ``hop_s`` apart)."""
+        tracks, windows = split_ids(ids)
+        tracks[ids < 0] = -1
+        background = window_background(sims, tracks, windows)[self.inverse, None]
+        sims, ids, tracks, windows = (a[self.inverse] for a in (sims, ids, tracks, windows))   # a repeat takes its first's
+        valid = ids[:, :NEIGHBOURS] >= 0
+        query_t = np.repeat(self.starts, valid.sum(1))
+        ref_t = windows[:, :NEIGHBOURS][valid] * hop_s
+        track, weight = tracks[:, :NEIGHBOURS][valid], (sims[:, :NEIGHBOURS] - background)[valid]
+        shifts = np.arange(self.every) * QUERY_HOP_S
+        return Hits(query_t=(query_t[None, :] + shifts[:, None]).ravel(), track=np.tile(track, self.every),
+                    ref_t=(ref_t[None, :] + shifts[:, None]).ravel(), weight=np.tile(weight, self.every))
+
+
+def _windows(catalog: Catalog, clip: Clip, transpose: float, every: int = 1, long: bool = False) -> Windows:
+    """The voiced windows of ``clip`` transposed by ``transpose`` semitones, embedded.
+
+    ``every`` > 1 embeds one window in ``every`` and gives each searched window's hits to the
+    ``every - 1`` after it too (the reference a hop later): half a second apart (at
     ``SPARSE_TRANSPOSE``), overlapping 1 s windows find mostly the same reference windows.
     ``long``: windows at least ``REPEAT_COSINE`` similar to an earlier one are not searched but
-    take its neighbours, and the others are searched in the index's skim."""
+    take its neighbours (and the index's skim is searched, not all of its vectors)."""
     emb = catalog.embedder.embed(clip, hop_s=QUERY_HOP_S * every, transpose=transpose)
     voiced = np.flatnonzero(emb.voiced)
     found = emb.vectors[voiced]
     first = first_of_repeats(found, REPEAT_COSINE) if long else np.arange(len(found))
     distinct, inverse = np.unique(first, return_inverse=True)
-    sims, ids = index.search(found[distinct], BACKGROUND_SEARCH, exact=not long)
-    tracks, windows = split_ids(ids)
-    tracks[ids < 0] = -1
-    background = window_background(sims, tracks, windows)[inverse, None]
-    sims, ids, tracks, windows = (a[inverse] for a in (sims, ids, tracks, windows))   # a repeat takes its first's
-    valid = ids[:, :NEIGHBOURS] >= 0
-    query_t = np.repeat(emb.starts[voiced], valid.sum(1))
-    ref_t = windows[:, :NEIGHBOURS][valid] * index.info.hop_s
-    track, weight = tracks[:, :NEIGHBOURS][valid], (sims[:, :NEIGHBOURS] - background)[valid]
-    shifts = np.arange(every) * QUERY_HOP_S
-    return Hits(query_t=(query_t[None, :] + shifts[:, None]).ravel(), track=np.tile(track, every),
-                ref_t=(ref_t[None, :] + shifts[:, None]).ravel(), weight=np.tile(weight, every))
+    return Windows(found[distinct], emb.starts[voiced], inverse, every)
 
 
 def first_of_repeats(vectors: np.ndarray, cosine: float) -> np.ndarray:
