@@ -22,9 +22,10 @@ exact top hit: what the matcher votes on) and ``src@8`` (the query's source trac
 hits). The 10⁸ rows project the largest measured size: bytes × size; latency × √size for IVF
 indexes (lists grow as √n, so the codes scanned per query do too), × size for exact search.
 
-    python -m benchmarks.scale --layers [--hours 30 100 200] [--queries 20]
+    python -m benchmarks.scale --layers [--hours 30 100 200] [--queries 20] [--layer chromaprint]
 
-measures the landmark and Chromaprint indexes instead, on synthetic catalogs of that many hours
+measures the landmark and Chromaprint indexes instead (or the one ``--layer`` names: a landmark
+index of more than a few hundred hours does not fit this machine's memory to be built), on synthetic catalogs of that many hours
 in tracks of up to 4 min, each drawn from a real track of the ``full`` corpus as indexed by
 ``benchmarks.load`` (its stored peaks and sub-fingerprints): the landmark peaks of a random 4 min
 of it moved by a random number of bins (up to ±12: the same spacing of peaks in time and
@@ -242,6 +243,7 @@ def _is_ivf(index: faiss.Index) -> bool:
         return False
 
 
+LAYERS = ("landmarks", "chromaprint")  # the indexes ``--layers`` measures
 SHIFT_BINS = 12                      # a synthetic track's landmark peaks move by up to this many bins
 QUERY_S = 30.0
 
@@ -277,8 +279,9 @@ def masked(prints: np.ndarray, start_s: float, seconds: float, mask: int) -> np.
     return prints[first:first + round(seconds / ITEM_S)] ^ np.uint32(mask)
 
 
-def layer_rows(hours: list[float], n_queries: int) -> None:
-    """The landmark and Chromaprint indexes of synthetic catalogs of ``hours`` (module docstring)."""
+def layer_rows(hours: list[float], n_queries: int, which: tuple[str, ...] = LAYERS) -> None:
+    """The landmark and Chromaprint indexes (those named in ``which``) of synthetic catalogs of
+    ``hours`` (module docstring)."""
     import tempfile
 
     import torch
@@ -330,6 +333,8 @@ def layer_rows(hours: list[float], n_queries: int) -> None:
              lambda: {k: masked(prints[d.source], d.start_s, d.seconds, d.mask) for k, d in enumerate(drawn)},
              lambda index, c: index.search(c[2]), lambda index, c: int(index.counts(c[2]).sum())))
         for name, kind, arrays, search, reads in layers:
+            if name not in which:
+                continue
             with tempfile.TemporaryDirectory(dir=OUT) as folder:
                 kind(arrays()).save(Path(folder))
                 disk = sum(f.stat().st_size for f in Path(folder).iterdir())
@@ -367,10 +372,12 @@ def main(argv=None) -> None:
     ap.add_argument("--nprobe", type=int, default=32)
     ap.add_argument("--layers", action="store_true", help="measure the landmark and Chromaprint indexes instead")
     ap.add_argument("--hours", nargs="+", type=float, default=[30, 100, 200], help="with --layers: synthetic catalogs")
+    ap.add_argument("--layer", choices=LAYERS, action="append",
+                    help="with --layers: measure this index only (again for another; default: both)")
     args = ap.parse_args(argv)
     if args.layers:
         OUT.mkdir(exist_ok=True)
-        layer_rows(args.hours, args.queries or 20)
+        layer_rows(args.hours, args.queries or 20, args.layer or LAYERS)
         return
     args.queries = args.queries or 2000
     stats = real_stats()
