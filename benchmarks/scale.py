@@ -22,20 +22,24 @@ exact top hit: what the matcher votes on) and ``src@8`` (the query's source trac
 hits). The 10⁸ rows project the largest measured size: bytes × size; latency × √size for IVF
 indexes (lists grow as √n, so the codes scanned per query do too), × size for exact search.
 
-    python -m benchmarks.scale --layers [--hours 30 100 200] [--queries 20] [--layer chromaprint]
+    python -m benchmarks.scale --layers [--hours 30 100 200] [--queries 20] [--layer chromaprint --layer version]
 
-measures the landmark and Chromaprint indexes instead (or the one ``--layer`` names: a landmark
-index of more than a few hundred hours does not fit this machine's memory to be built), on synthetic catalogs of that many hours
-in tracks of up to 4 min, each drawn from a real track of the ``full`` corpus as indexed by
-``benchmarks.load`` (its stored peaks and sub-fingerprints): the landmark peaks of a random 4 min
-of it moved by a random number of bins (up to ±12: the same spacing of peaks in time and
-frequency, other hashes), its sub-fingerprints XORed with a random 32-bit mask (the same changes
-from one to the next, other values). Each index is built as a publish builds it, saved, and
-opened as a server opens it (memory-mapped); per size it prints its bytes on disk and per hour,
-the seconds to open it, and for ``--queries`` copies (30 s of the real audio a synthetic track
-was drawn from, its peaks moved and its sub-fingerprints masked alike) the catalog entries a
-search reads (landmark pairs of hashes not too common to count; Chromaprint values), its
-milliseconds (median CPU time of the searching thread) and how many of the copies it finds.
+measures the landmark, Chromaprint and version indexes instead (or those ``--layer`` names: a
+landmark index of more than a few hundred hours does not fit this machine's memory to be built),
+on synthetic catalogs of that many hours in tracks of up to 4 min, each drawn from a real track
+of the ``full`` corpus as indexed by ``benchmarks.load`` (its stored peaks, sub-fingerprints,
+version vectors and pitch-class power): the landmark peaks of a random 4 min of it moved by a
+random number of bins (up to ±12: the same spacing of peaks in time and frequency, other
+hashes), its sub-fingerprints XORed with a random 32-bit mask (the same changes from one to the
+next, other values), its version vectors' dimensions permuted and their signs flipped as the
+mask draws (as near to one another as before, far from every other track's), its pitch-class
+power as it is. Each index is built as a publish builds it (the version index's arrays filled
+in place: its vectors are not computed again), saved, and opened as a server opens it
+(memory-mapped); per size it prints its bytes on disk and per hour, the seconds to open it,
+and for ``--queries`` copies (30 s of the real audio a synthetic track was drawn from, changed
+alike) the catalog entries a search reads (landmark pairs of hashes not too common to count;
+Chromaprint values; version vectors, every one scored), its milliseconds (median CPU time of the
+searching thread) and how many of the copies it finds.
 """
 from __future__ import annotations
 
@@ -243,7 +247,7 @@ def _is_ivf(index: faiss.Index) -> bool:
         return False
 
 
-LAYERS = ("landmarks", "chromaprint")  # the indexes ``--layers`` measures
+LAYERS = ("landmarks", "chromaprint", "version")  # the indexes ``--layers`` measures
 SHIFT_BINS = 12                      # a synthetic track's landmark peaks move by up to this many bins
 QUERY_S = 30.0
 
@@ -280,25 +284,27 @@ def masked(prints: np.ndarray, start_s: float, seconds: float, mask: int) -> np.
 
 
 def layer_rows(hours: list[float], n_queries: int, which: tuple[str, ...] = LAYERS) -> None:
-    """The landmark and Chromaprint indexes (those named in ``which``) of synthetic catalogs of
-    ``hours`` (module docstring)."""
+    """The landmark, Chromaprint and version indexes (those named in ``which``) of synthetic
+    catalogs of ``hours`` (module docstring)."""
     import tempfile
 
     import torch
 
     from benchmarks import corpus as C
     from benchmarks.load import full_catalog
-    from detector import chromaprint, landmarks
+    from detector import chromaprint, landmarks, version
 
-    store = full_catalog().store
+    catalog = full_catalog().catalog
+    store = catalog.store
     real = {t.id: t for t in store.list_tracks()}
     peaks, prints = store.landmarks(), store.chromaprints()
-    sources = [t for t in real.values() if t.id in peaks and t.id in prints]
+    versions = catalog.searcher.index("version")
+    sources = [t for t in real.values() if t.id in peaks and t.id in prints and t.id in versions.ids]
     by_id = {t.track_id: t for t in C.manifest(C.music_folder("full"))}
     print(f"synthetic tracks of up to {TRACK_S / 60:g} min drawn from the {len(sources)} tracks "
           f"({sum(t.duration_s for t in sources) / 3600:.1f} h) of the full corpus: landmark peaks moved by up to "
-          f"±{SHIFT_BINS} bins, sub-fingerprints masked; {n_queries} copies of {QUERY_S:g} s searched per size, "
-          "on one thread")
+          f"±{SHIFT_BINS} bins, sub-fingerprints masked, version vectors' dimensions permuted and signed; "
+          f"{n_queries} copies of {QUERY_S:g} s searched per size, on one thread")
     head = (f"{'layer':<12} {'hours':>6} {'tracks':>7} {'disk MB':>8} {'MB/h':>6} {'open s':>6} "
             f"{'read/30s':>10} {'ms/30s':>7} {'found':>6}")
     print(head)
@@ -323,20 +329,29 @@ def layer_rows(hours: list[float], n_queries: int, which: tuple[str, ...] = LAYE
             d = drawn[k]
             into = float(rng.uniform(0, max(0.0, d.seconds - QUERY_S)))
             clip = C.load(by_id[real[d.source].external_id]).excerpt(d.start_s + into, d.start_s + into + QUERY_S)
+            asked = None                  # the version index's question: the output's classes, windows, vectors
+            if "version" in which:
+                classes = version.VersionModel.classes(clip.samples)
+                starts, vectors = version.shipped()[0].vectors(classes, version.QUERY_HOP_S)
+                asked = (classes, starts, _signed(vectors, d.mask))
             copies.append((int(k), moved(landmarks.peaks(clip, landmarks.QUERY), 0.0, QUERY_S, d.shift),
-                           chromaprint.fingerprint(clip) ^ np.uint32(d.mask)))
+                           chromaprint.fingerprint(clip) ^ np.uint32(d.mask), asked))
         layers = (
             ("landmarks", landmarks.LandmarkIndex,
-             lambda: {k: moved(peaks[d.source], d.start_s, d.seconds, d.shift) for k, d in enumerate(drawn)},
+             lambda: landmarks.LandmarkIndex(
+                 {k: moved(peaks[d.source], d.start_s, d.seconds, d.shift) for k, d in enumerate(drawn)}),
              lambda index, c: index.search(c[1]), _landmark_reads),
             ("chromaprint", chromaprint.ChromaIndex,
-             lambda: {k: masked(prints[d.source], d.start_s, d.seconds, d.mask) for k, d in enumerate(drawn)},
-             lambda index, c: index.search(c[2]), lambda index, c: int(index.counts(c[2]).sum())))
-        for name, kind, arrays, search, reads in layers:
+             lambda: chromaprint.ChromaIndex(
+                 {k: masked(prints[d.source], d.start_s, d.seconds, d.mask) for k, d in enumerate(drawn)}),
+             lambda index, c: index.search(c[2]), lambda index, c: int(index.counts(c[2]).sum())),
+            ("version", version.VersionIndex, lambda: synthetic_versions(versions, drawn),
+             lambda index, c: version.best([index.ranked(*c[3])]), lambda index, c: len(index)))
+        for name, kind, build, search, reads in layers:
             if name not in which:
                 continue
             with tempfile.TemporaryDirectory(dir=OUT) as folder:
-                kind(arrays()).save(Path(folder))
+                build().save(Path(folder))
                 disk = sum(f.stat().st_size for f in Path(folder).iterdir())
                 t0 = time.perf_counter()
                 index = kind.open(Path(folder))
@@ -352,6 +367,41 @@ def layer_rows(hours: list[float], n_queries: int, which: tuple[str, ...] = LAYE
                       f"{read:>10.3g} {np.median(ms):>7.0f} {found:>3}/{len(copies)}", flush=True)
                 del index
     torch.set_num_threads(threads)
+
+
+def _signed(vectors: np.ndarray, seed: int) -> np.ndarray:
+    """``vectors`` (n, dim) with their dimensions permuted and signs flipped as ``seed`` draws:
+    as near to each other as before, as far from every other track's."""
+    rng = np.random.default_rng(seed)
+    dim = vectors.shape[1]
+    return vectors[:, rng.permutation(dim)] * rng.choice(np.array([-1, 1], vectors.dtype), dim)
+
+
+def synthetic_versions(real, drawn: list[Drawn]):
+    """A version index of the ``drawn`` tracks (keys 0, 1, …), each the vectors and pitch-class
+    power of its source in ``real`` (the full corpus's version index) over its seconds, the vectors
+    ``_signed`` by its mask; filled in place (10,000 h: 13 GB)."""
+    from detector import version
+
+    rank = {int(k): r for r, k in enumerate(real.ids)}
+    spans = []
+    for d in drawn:
+        r = rank[d.source]
+        v0 = real.vector_starts[r] + int(d.start_s / version.INDEX_HOP_S)
+        v1 = min(real.vector_starts[r + 1], v0 + int(d.seconds / version.INDEX_HOP_S))
+        f0 = real.frame_starts[r] + int(d.start_s * version.CHROMA_FPS)
+        f1 = min(real.frame_starts[r + 1], f0 + int(d.seconds * version.CHROMA_FPS))
+        spans.append((v0, v1, f0, f1))
+    starts = lambda n: np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
+    vector_starts, frame_starts = starts([v1 - v0 for v0, v1, _, _ in spans]), starts([f1 - f0 for _, _, f0, f1 in spans])
+    vectors = np.empty((vector_starts[-1], real.vectors.shape[1]), np.float16)
+    classes = np.empty((12, frame_starts[-1]), np.float16)
+    for k, (d, (v0, v1, f0, f1)) in enumerate(zip(drawn, spans)):
+        vectors[vector_starts[k]:vector_starts[k + 1]] = _signed(real.vectors[v0:v1], d.mask)
+        classes[:, frame_starts[k]:frame_starts[k + 1]] = real.classes[:, f0:f1]
+    index = version.VersionIndex.__new__(version.VersionIndex)
+    index._use(np.arange(len(drawn), dtype=np.int64), vector_starts, vectors, frame_starts, classes, real.weights)
+    return index
 
 
 def _landmark_reads(index, copy: tuple) -> int:
@@ -370,7 +420,7 @@ def main(argv=None) -> None:
     ap.add_argument("--factories", nargs="+", default=["Flat", "auto", "IVF{nlist},PQ32", "IVF{nlist},PQ32x4fsr"])
     ap.add_argument("--queries", type=int, help="query windows (default 2000); with --layers, 30 s copies (default 20)")
     ap.add_argument("--nprobe", type=int, default=32)
-    ap.add_argument("--layers", action="store_true", help="measure the landmark and Chromaprint indexes instead")
+    ap.add_argument("--layers", action="store_true", help="measure the landmark, Chromaprint and version indexes instead")
     ap.add_argument("--hours", nargs="+", type=float, default=[30, 100, 200], help="with --layers: synthetic catalogs")
     ap.add_argument("--layer", choices=LAYERS, action="append",
                     help="with --layers: measure this index only (again for another; default: both)")
