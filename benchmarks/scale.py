@@ -38,8 +38,8 @@ in place: its vectors are not computed again), saved, and opened as a server ope
 (memory-mapped); per size it prints its bytes on disk and per hour, the seconds to open it,
 and for ``--queries`` copies (30 s of the real audio a synthetic track was drawn from, changed
 alike) the catalog entries a search reads (landmark pairs of hashes not too common to count;
-Chromaprint values; version vectors, every one scored), its milliseconds (median CPU time of the
-searching thread) and how many of the copies it finds.
+Chromaprint values; version vectors scored: every one, or those of the lists probed), its
+milliseconds (median CPU time of the searching thread) and how many of the copies it finds.
 """
 from __future__ import annotations
 
@@ -346,7 +346,8 @@ def layer_rows(hours: list[float], n_queries: int, which: tuple[str, ...] = LAYE
                  {k: masked(prints[d.source], d.start_s, d.seconds, d.mask) for k, d in enumerate(drawn)}),
              lambda index, c: index.search(c[2]), lambda index, c: int(index.counts(c[2]).sum())),
             ("version", version.VersionIndex, lambda: synthetic_versions(versions, drawn),
-             lambda index, c: version.best([index.ranked(*c[3])]), lambda index, c: len(index)))
+             lambda index, c: version.best([index.ranked(*c[3])]),
+             lambda index, c: len(index) if index.lists is None else len(index.lists.probed(c[3][2]))))
         for name, kind, build, search, reads in layers:
             if name not in which:
                 continue

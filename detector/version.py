@@ -302,6 +302,12 @@ QUERY_HOP_S = 5.0               # ... and an output's
 CANDIDATES = 3                  # tracks verified with Qmax, per output
 SHORTEST_S = 10.0               # outputs shorter than this are not searched: too little of a work to tell
 VERIFY_MARGIN_S = 30.0          # how far around its best window a candidate is aligned
+# An index of more vectors than ``LISTED`` (about 290 h of catalog) is saved with inverted lists
+# (``VersionLists``): each output window scores the vectors of its ``PROBES`` nearest lists, not
+# every vector (at 10,000 h: 6.5 CPU-seconds a 30 s output, ``benchmarks/scale.py --layers``).
+LISTED = 1 << 19
+PROBES = 8
+LISTS_FILE = "version-lists-{}.npy"
 
 
 @functools.cache
@@ -355,6 +361,25 @@ class VersionIndex(saved.SavedArrays):
     def _use(self, ids, vector_starts, vectors, frame_starts, classes, weights) -> None:
         self.ids, self.vector_starts, self.vectors = ids, vector_starts, vectors
         self.frame_starts, self.classes, self.weights = frame_starts, classes, weights
+        self.lists: VersionLists | None = None
+
+    def save(self, folder: Path) -> None:
+        """Write the index to ``folder``, with its inverted lists where it holds more than
+        ``LISTED`` vectors (clustered now if it has none yet)."""
+        super().save(folder)
+        lists = self.lists
+        if lists is None and len(self.vectors) > LISTED:
+            lists = VersionLists.clustered(self.vectors)
+        if lists is not None:
+            lists.save(folder)
+
+    @classmethod
+    def open(cls, folder: Path, mapped: bool = True) -> VersionIndex:
+        """The index ``save`` wrote to ``folder`` (with its lists, where it saved them),
+        memory-mapped (``mapped``; else read into memory)."""
+        index = super().open(folder, mapped)
+        index.lists = VersionLists.open(folder, mapped)
+        return index
 
     @property
     def current(self) -> bool:
@@ -384,6 +409,8 @@ class VersionIndex(saved.SavedArrays):
         index._model = getattr(self, "_model", None)
         index._use(np.concatenate([self.ids[keep], keys]), restart(self.vector_starts, new[1]), vectors,
                    restart(self.frame_starts, new[3]), frames, new[5])
+        if self.lists is not None:          # the same lists: a shard probes what the whole index probes
+            index.lists = self.lists.updated(rows(self.vector_starts), new[2])
         return index
 
     def search(self, classes: torch.Tensor) -> list[VersionMatch]:
@@ -400,22 +427,27 @@ class VersionIndex(saved.SavedArrays):
         ``starts`` (seconds)."""
         if len(self.vectors) == 0:
             return []
-        best_ref = np.empty(len(self.vectors), np.float32)
-        best_query = np.empty(len(self.vectors), np.int64)
-        for lo in range(0, len(self.vectors), 65536):          # bounded memory whatever the catalog
-            sims = query @ self.vectors[lo:lo + 65536].astype(np.float32).T
+        # the vectors scored: every one, or those of the lists nearest the output's windows
+        rows = np.arange(len(self.vectors)) if self.lists is None else self.lists.probed(query)
+        best_ref = np.empty(len(rows), np.float32)
+        best_query = np.empty(len(rows), np.int64)
+        for lo in range(0, len(rows), 65536):                   # bounded memory whatever the catalog
+            block = self.vectors[lo:lo + 65536] if self.lists is None else self.vectors[rows[lo:lo + 65536]]
+            # each similarity summed alike whatever else the block holds (a matrix product rounds
+            # each by its place in the block): a shard scores a vector as the whole index does
+            sims = np.einsum("qd,nd->qn", query, block.astype(np.float32))
             best_query[lo:lo + len(sims.T)] = sims.argmax(0)
             best_ref[lo:lo + len(sims.T)] = sims.max(0)
-        per_track = np.full(len(self.ids), -np.inf, np.float32)
-        some = np.diff(self.vector_starts) > 0                   # a track under 2 s has no vector
-        per_track[some] = np.maximum.reduceat(best_ref, self.vector_starts[:-1][some])
+        track_of = np.searchsorted(self.vector_starts, rows, "right") - 1
+        per_track = np.full(len(self.ids), -np.inf, np.float32)    # a track under 2 s has no vector
+        np.maximum.at(per_track, track_of, best_ref)
         out = []
         query_chroma = chroma(classes.float()).numpy()
-        for rank in np.argsort(-per_track, kind="stable")[:min(CANDIDATES, int(some.sum()))]:
-            lo, hi = self.vector_starts[rank], self.vector_starts[rank + 1]
-            at = lo + int(np.argmax(best_ref[lo:hi]))
-            ref_s = (at - lo) * INDEX_HOP_S
-            q_s = starts[best_query[at]]
+        for rank in np.argsort(-per_track, kind="stable")[:min(CANDIDATES, int(np.isfinite(per_track).sum()))]:
+            mine = np.flatnonzero(track_of == rank)
+            best = mine[int(np.argmax(best_ref[mine]))]
+            ref_s = (rows[best] - self.vector_starts[rank]) * INDEX_HOP_S
+            q_s = starts[best_query[best]]
             a = max(0.0, ref_s - VERIFY_MARGIN_S)
             f0, f1 = self.frame_starts[rank], self.frame_starts[rank + 1]
             ref = self.classes[:, f0 + int(a * CHROMA_FPS):min(f1, f0 + int((ref_s + SEGMENT_S + VERIFY_MARGIN_S) * CHROMA_FPS))]
@@ -427,6 +459,70 @@ class VersionIndex(saved.SavedArrays):
             out.append(((-float(per_track[rank]), int(self.ids[rank])),
                         VersionMatch(int(self.ids[rank]), float(per_track[rank]) * math.sqrt(found.score), aligned)))
         return out
+
+
+@dataclass(frozen=True)
+class VersionLists:
+    """Inverted lists over a version index's vectors: ``centroids`` (lists, dim) of spherical
+    k-means, and the vectors' rows in list order (``order``), list l's from ``starts[l]``."""
+
+    centroids: np.ndarray
+    order: np.ndarray
+    starts: np.ndarray
+
+    @classmethod
+    def clustered(cls, vectors: np.ndarray, seed: int = 0) -> VersionLists:
+        """Lists over ``vectors`` (n, dim): about √n / 4 of them (a power of 2), their centroids
+        trained on at most 64 vectors a list."""
+        import faiss
+
+        n, dim = vectors.shape
+        count = 2 ** max(4, round(math.log2(math.sqrt(n) / 4)))
+        sample = np.random.default_rng(seed).choice(n, min(n, 64 * count), replace=False)
+        kmeans = faiss.Kmeans(dim, count, niter=10, spherical=True, seed=seed)
+        kmeans.train(np.ascontiguousarray(vectors[np.sort(sample)], np.float32))
+        return cls.of(kmeans.centroids, cls.nearest(kmeans.centroids, vectors))
+
+    @classmethod
+    def of(cls, centroids: np.ndarray, assigned: np.ndarray) -> VersionLists:
+        """The lists of vectors ``assigned`` (n,) to ``centroids``."""
+        counts = np.bincount(assigned, minlength=len(centroids))
+        return cls(centroids, np.argsort(assigned, kind="stable"), np.concatenate([[0], np.cumsum(counts)]))
+
+    @staticmethod
+    def nearest(centroids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """The list of each of ``vectors``: its nearest centroid, by cosine."""
+        out = np.empty(len(vectors), np.int64)
+        for lo in range(0, len(vectors), 65536):
+            out[lo:lo + 65536] = (vectors[lo:lo + 65536].astype(np.float32) @ centroids.T).argmax(1)
+        return out
+
+    def assigned(self) -> np.ndarray:
+        """The list of each vector (by row)."""
+        out = np.empty(len(self.order), np.int64)
+        out[self.order] = np.repeat(np.arange(len(self.centroids)), np.diff(self.starts))
+        return out
+
+    def updated(self, kept: np.ndarray, added: np.ndarray) -> VersionLists:
+        """The same lists over the rows ``kept`` ((n,) bool) and the vectors ``added`` after them."""
+        return VersionLists.of(self.centroids, np.concatenate([self.assigned()[kept], self.nearest(self.centroids, added)]))
+
+    def probed(self, query: np.ndarray) -> np.ndarray:
+        """The rows, in order, of the ``PROBES`` lists nearest each of ``query``'s vectors."""
+        near = np.unique(np.argsort(-(query @ self.centroids.T), axis=1, kind="stable")[:, :PROBES])
+        return np.sort(np.concatenate([self.order[self.starts[k]:self.starts[k + 1]] for k in near]))
+
+    def save(self, folder: Path) -> None:
+        for name in ("centroids", "order", "starts"):
+            np.save(folder / LISTS_FILE.format(name), getattr(self, name))
+
+    @classmethod
+    def open(cls, folder: Path, mapped: bool = True) -> VersionLists | None:
+        """The lists ``save`` wrote to ``folder``, or None where it wrote none."""
+        paths = [folder / LISTS_FILE.format(name) for name in ("centroids", "order", "starts")]
+        if not all(p.exists() for p in paths):
+            return None
+        return cls(*(np.asarray(np.load(p, mmap_mode="r" if mapped else None)) for p in paths))
 
 
 def best(ranked: list[list[tuple[tuple, VersionMatch]]]) -> list[VersionMatch]:

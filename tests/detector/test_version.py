@@ -106,3 +106,27 @@ def test_the_melody_view_follows_the_tune_over_a_bass():
     assert len(notes) == 40
     for k, m in enumerate(tune):
         assert (notes[10 * k + 2:10 * k + 8] == m).all(), notes
+
+
+def test_a_large_version_index_is_saved_with_lists_that_its_shards_probe_alike(works, renderer, model, tmp_path,
+                                                                                 monkeypatch):
+    """Past ``LISTED`` vectors, a saved index scores only the vectors of the lists nearest an
+    output's windows, still finds each re-performance's work first, and its shards (cut from it,
+    keeping its lists) find together what it finds."""
+    from detector import version
+
+    monkeypatch.setattr(version, "LISTED", 0)
+    classes = {k: pitch_class_power(renderer.render(versionset.perform(w))) for k, w in enumerate(works)}
+    version.VersionIndex(classes, model).save(tmp_path)
+    index = version.VersionIndex.open(tmp_path)
+    assert index.lists is not None and len(index.lists.order) == len(index.vectors)
+    for k, work in enumerate(works):
+        audio = renderer.render(versionset.perform(work, "key"))
+        query = model.classes(audio[: 20 * versionset.SAMPLE_RATE])
+        starts, vectors = model.vectors(query, version.QUERY_HOP_S)
+        assert len(index.lists.probed(vectors)) < len(index.vectors)
+        found = version.best([index.ranked(query, starts, vectors)])
+        assert found[0].track == k, (work.work_id, found)
+        shards = [index.updated({}, [t for t in classes if t % 2 != part]) for part in (0, 1)]
+        assert all(s.lists is not None for s in shards)
+        assert version.best([s.ranked(query, starts, vectors) for s in shards]) == found
