@@ -238,15 +238,19 @@ class _WorkerPool:
         finished = False
         try:
             while todo or ready or suspects or in_flight:
-                if suspects and not in_flight:
-                    task = suspects.popleft()
-                    in_flight[pool.submit(_run_task, task)] = task
-                    alone = True
-                while not suspects and len(in_flight) < 2 * self.workers and (ready or todo):
-                    task = ready.popleft() if ready else todo.popleft()
-                    in_flight[pool.submit(_run_task, task)] = task
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 broken = False
+                try:        # a task leaves its queue once the pool has taken it
+                    if suspects and not in_flight:
+                        fut = pool.submit(_run_task, suspects[0])
+                        in_flight[fut] = suspects.popleft()
+                        alone = True
+                    while not suspects and len(in_flight) < 2 * self.workers and (ready or todo):
+                        queue = ready if ready else todo
+                        fut = pool.submit(_run_task, queue[0])
+                        in_flight[fut] = queue.popleft()
+                except BrokenProcessPool:   # a worker died since the last wait: the pool takes no more
+                    broken = True
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for fut in done:
                     task = in_flight.pop(fut)
                     try:
