@@ -424,7 +424,7 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", action="store_true", help="measure the landmark, Chromaprint and version indexes instead")
     ap.add_argument("--hours", nargs="+", type=float, default=[30, 100, 200], help="with --layers: synthetic catalogs")
     ap.add_argument("--layer", choices=LAYERS, action="append",
-                    help="with --layers: measure this index only (again for another; default: both)")
+                    help="with --layers: measure this index only (again for another; default: all three)")
     args = ap.parse_args(argv)
     if args.layers:
         OUT.mkdir(exist_ok=True)

@@ -65,9 +65,8 @@ def embedding_matches(catalog: Catalog, clip: Clip, max_p_false: float = REPORTE
              for t in (0.0, -TRANSPOSE_ST, TRANSPOSE_ST)]
     # one search for the three (one request per shard where the index is sharded)
     sims, ids = vectors.search(np.concatenate([w.vectors for w in asked]), BACKGROUND_SEARCH, exact=not long)
-    ends = np.cumsum([len(w.vectors) for w in asked])
-    hits = [w.hits(sims[end - len(w.vectors):end], ids[end - len(w.vectors):end], vectors.info.hop_s)
-            for w, end in zip(asked, ends)]
+    bounds = np.cumsum([len(w.vectors) for w in asked])[:-1]
+    hits = [w.hits(s, i, vectors.info.hop_s) for w, s, i in zip(asked, np.split(sims, bounds), np.split(ids, bounds))]
     merged = Hits(*(np.concatenate([getattr(h, f) for h in hits]) for f in ("query_t", "track", "ref_t", "weight")))
     cal = catalog.matcher.cal
     found = [replace(m, p_false=cal.p_false(m.evidence, clip.duration))
