@@ -292,7 +292,7 @@ def layer_rows(hours: list[float], n_queries: int, which: tuple[str, ...] = LAYE
 
     from benchmarks import corpus as C
     from benchmarks.load import full_catalog
-    from detector import chromaprint, landmarks, version
+    from detector import chromaprint, landmarks, version, version_model
 
     catalog = full_catalog().catalog
     store = catalog.store
@@ -331,8 +331,8 @@ def layer_rows(hours: list[float], n_queries: int, which: tuple[str, ...] = LAYE
             clip = C.load(by_id[real[d.source].external_id]).excerpt(d.start_s + into, d.start_s + into + QUERY_S)
             asked = None                  # the version index's question: the output's classes, windows, vectors
             if "version" in which:
-                classes = version.VersionModel.classes(clip.samples)
-                starts, vectors = version.shipped()[0].vectors(classes, version.QUERY_HOP_S)
+                classes = version_model.VersionModel.classes(clip.samples)
+                starts, vectors = version_model.shipped()[0].vectors(classes, version.QUERY_HOP_S)
                 asked = (classes, starts, _signed(vectors, d.mask))
             copies.append((int(k), moved(landmarks.peaks(clip, landmarks.QUERY), 0.0, QUERY_S, d.shift),
                            chromaprint.fingerprint(clip) ^ np.uint32(d.mask), asked))

@@ -44,7 +44,8 @@ from benchmarks import corpus as C
 from benchmarks.calibrate import tail
 from detector import versionset
 from detector.matcher import Calibration
-from detector.version import VersionIndex, VersionModel, chroma, pitch_class_power, qmax
+from detector.version import VersionIndex, chroma, qmax
+from detector.version_model import VersionModel, pitch_class_power
 
 QUERY_S = 20.0
 MIX_S = 10.0
@@ -131,7 +132,7 @@ def layer_scores(model: VersionModel, refs: list[np.ndarray], queries: list[np.n
     windows = index.vectors.astype(np.float32)
     out = np.full((len(queries), len(refs)), -101.0, np.float32)
     for i, classes in enumerate(queries):
-        classes = torch.from_numpy(classes.astype(np.float32))
+        classes = classes.astype(np.float32)
         _, q = model.vectors(classes, HOP_S)
         if len(q):
             out[i] = np.maximum.reduceat((q @ windows.T).max(0), index.vector_starts[:-1]) - 100
@@ -141,7 +142,7 @@ def layer_scores(model: VersionModel, refs: list[np.ndarray], queries: list[np.n
 
 
 def qmax_scores(refs: list[np.ndarray], queries: list[np.ndarray]) -> np.ndarray:
-    as_chroma = lambda c: chroma(torch.from_numpy(c.astype(np.float32))).numpy()
+    as_chroma = chroma
     ref_chroma = [as_chroma(r) for r in refs]
     return np.array([[a.score for a in qmax(as_chroma(q), ref_chroma)] for q in queries], np.float32)
 

@@ -19,13 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from detector import saved
 from detector.audio import Clip
 from detector.matcher import LOCAL_S, Calibration, Match, core, local_sum
+
+if TYPE_CHECKING:
+    import torch
 
 VERSION = "landmarks-v4"          # the settings below and the search; recorded in the landmark calibration
 PEAKS = "peaks-v2"                # how catalog peaks are picked (``CATALOG``); stored with each track's peaks
@@ -80,6 +83,8 @@ COUNTS_FILE = "landmarks-catalog-counts.npy"                  # a shard's: each 
 
 def peaks(clip: Clip, picking: Picking = CATALOG) -> np.ndarray:
     """(n,) uint32 spectral peaks of ``clip`` sorted by time, each ``frame << 8 | bin``."""
+    import torch        # here: a shard's replica searches the index and never picks peaks (nor loads torch)
+
     if clip.sample_rate != SAMPLE_RATE:
         raise ValueError(f"landmarks need {SAMPLE_RATE} Hz audio, got {clip.sample_rate}")
     x = torch.from_numpy(np.ascontiguousarray(clip.samples, np.float32))
@@ -113,6 +118,8 @@ def between(prints: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
 def _window_max(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     """Maximum over the centred window of odd length ``k`` along ``dim`` (a sparse table: a few
     elementwise maxima instead of a k-wide pooling kernel)."""
+    import torch
+
     n = x.shape[dim]
     pad = [0, 0] * (x.dim() - 1 - dim) + [k // 2, k // 2]
     m = torch.nn.functional.pad(x, pad, value=float("-inf"))

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from detector.train import nt_xent
-from detector.version import CHECKPOINT_FORMAT, CHROMA_FPS, SEGMENT_S, VersionNet, chroma, pitch_class_power
+from detector.version import CHROMA_FPS, SEGMENT_S, chroma
+from detector.version_model import CHECKPOINT_FORMAT, VersionNet, pitch_class_power
 from detector import versionset
 
 VERSION = "clearance-ver-v1"
@@ -162,7 +163,7 @@ class Pairs:
             a.append(self._augment(self._crop(ra.classes, q * ra.spq * CHROMA_FPS, sa)) if rng.random() < 0.5
                      else self._crop(ra.classes, q * ra.spq * CHROMA_FPS, sa))
             b.append(self._augment(self._crop(rb.classes, q * rb.spq * CHROMA_FPS, sb)))
-        as_chroma = lambda xs: chroma(torch.from_numpy(np.stack(xs).astype(np.float32)))
+        as_chroma = lambda xs: torch.from_numpy(chroma(np.stack(xs)))
         return as_chroma(a), as_chroma(b), np.array(picked)
 
 

@@ -1,12 +1,12 @@
-"""The version layer's stages: semitone bands → chroma → version embeddings, and the Qmax
-alignment that verifies them.
+"""The version layer's index and verifier, in numpy alone: the catalog's version vectors
+searched for an output's, and the Qmax alignment that verifies the nearest tracks. A shard's
+replica holds and searches it without loading the model (torch); the model that makes the
+vectors is ``detector/version_model.py``.
 
 A re-performance keeps a work's melody, harmony and rhythm and changes everything else: sound,
-key, tempo, arrangement. The front end keeps what survives, the energy of each of the 12 pitch
-classes ten times a second (``chroma``); the encoder (``VersionNet``) pads and convolves the
-pitch-class axis circularly and then takes the maximum over it, so a transposition, a rotation
-of that axis, leaves its vector exactly unchanged. Tempo, timbre and arrangement it learns to
-ignore from rendered versions (``detector/train_version.py``).
+key, tempo, arrangement. The layer keeps what survives, the energy of each of the 12 pitch
+classes ten times a second (``chroma``), and embeds 20 s of it so that a transposition leaves
+the vector unchanged (``detector.version_model.VersionNet``).
 
 ``qmax`` is the classic verifier (Serra et al., 2009): a cross-recurrence plot of two chroma
 sequences, the second transposed to the first's key (the optimal transposition index of their
@@ -21,143 +21,41 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn import functional as F
 
 from detector import saved
-from detector.features import FrontEnd, Spectrogram
-from detector.matcher import Calibration
-from detector.model import load_checkpoint
+
+if TYPE_CHECKING:
+    from detector import version_model
 
 CHROMA_FPS = 10                 # chroma frames per second
 SEGMENT_S = 20.0                # seconds of audio per version vector
-PITCH_CLASSES = "pc-v2"         # how ``pitch_class_power`` is computed, stored with every track
-PITCH_CLASS_SCALE = 256.0       # stored pitch-class power is divided by it (float16's range)
 SILENT_DB = 50.0                # frames this far below the clip's loudest carry no pitch
 QMAX_STEP = 2                   # chroma frames per Qmax step: 5 a second
-MIN_FRAMES = 20                 # chroma frames (2 s) a version vector needs at least
-CHECKPOINT_FORMAT = 1
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "clearance-ver-v1.pt"
 
 
-def pitch_classes(power: torch.Tensor, f_min_midi: int, frames_per_second: float) -> torch.Tensor:
-    """Semitone band power (bands, frames) → power of each pitch class (12, frames at
-    ``CHROMA_FPS``); row k is pitch class k (0 = C). Powers add when recordings are mixed."""
-    pooled = _at_chroma_rate(power, frames_per_second)
-    classes = (torch.arange(len(pooled)) + f_min_midi) % 12
-    return torch.zeros(12, pooled.shape[1], dtype=pooled.dtype).index_add_(0, classes, pooled)
+def chroma(classes: np.ndarray) -> np.ndarray:
+    """Pitch-class power (..., 12, frames) → float32 chroma: compressed, each frame's loudest
+    class 1, frames ``SILENT_DB`` below the loudest frame 0."""
+    classes = np.asarray(classes, np.float32)
+    level = classes.sum(-2, keepdims=True)
+    loud = level > level.max(-1, keepdims=True) * np.float32(10 ** (-SILENT_DB / 10))
+    compressed = np.sqrt(np.maximum(classes, np.float32(1e-12)))
+    return compressed / compressed.max(-2, keepdims=True) * loud
 
 
-def _at_chroma_rate(power: torch.Tensor, frames_per_second: float) -> torch.Tensor:
-    """Band power (bands, frames) averaged down to ``CHROMA_FPS`` frames a second."""
-    bands, frames = power.shape
-    step = max(1, round(frames_per_second / CHROMA_FPS))
-    n = frames // step
-    return power[:, : n * step].reshape(bands, n, step).mean(2)
+def weights_of(path: Path) -> str:
+    """The sha256 of a version model's checkpoint: vectors of other weights are never mixed."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @functools.cache
-def _spectrogram() -> Spectrogram:
-    return Spectrogram(FrontEnd())
-
-
-def band_power(samples: np.ndarray) -> torch.Tensor:
-    """Mono samples at the fingerprint front end's rate (8 kHz) → their power in its semitone
-    bands (bands, frames at its 50 a second): what ``pitch_class_power`` and ``melody`` reduce."""
-    with torch.inference_mode():
-        return _spectrogram().of_long(torch.from_numpy(np.ascontiguousarray(samples, np.float32)))
-
-
-def _band0_midi(fe: FrontEnd) -> int:
-    """The MIDI note of the front end's lowest band."""
-    return round(69 + 12 * math.log2(fe.f_min / 440))
-
-
-def pitch_class_power(samples: np.ndarray) -> np.ndarray:
-    """Mono samples at the fingerprint front end's rate (8 kHz) → (12, frames) float16 power of
-    each pitch class at ``CHROMA_FPS``: what the catalog stores of a track for this layer (240
-    bytes a second), computed from the same semitone bands as the fingerprints."""
-    return stored_pitch_classes(band_power(samples))
-
-
-def stored_pitch_classes(power: torch.Tensor) -> np.ndarray:
-    """``pitch_class_power`` of samples whose ``band_power`` is ``power``."""
-    fe = _spectrogram().fe
-    with torch.inference_mode():
-        classes = pitch_classes(power, _band0_midi(fe), fe.sample_rate / fe.hop_length)
-    # float16 holds up to 65,504: full-scale music reaches about 300,000 before this scaling, and
-    # the model sees power only relative to the window's loudest frame
-    return np.minimum(classes.numpy() / PITCH_CLASS_SCALE, 6e4).astype(np.float16)
-
-
-MELODY_MIDI = (55, 84)          # the melody view's range: G3 to C6
-MELODY_QUIET_DB = 30.0          # frames this far below the clip's loudest have no melody
-_HARMONICS = ((0, 1.0), (12, 0.5), (19, 0.33), (24, 0.25))      # semitones above a note, weight
-
-
-def melody(power: torch.Tensor) -> np.ndarray:
-    """The layer's melody view, drawn for reviewers (the search does not use it): from the
-    ``band_power`` of mono samples, the predominant pitch of each ``CHROMA_FPS`` frame as a MIDI
-    note number (-1 where the frame is quiet). Each semitone band of ``MELODY_MIDI`` is scored by
-    harmonic summation of the compressed band power at its first harmonics; the best wins."""
-    fe = _spectrogram().fe
-    pooled = _at_chroma_rate(power, fe.sample_rate / fe.hop_length).numpy()
-    notes = np.arange(MELODY_MIDI[0], MELODY_MIDI[1] + 1)
-    magnitude = np.sqrt(pooled)
-    salience = np.zeros((len(notes), pooled.shape[1]), np.float32)
-    for offset, weight in _HARMONICS:
-        bands = notes - _band0_midi(fe) + offset
-        inside = bands < len(pooled)
-        salience[inside] += weight * magnitude[bands[inside]]
-    level = pooled.sum(0)
-    loud = level > level.max(initial=0) * 10 ** (-MELODY_QUIET_DB / 10)
-    return np.where(loud & (level > 0), notes[salience.argmax(0)], -1)
-
-
-def chroma(classes: torch.Tensor) -> torch.Tensor:
-    """Pitch-class power (..., 12, frames) → chroma: compressed, each frame's loudest class 1,
-    frames ``SILENT_DB`` below the loudest frame 0."""
-    level = classes.sum(-2, keepdim=True)
-    loud = level > level.amax(-1, keepdim=True) * 10 ** (-SILENT_DB / 10)
-    compressed = classes.clamp_min(1e-12).sqrt()
-    return compressed / compressed.amax(-2, keepdim=True) * loud
-
-
-class CircularConv(nn.Module):
-    """A 2-d convolution over (pitch class, time) whose pitch axis wraps around."""
-
-    def __init__(self, cin: int, cout: int, time_kernel: int = 3, stride: int = 1, dilation: int = 1):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, (3, time_kernel), stride=(1, stride), dilation=(1, dilation), bias=False)
-        self.bn = nn.BatchNorm2d(cout)
-        self.time_pad = dilation * (time_kernel - 1) // 2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([x[:, :, -1:], x, x[:, :, :1]], 2)
-        x = F.pad(x, (self.time_pad, self.time_pad))
-        return F.relu(self.bn(self.conv(x)))
-
-
-class VersionNet(nn.Module):
-    """Chroma (batch, 12, frames) → (batch, dim) L2-normalised version vectors, the same for
-    every transposition of the input."""
-
-    def __init__(self, width: int = 32, dim: int = 128):
-        super().__init__()
-        w = width
-        self.body = nn.Sequential(
-            CircularConv(1, w // 2, 5, stride=2), CircularConv(w // 2, w, 3, stride=2), CircularConv(w, w),
-            CircularConv(w, 2 * w, 3, stride=2), CircularConv(2 * w, 4 * w, 3, dilation=2),
-            CircularConv(4 * w, 4 * w, 3, dilation=4))
-        self.head = nn.Linear(8 * w, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.body(x[:, None]).amax(2)                    # (batch, channels, time): max over pitch
-        pooled = torch.cat([h.mean(2), h.amax(2)], 1)
-        return F.normalize(self.head(pooled), dim=1)
+def shipped_weights() -> str:
+    """``weights_of`` the shipped checkpoint, without loading it."""
+    return weights_of(DEFAULT_WEIGHTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,50 +147,6 @@ def qmax(query: np.ndarray, refs: list[np.ndarray], *, kappa: float = 0.1, gap_o
 
 
 # ---------------------------------------------------------------------------------------------
-# the shipped model
-
-
-class VersionModel:
-    """The version encoder with its settings, ``load``\\ed from a checkpoint of
-    ``detector/train_version.py``."""
-
-    def __init__(self, net: VersionNet, version: str, segment_s: float = SEGMENT_S, weights: str = ""):
-        self.net, self.version, self.segment_s = net.eval(), version, segment_s
-        self.weights = weights          # sha256 of the checkpoint: vectors of other weights are never mixed
-
-    @classmethod
-    def load(cls, path: str | Path | None = None) -> VersionModel:
-        path = Path(path) if path else DEFAULT_WEIGHTS
-        ckpt = load_checkpoint(path, CHECKPOINT_FORMAT, "version model")
-        net = VersionNet(ckpt["width"], ckpt["dim"])
-        net.load_state_dict(ckpt["state"])
-        return cls(net, ckpt["version"], ckpt["segment_s"], hashlib.sha256(path.read_bytes()).hexdigest())
-
-    @property
-    def dim(self) -> int:
-        return self.net.head.out_features
-
-    @staticmethod
-    def classes(samples: np.ndarray) -> torch.Tensor:
-        """8 kHz mono samples → (12, frames) pitch-class power at ``CHROMA_FPS``."""
-        return torch.from_numpy(pitch_class_power(samples).astype(np.float32))
-
-    def vectors(self, classes: torch.Tensor, hop_s: float, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """Version vectors of ``segment_s`` windows every ``hop_s`` seconds of pitch-class power
-        (12, frames): ``(starts, vectors)``, (n,) seconds and (n, dim) float32 L2-normalised.
-        Audio shorter than a window is one window of its length; shorter than ``MIN_FRAMES``, none."""
-        size, hop = round(self.segment_s * CHROMA_FPS), max(1, round(hop_s * CHROMA_FPS))
-        frames = classes.shape[1]
-        if frames < MIN_FRAMES:
-            return np.zeros(0), np.zeros((0, self.dim), np.float32)
-        starts = np.arange(0, max(frames - size, 0) + 1, hop)
-        windows = chroma(torch.stack([classes[:, s:s + size] for s in starts]).float())
-        with torch.inference_mode():
-            out = [self.net(windows[i:i + batch]) for i in range(0, len(windows), batch)]
-        return starts / CHROMA_FPS, torch.cat(out).numpy()
-
-
-# ---------------------------------------------------------------------------------------------
 # the catalog's index
 
 
@@ -310,11 +164,6 @@ LISTED = 1 << 19
 PROBES = 8
 LISTS_FILE = "version-lists-{}.npy"
 
-
-@functools.cache
-def shipped() -> tuple[VersionModel, Calibration]:
-    """The shipped version model and its calibration, loaded once per process."""
-    return VersionModel.load(), Calibration.load(DEFAULT_WEIGHTS.with_name(CALIBRATION))
 
 
 @dataclass(frozen=True)
@@ -340,19 +189,22 @@ class VersionIndex(saved.SavedArrays):
 
     saved_as, arrays = "version", ("ids", "vector_starts", "vectors", "frame_starts", "classes", "weights")
 
-    def __init__(self, classes: dict[int, np.ndarray], model: VersionModel | None = None):
+    def __init__(self, classes: dict[int, np.ndarray], model: version_model.VersionModel | None = None):
         self._model = model
         keys = sorted(classes)
         self._use(*self._table(np.asarray(keys, np.int64), [classes[k] for k in keys]))
 
     @property
-    def model(self) -> VersionModel:
-        """The model its vectors are of: the shipped one unless given (a benchmark's candidate)."""
+    def model(self) -> version_model.VersionModel:
+        """The model its vectors are of: the shipped one unless given (a benchmark's candidate).
+        Imported here, where vectors are made: searching with vectors given needs no torch."""
+        from detector.version_model import shipped
+
         return getattr(self, "_model", None) or shipped()[0]
 
     def _table(self, keys: np.ndarray, classes: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         model = self.model
-        vectors = [model.vectors(torch.from_numpy(c.astype(np.float32)), INDEX_HOP_S)[1].astype(np.float16)
+        vectors = [model.vectors(c, INDEX_HOP_S)[1].astype(np.float16)
                    for c in classes]
         counts = lambda arrays, axis: np.concatenate([[0], np.cumsum([a.shape[axis] for a in arrays])]).astype(np.int64)
         return (keys, counts(vectors, 0), np.concatenate(vectors) if vectors else np.zeros((0, model.dim), np.float16),
@@ -385,7 +237,7 @@ class VersionIndex(saved.SavedArrays):
     @property
     def current(self) -> bool:
         """Whether its vectors are the shipped model's."""
-        return str(self.weights[0]) == shipped()[0].weights
+        return str(self.weights[0]) == shipped_weights()
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -414,7 +266,7 @@ class VersionIndex(saved.SavedArrays):
             index.lists = self.lists.updated(rows(self.vector_starts), new[2])
         return index
 
-    def search(self, classes: torch.Tensor) -> list[VersionMatch]:
+    def search(self, classes: np.ndarray) -> list[VersionMatch]:
         """The ``CANDIDATES`` tracks whose version vectors come nearest those of an output's
         pitch-class power (12, frames), each aligned by Qmax around its nearest window; none for
         an output shorter than ``SHORTEST_S``: ``best`` of ``ranked``."""
@@ -422,7 +274,7 @@ class VersionIndex(saved.SavedArrays):
             return []
         return best([self.ranked(classes, *self.model.vectors(classes, QUERY_HOP_S))])
 
-    def ranked(self, classes: torch.Tensor, starts: np.ndarray, query: np.ndarray) -> list[tuple[tuple, VersionMatch]]:
+    def ranked(self, classes: np.ndarray, starts: np.ndarray, query: np.ndarray) -> list[tuple[tuple, VersionMatch]]:
         """``search``'s candidates among this index's tracks, each with the key of their order
         (nearest first, then by track), given the output's version vectors ``query`` and their
         ``starts`` (seconds)."""
@@ -443,7 +295,7 @@ class VersionIndex(saved.SavedArrays):
         per_track = np.full(len(self.ids), -np.inf, np.float32)    # a track under 2 s has no vector
         np.maximum.at(per_track, track_of, best_ref)
         out = []
-        query_chroma = chroma(classes.float()).numpy()
+        query_chroma = chroma(classes)
         for rank in np.argsort(-per_track, kind="stable")[:min(CANDIDATES, int(np.isfinite(per_track).sum()))]:
             mine = np.flatnonzero(track_of == rank)
             best = mine[int(np.argmax(best_ref[mine]))]
@@ -454,7 +306,7 @@ class VersionIndex(saved.SavedArrays):
             ref = self.classes[:, f0 + int(a * CHROMA_FPS):min(f1, f0 + int((ref_s + SEGMENT_S + VERIFY_MARGIN_S) * CHROMA_FPS))]
             q0 = max(0.0, q_s - VERIFY_MARGIN_S)
             segment = query_chroma[:, int(q0 * CHROMA_FPS):int((q_s + SEGMENT_S + VERIFY_MARGIN_S) * CHROMA_FPS)]
-            found = qmax(segment, [chroma(torch.from_numpy(ref.astype(np.float32))).numpy()])[0]
+            found = qmax(segment, [chroma(ref)])[0]
             aligned = Alignment(found.score, found.key_shift, found.query_start + q0, found.query_end + q0,
                                 found.ref_start + a, found.ref_end + a)
             out.append(((-float(per_track[rank]), int(self.ids[rank])),

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from detector import landmarks, version
+from detector import landmarks, version_model
 from detector.audio import Clip, DecodeLimits, find_audio
 from detector.errors import ClearanceError, Conflict, NotFound
 from detector.matcher import Calibration, Match, Matcher
@@ -287,7 +287,7 @@ class Catalog:
                 rights=rights, sha256=source.sha256, source_path=str(path.resolve()), duration_s=outcome.duration_s,
                 model=outcome.model, vectors=len(outcome.windows), fingerprint=outcome.chromaprint,
                 peaks=outcome.peaks, peaks_version=landmarks.PEAKS, classes=outcome.classes,
-                classes_version=version.PITCH_CLASSES, work=entry.work)
+                classes_version=version_model.PITCH_CLASSES, work=entry.work)
         except Conflict as exc:
             return self._fail(source.path, str(exc), summary)
         if entry.work:

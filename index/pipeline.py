@@ -36,7 +36,7 @@ from typing import Callable, Generator, Iterable, Iterator, Union
 
 import numpy as np
 
-from detector import chromaprint, landmarks, version
+from detector import chromaprint, landmarks, version_model
 from detector.audio import DecodeLimits, audible, decode
 from detector.errors import ClearanceError
 from detector.features import SILENCE_DBFS
@@ -156,7 +156,7 @@ class Fingerprinter:
             t3 = time.thread_time()
             peaks = landmarks.peaks(clip)
             t4 = time.thread_time()
-            classes = version.pitch_class_power(clip.samples)
+            classes = version_model.pitch_class_power(clip.samples)
             t5 = time.thread_time()
         except (ClearanceError, OSError) as exc:
             return Failure(source.path, getattr(exc, "reason", None) or str(exc), getattr(exc, "too_large", False))

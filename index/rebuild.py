@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from detector import landmarks, version
+from detector import landmarks, version_model
 from detector.errors import ClearanceError
 from index.pipeline import Failure
 from index.search import write_indexes
@@ -62,7 +62,7 @@ def rebuild(catalog: Catalog, workers: int = 0, engine: str = "local", ray_addre
     """Retrain and rebuild ``catalog``'s index from the stored vectors, with the factory of the
     settings (or ``auto``'s choice for the catalog's size); tracks whose vectors are not
     stored for the loaded model (a new model, a catalog older than shards) or whose landmark
-    peaks are not ``landmarks.PEAKS`` or pitch classes not ``version.PITCH_CLASSES`` are taken
+    peaks are not ``landmarks.PEAKS`` or pitch classes not ``version_model.PITCH_CLASSES`` are taken
     again from their files, through the indexing
     engine, ``progress`` called after each."""
     with catalog.writer_lock():
@@ -83,7 +83,7 @@ def rebuild_locked(catalog: Catalog, workers: int, engine: str, ray_address: str
     rows = {t.id: t for t in catalog.store.list_tracks()}
     where = _stored_tracks(catalog, rows)
     stale = set(catalog.store.stale_peaks(landmarks.PEAKS)) | \
-        set(catalog.store.stale_pitch_classes(version.PITCH_CLASSES))
+        set(catalog.store.stale_pitch_classes(version_model.PITCH_CLASSES))
     missing = [t for k, t in rows.items() if k in stale or (k not in where and not (t.vectors == 0 and t.model == model))]
     where.update(_reembed(catalog, missing, workers, engine, ray_address, progress))
     counts = {k: n for k, (_, n) in where.items()}
@@ -192,7 +192,7 @@ def _reembed(catalog: Catalog, tracks: list[Track], workers: int, engine: str, r
             found.update({k: (p, len(w)) for k, w, _ in done})
             done.clear()
             catalog.store.set_peaks(peaks, landmarks.PEAKS)
-            catalog.store.set_pitch_classes(classes, version.PITCH_CLASSES)
+            catalog.store.set_pitch_classes(classes, version_model.PITCH_CLASSES)
             peaks.clear()
             classes.clear()
 

@@ -62,7 +62,7 @@ pitch_classes = sa.Table(           # the version layer's (detector/version.py)
     "pitch_classes", metadata,
     sa.Column("track_id", sa.Integer, sa.ForeignKey("tracks.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("classes", sa.LargeBinary, nullable=False),       # little-endian float16 (12, frames), row-major
-    sa.Column("version", sa.String(16), nullable=False),        # detector.version.PITCH_CLASSES
+    sa.Column("version", sa.String(16), nullable=False),        # detector.version_model.PITCH_CLASSES
 )
 
 checks = sa.Table(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 from detector.audio import Clip
 from detector.matcher import Match, merge, within
 from detector.landmarks import default_calibration
-from detector.version import shipped
+from detector.version_model import shipped
 from index import sharded
 from index.layers import Layer
 from index.layers.chromaprint import ChromaprintLayer

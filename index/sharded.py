@@ -19,20 +19,25 @@ than be decided without it.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import pickle
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
 from detector import chromaprint, landmarks, version
 from detector.errors import ClearanceError, Unavailable
 from index.layers import SavedLayer
-from index.pipeline import ray_address
 from index.vectors import Candidates, IndexInfo, VectorIndex, generation_folder, nearest, published_meta, split_ids
+
+if TYPE_CHECKING:
+    from detector.version_model import VersionModel
 
 
 class Fanout(Protocol):
@@ -106,9 +111,32 @@ class Shard:
         return self.indexes["version"].ranked(classes, starts, query)
 
 
+@dataclass(frozen=True)
+class ShardSource:
+    """Where a replica finds its shard: the catalog's ``home``, the version of the model whose
+    vectors it holds (``model``), the lists its vector search probes (``nprobe``), and how to
+    open the whole catalog (``whole``: a callable, pickled). A replica unpickles and calls
+    ``whole`` only where a publish saved no shards for it to open and it must cut its own:
+    opening the catalog loads the fingerprint model and torch, which a replica that opens its
+    saved shard never imports."""
+
+    home: Path
+    model: str
+    nprobe: int
+    whole: bytes
+
+    @classmethod
+    def of(cls, home: Path, model: str, nprobe: int, open_catalog: Callable[[], object]) -> "ShardSource":
+        return cls(Path(home), model, nprobe, pickle.dumps(open_catalog))
+
+    def catalog(self):
+        """The whole catalog, opened now (``whole``)."""
+        return pickle.loads(self.whole)()
+
+
 class ShardServer:
     """What a Ray Serve replica holds: shard ``number`` of ``count`` of the catalog that
-    ``open_catalog()`` opens, as its publish saved it (``write_shards``) or else cut from its
+    ``source`` names, as its publish saved it (``write_shards``) or else cut from its
     published indexes (read whole while it is cut), when the replica starts and again when asked
     for a newer generation; the shard of the generation before stays for the checks that started
     with it, as the published generation before does for readers. Its questions are coroutines:
@@ -116,10 +144,15 @@ class ShardServer:
     threads, 4 shards on 2 cores answered 1.17 checks of 30 s a second and held 0.87-0.94 GB
     each; so, 1.28 and 0.83-0.85 GB, with the same shards memory-mapped)."""
 
-    def __init__(self, open_catalog: Callable[[], object], number: int, count: int):
-        self.catalog, self.number, self.count = open_catalog(), number, count
+    def __init__(self, source: ShardSource, number: int, count: int):
+        self.source, self.number, self.count = source, number, count
         self.shards: dict[int, Shard] = {}
         self._load(0)           # a replica, a new one too after one died, starts with the published generation
+
+    @functools.cached_property
+    def catalog(self):
+        """The whole catalog, opened the first time a shard is cut from it."""
+        return self.source.catalog()
 
     async def load(self, generation: int) -> dict:
         return self._load(generation)
@@ -138,15 +171,14 @@ class ShardServer:
     def _saved(self) -> tuple[int, Shard] | None:
         """The published generation and this shard of it, as its publish wrote it
         (``write_shards``); None where it did not, or for another model's vectors."""
-        catalog = self.catalog
-        root = catalog.home / "index"
+        root = self.source.home / "index"
         meta = published_meta(root)
-        if meta is None or meta["model"] != catalog.embedder.version:
+        if meta is None or meta["model"] != self.source.model:
             return None
         folder = shard_folder(generation_folder(root, meta["generation"]), self.number, self.count)
         info = IndexInfo.published(meta)
         try:
-            shard = Shard.open(folder, self.number, self.count, root, info, meta["generation"], catalog.nprobe)
+            shard = Shard.open(folder, self.number, self.count, root, info, meta["generation"], self.source.nprobe)
         except (OSError, RuntimeError):         # none written; or a later publish removed the generation
             return None
         return (meta["generation"], shard) if shard.indexes["version"].current else None
@@ -194,8 +226,8 @@ def write_shards(folder: Path, vectors: VectorIndex, count: int) -> None:
 
 
 class RayShards:
-    """``count`` shards on Ray Serve: each an application (``apps``) of one deployment of
-    ``replicas`` replicas (``ShardServer``), on the cluster at ``address`` (None: ``RAY_ADDRESS``,
+    """``count`` shards of the catalog ``source`` names on Ray Serve: each an application
+    (``apps``) of one deployment of ``replicas`` replicas (``ShardServer``), on the cluster at ``address`` (None: ``RAY_ADDRESS``,
     else a local instance of this machine's cores). Serve routes each question to a live replica
     and starts a new replica when one dies (``HEALTH_S``); a question whose replica died while
     answering is asked again. While a shard has no replica running, a check fails
@@ -209,13 +241,14 @@ class RayShards:
     # (``service.pool.one_malloc_arena``)
     REPLICA = {"num_cpus": 0, "runtime_env": {"env_vars": {"MALLOC_ARENA_MAX": "1"}}}
 
-    def __init__(self, open_catalog: Callable[[], object], count: int, replicas: int = 1, address: str | None = None,
+    def __init__(self, source: ShardSource, count: int, replicas: int = 1, address: str | None = None,
                  name: str = "clearance"):
         try:
             import ray
             from ray import serve
         except ImportError as exc:
             raise ClearanceError("serving shards on Ray needs Ray Serve installed: pip install 'clearance[ray]'") from exc
+        from index.pipeline import ray_address      # here: the replicas import this module, and the pipeline imports torch
 
         self.ray, self.serve, self.count = ray, serve, count
         if not ray.is_initialized():
@@ -225,7 +258,7 @@ class RayShards:
         deployment = serve.deployment(ShardServer, name="shard", num_replicas=replicas, ray_actor_options=self.REPLICA,
                                       max_ongoing_requests=self.QUESTIONS, health_check_period_s=self.HEALTH_S)
         self.apps = [f"{name}-shard-{k}-of-{count}" for k in range(count)]
-        self.handles = serve.run_many([serve.api.RunTarget(deployment.bind(open_catalog, k, count), name=app,
+        self.handles = serve.run_many([serve.api.RunTarget(deployment.bind(source, k, count), name=app,
                                                            route_prefix=None) for k, app in enumerate(self.apps)])
 
     def load(self, generation: int) -> list[dict]:
@@ -399,7 +432,7 @@ class ShardedChroma:
 class ShardedVersions:
     """The version layer's index, in shards: the output's version vectors computed once."""
 
-    def __init__(self, fanout: Fanout, model: version.VersionModel, size: int, current: bool = True):
+    def __init__(self, fanout: Fanout, model: VersionModel, size: int, current: bool = True):
         self.fanout, self.model, self.size, self.current = fanout, model, size, current
 
     def __len__(self) -> int:
@@ -412,7 +445,7 @@ class ShardedVersions:
 
 
 def proxies(fanout: Fanout, sizes: list[dict[str, int]], info: IndexInfo, skimmed: bool,
-            landmark_calibration, version_model: version.VersionModel) -> dict[str, object]:
+            landmark_calibration, version_model: VersionModel) -> dict[str, object]:
     """What each layer searches, by name, given its shards (``fanout``) and their ``sizes``."""
     total: Callable[[str], int] = lambda name: sum(s[name] for s in sizes)
     return {"embedding": ShardedVectors(fanout, info, total("embedding"), skimmed),

@@ -10,7 +10,7 @@ import uuid
 from functools import cached_property, partial
 from pathlib import Path
 
-from detector import version
+from detector import version_model
 from detector.audio import AUDIO_SUFFIXES, Clip, DecodeLimits, decode
 from detector.errors import AudioError
 from detector.matcher import Calibration
@@ -19,7 +19,7 @@ from detector.policy import Decision, Policy, decide
 from index.catalog import Catalog
 from index.pipeline import IndexEngine
 from index.search import Searcher
-from index.sharded import RayShards
+from index.sharded import RayShards, ShardSource
 from index.store import Store
 from service.settings import Settings
 
@@ -81,8 +81,13 @@ class Engine:
         after the catalog's home (two catalogs can be served from one cluster)."""
         s = self.settings
         home = hashlib.sha1(str(Path(s.home).resolve()).encode()).hexdigest()[:10]
-        return RayShards(partial(whole_catalog, s), s.serve_shards, s.serve_replicas, s.ray_address,
+        return RayShards(self.shard_source(), s.serve_shards, s.serve_replicas, s.ray_address,
                          name=f"clearance-{home}")
+
+    def shard_source(self) -> ShardSource:
+        """What a shard's replica opens: this catalog's saved shards, or the whole catalog to cut one."""
+        s = self.settings
+        return ShardSource.of(s.home, self.embedder.version, s.index_nprobe, partial(whole_catalog, s))
 
     def release(self) -> None:
         """Take down what this engine started outside its process: the shards' Serve applications."""
@@ -104,7 +109,7 @@ class Engine:
                                    f"{self.embedder.fe.window_s:g} s")
         decision = self.assess(clip)
         result = result_json(str(uuid.uuid4()), name, clip.duration, decision, self.embedder.version,
-                             self.policy.version, time.perf_counter() - t0, version.shipped()[0].version)
+                             self.policy.version, time.perf_counter() - t0, version_model.shipped()[0].version)
         kept = self.output_path(result["id"], name) if self.settings.keep_outputs else None
         if kept:
             self._keep_output(source, kept)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from detector import version
+from detector import version, version_model
 from detector.audio import Clip
 from detector.matcher import Match
 from index.layers import SavedLayer
@@ -30,7 +30,7 @@ class VersionLayer(SavedLayer):
         return store.pitch_classes(keys)
 
     def load(self, catalog: Catalog) -> version.VersionIndex:
-        stale = catalog.store.stale_pitch_classes(version.PITCH_CLASSES)
+        stale = catalog.store.stale_pitch_classes(version_model.PITCH_CLASSES)
         if stale:
             # those of an earlier version are still searched; tracks with none are not seen at all
             log.warning("%d catalog tracks have no pitch classes, or pitch classes of an earlier version: "
@@ -43,14 +43,14 @@ class VersionLayer(SavedLayer):
         return index
 
     def prepare(self, index: version.VersionIndex, clip: Clip) -> list[version.VersionMatch]:
-        return index.search(version.VersionModel.classes(clip.samples))
+        return index.search(version_model.VersionModel.classes(clip.samples))
 
     def search(self, searcher: Searcher, clip: Clip, earlier: dict[str, list[Match]],
                prepared: list[version.VersionMatch]) -> list[Match]:
         """Each candidate as a ``Match``: its spans and key shift as Qmax aligned them, its tempo
         the slope of that alignment, its ``p_false`` the chance that another work comes this
         near in an output of this length."""
-        _, calibration = version.shipped()
+        _, calibration = version_model.shipped()
         out = []
         for found in prepared:
             a = found.alignment

@@ -13,9 +13,8 @@ import base64
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from detector import version
+from detector import version, version_model
 from detector.audio import Clip
 from service.dashboard.spectrogram import colour, encode_png
 
@@ -78,9 +77,8 @@ def view(output: Clip, reference: Clip, match: dict, reference_start: float) -> 
 
 def _views(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(melody, chroma) of mono samples at the front end's rate, from one semitone spectrogram."""
-    power = version.band_power(samples)
-    classes = torch.from_numpy(version.stored_pitch_classes(power).astype(np.float32))
-    return version.melody(power), version.chroma(classes).numpy()
+    power = version_model.band_power(samples)
+    return version_model.melody(power), version.chroma(version_model.stored_pitch_classes(power))
 
 
 def _agreement(at_shift) -> Agreement:
@@ -102,7 +100,7 @@ def _piano_roll(output: np.ndarray, reference: np.ndarray) -> bytes:
     """Two panels of notes over time, the output's above the reference's (transposed), the
     output's drawn faintly under the reference's; rows from the lowest note either plays."""
     played = np.concatenate([output[output >= 0], reference[reference >= 0]])
-    low, high = (int(played.min()) - 2, int(played.max()) + 2) if len(played) else version.MELODY_MIDI
+    low, high = (int(played.min()) - 2, int(played.max()) + 2) if len(played) else version_model.MELODY_MIDI
     rows = high - low + 1
 
     def panel(notes: np.ndarray, rgb, ghost: np.ndarray | None = None) -> np.ndarray:

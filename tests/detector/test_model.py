@@ -10,7 +10,7 @@ import torch
 from detector.audio import Clip
 from detector.errors import ModelError
 from detector.model import DEFAULT_WEIGHTS, Embedder
-from detector.version import VersionModel
+from detector.version_model import VersionModel
 from tests.detector.golden import GOLDEN, SR, embed_all, signals
 
 

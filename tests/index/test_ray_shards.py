@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,12 +83,15 @@ def test_a_check_keeps_the_shards_it_started_with_while_a_takedown_is_published(
                                                                                local_ray):
     home = tmp_path / "home"
     shutil.copytree(catalog_home, home)
+    saving = Settings(home=home, serve_shards=2)             # its publishes save the shards that replicas open
+    writer = Engine(saving)
+    writer.catalog.remove([next(t.external_id for t in writer.store.list_tracks() if t.external_id != "drascula-track11")])
     on_ray = Engine(Settings(home=home, serve_engine=IndexEngine.ray, serve_shards=2))
     sr = on_ray.embedder.fe.sample_rate
     copy = Clip(decode(music["drascula-track11"].path, sr).excerpt(40.0, 60.0).samples, sr, "copy")
     key = next(t.id for t in on_ray.store.list_tracks() if t.external_id == "drascula-track11")
     started = on_ray.catalog.searcher.indexes()              # what a check takes at its start
-    Engine(Settings(home=home)).catalog.remove(["drascula-track11"])          # published meanwhile
+    writer.catalog.remove(["drascula-track11"])              # published meanwhile
     now = on_ray.assess(copy)
     assert now.verdict.name == "allow" and not any(m.track == key for m, _ in now.matches)
     # the questions of a check that started before are answered by the shards of its generation
@@ -95,12 +99,14 @@ def test_a_check_keeps_the_shards_it_started_with_while_a_takedown_is_published(
     assert (ids[:, 0] >> 22 == key).all()
     assert started["landmark"].search(landmarks.peaks(copy, landmarks.QUERY))[0].track == key
     # once a second publish has reached the shards, its generation is gone: 503, never an answer of another
-    writer = Engine(Settings(home=home))
     writer.catalog.remove([next(t.external_id for t in writer.store.list_tracks())])
     assert on_ray.assess(copy).verdict.name == "allow"                # the shards hold the newest two
     with pytest.raises(Unavailable, match="published over twice during this check") as failed:
         started["landmark"].search(landmarks.peaks(copy, landmarks.QUERY))
     assert status_of(failed.value)[0] == 503
+    # replicas that open their saved shards search without the fingerprint model: torch is never loaded there
+    pids = {on_ray.ray_shards.handles[k].load.remote(0).result()["pid"] for k in range(2)}
+    assert len(pids) == 2 and not any("libtorch" in Path(f"/proc/{pid}/maps").read_text() for pid in pids)
 
 
 def test_a_ray_address_that_does_not_answer_stops_the_service_with_the_reason(tmp_path):

@@ -3,7 +3,6 @@ searched whole, cut in the serving process or opened as its publish saved them."
 from __future__ import annotations
 
 import shutil
-from functools import partial
 
 import numpy as np
 import pytest
@@ -12,11 +11,11 @@ import torchaudio.functional as AF
 
 from detector.audio import Clip, decode
 from detector.landmarks import default_calibration
-from detector.version import shipped
+from detector.version_model import shipped
 from index import sharded
 from index.search import Searcher
 from index.sharded import LocalShards, ShardServer
-from service.engine import Engine, whole_catalog
+from service.engine import Engine
 from service.settings import Settings
 
 
@@ -60,7 +59,7 @@ def test_a_publish_saves_the_shards_that_replicas_open_instead_of_cutting_them(e
     vectors = whole.catalog.vectors
     assert sorted(p.name for p in (vectors.folder / "shards-2").iterdir()) == ["0", "1"]
     monkeypatch.setattr(ShardServer, "_cut", lambda self: pytest.fail("a shard cut from the whole catalog"))
-    shards = [ShardServer(partial(whole_catalog, settings), k, 2).shards[vectors.generation] for k in range(2)]
+    shards = [ShardServer(writer.shard_source(), k, 2).shards[vectors.generation] for k in range(2)]
     assert sum(len(s.indexes["landmark"]) for s in shards) == len(whole.catalog.landmark_index)
 
     opened = Engine(Settings(home=home))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import expect
 
-from detector import version
+from detector import version, version_model
 from detector.audio import decode
 from service.auth import Role
 from service.dashboard.evidence import TRANSPOSE_BLOCK_S, transposed
@@ -91,7 +91,7 @@ def test_the_transposed_reference_is_in_the_outputs_key_and_agreement_is_measure
         base = f"/review/checks/{result['id']}/matches/{number}/reference"
         recorded, moved = (decode(c.get(base, params=p).content, 8000) for p in ({}, {"shift": m["key_shift_st"]}))
         assert abs(recorded.duration - moved.duration) < 0.1          # the tempo is kept
-        a, b = (version.pitch_class_power(x.samples).astype(np.float32) for x in (recorded, moved))
+        a, b = (version_model.pitch_class_power(x.samples).astype(np.float32) for x in (recorded, moved))
         assert version.transposition(b, a) == m["key_shift_st"] % 12
         assert c.get(base, params={"shift": 12}).status_code == 422
         page = c.get(f"/review/checks/{result['id']}").text
