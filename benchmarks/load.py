@@ -11,6 +11,9 @@ queue was full: deliberate) and errors (any other status, or a failed connection
 home is built on first use (see ``full_catalog``) and shared with ``benchmarks.latency``.
 ``--shards N --engine ray`` serves the catalog in N shards, each a Ray Serve deployment on a
 local Ray instance (``--replicas`` replicas each), whose resident memory is printed per replica.
+The replicas open the shards that a publish saved, as they do for a catalog indexed with
+``CLEARANCE_SERVE_SHARDS=N`` (the home is published once more, rebuilt with them, where its
+generation holds none).
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from detector.audio import decode
 from detector.model import DEFAULT_WEIGHTS
 from detector.policy import Rights
 from service.auth import Role, create_key
+from index.sharded import shard_folder
 from service.engine import Engine
 from service.settings import Settings
 
@@ -71,6 +75,16 @@ def full_catalog(home: Path = HOME) -> Engine:
                                          manifest=folder / "manifest.csv", progress=progress)
     if summary.failed:
         raise SystemExit(f"indexing failed: {summary.failed}")
+    return engine
+
+
+def saved_shards(home: Path, count: int) -> Engine:
+    """An engine over ``home`` whose published generation holds ``count`` saved shards,
+    rebuilt with them where it holds none (from the stored vectors: a minute or two)."""
+    engine = Engine(Settings(home=home, serve_shards=count))
+    if not shard_folder(engine.catalog.vectors.folder, 0, count).exists():
+        print(f"  publishing the catalog in {count} shards", file=sys.stderr, flush=True)
+        engine.catalog.rebuild()
     return engine
 
 
@@ -188,6 +202,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     engine = full_catalog(args.home)
+    if args.shards > 1:
+        engine = saved_shards(args.home, args.shards)
     vectors = engine.catalog.vectors
     n_tracks = len(vectors.tracks())
     files = outputs(args.outputs)
