@@ -245,7 +245,22 @@ class VersionIndex(saved.SavedArrays):
     def updated(self, classes: dict[int, np.ndarray], drop: list[int] = ()) -> VersionIndex:
         """A new index in memory: this one without the tracks ``drop``, with those of ``classes``
         added (embedded now), which must come after every track kept, and its vectors the
-        shipped model's (``ValueError`` otherwise: the layer builds a new one)."""
+        shipped model's (``ValueError`` otherwise: the layer builds a new one). It keeps this
+        one's lists, the new vectors assigned to their nearest, while their count suits its size
+        (``VersionLists.count``); once the catalog has grown (or shrunk) past that, it has none,
+        and ``save`` clusters its vectors afresh: lists fitted to an early catalog grow long and
+        uneven as it grows."""
+        index = self._changed(classes, drop)
+        if index.lists is not None and len(index.lists.centroids) != VersionLists.count(len(index.vectors)):
+            index.lists = None
+        return index
+
+    def shard(self, drop: list[int]) -> VersionIndex:
+        """This index without the tracks ``drop``, searched as a shard of it: with its lists,
+        whatever its size, so that it probes what the whole index probes."""
+        return self._changed({}, drop)
+
+    def _changed(self, classes: dict[int, np.ndarray], drop: list[int]) -> VersionIndex:
         if not self.current:
             raise ValueError("this index holds another model's vectors")
         keep = ~np.isin(self.ids, np.asarray(drop, np.int64))
@@ -330,11 +345,16 @@ class VersionLists:
         import faiss
 
         n, dim = vectors.shape
-        count = 2 ** max(4, round(math.log2(math.sqrt(n) / 4)))
+        count = cls.count(n)
         sample = np.random.default_rng(seed).choice(n, min(n, 64 * count), replace=False)
         kmeans = faiss.Kmeans(dim, count, niter=10, spherical=True, seed=seed)
         kmeans.train(np.ascontiguousarray(vectors[np.sort(sample)], np.float32))
         return cls.of(kmeans.centroids, cls.nearest(kmeans.centroids, vectors))
+
+    @staticmethod
+    def count(n: int) -> int:
+        """The lists for ``n`` vectors: about √n / 4, a power of 2, at least 16."""
+        return 2 ** max(4, round(math.log2(math.sqrt(max(n, 1)) / 4)))
 
     @classmethod
     def of(cls, centroids: np.ndarray, assigned: np.ndarray) -> VersionLists:

@@ -69,7 +69,7 @@ class Shard:
         return cls(number, count, {"embedding": vectors.without(others),
                                    "chromaprint": indexes["chromaprint"].updated({}, others),
                                    "landmark": indexes["landmark"].shard(others),
-                                   "version": indexes["version"].updated({}, others)})
+                                   "version": indexes["version"].shard(others)})
 
     def save(self, folder: Path) -> None:
         """Write every layer's index of the shard into ``folder`` (``open`` reads it)."""

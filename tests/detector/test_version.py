@@ -127,6 +127,36 @@ def test_a_large_version_index_is_saved_with_lists_that_its_shards_probe_alike(w
         assert len(index.lists.probed(vectors)) < len(index.vectors)
         found = version.best([index.ranked(query, starts, vectors)])
         assert found[0].track == k, (work.work_id, found)
-        shards = [index.updated({}, [t for t in classes if t % 2 != part]) for part in (0, 1)]
+        shards = [index.shard([t for t in classes if t % 2 != part]) for part in (0, 1)]
         assert all(s.lists is not None for s in shards)
         assert version.best([s.ranked(query, starts, vectors) for s in shards]) == found
+
+
+def test_a_publish_clusters_the_version_lists_afresh_once_the_catalog_has_outgrown_them(tmp_path, monkeypatch):
+    """Lists keep their centroids while their count suits the index's size; a publish that
+    grows the index past it clusters the vectors afresh, and its shards keep the lists it saved."""
+    from detector import version
+
+    monkeypatch.setattr(version, "LISTED", 0)
+    rng = np.random.default_rng(0)
+    tracks, per = 70, 100                      # 7,000 vectors: 16 lists
+    vectors = rng.standard_normal((tracks * per, 128)).astype(np.float32)
+    index = version.VersionIndex.__new__(version.VersionIndex)
+    index._use(np.arange(tracks, dtype=np.int64), np.arange(tracks + 1, dtype=np.int64) * per,
+               (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16),
+               np.zeros(tracks + 1, np.int64), np.zeros((12, 0), np.float16), np.array([version.shipped_weights()]))
+    (tmp_path / "first").mkdir()
+    index.save(tmp_path / "first")
+    first = version.VersionIndex.open(tmp_path / "first")
+    assert len(first.lists.centroids) == 16
+    # two tracks of 22 min: 1,322 vectors more, past 8,192, where 32 lists suit the index
+    added = {tracks + k: rng.random((12, 13_200)).astype(np.float16) for k in range(2)}
+    grown = first.updated(added, [0])
+    assert grown.lists is None and len(grown.vectors) > 8192
+    (tmp_path / "grown").mkdir()
+    grown.save(tmp_path / "grown")
+    again = version.VersionIndex.open(tmp_path / "grown")
+    assert len(again.lists.centroids) == 32 and len(again.lists.order) == len(again.vectors)
+    assert len(first.updated({}, [1]).lists.centroids) == 16            # a takedown keeps them
+    part = again.shard(list(range(0, tracks, 2)))                       # a shard: its index's lists
+    assert np.array_equal(part.lists.centroids, again.lists.centroids)
