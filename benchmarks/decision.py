@@ -198,13 +198,14 @@ def licensed_excerpts(bench: Bench, n: int, wrong_blocks: list) -> dict:
     return lic
 
 
-def negatives(bench: Bench, n: int, seed: int) -> tuple[dict, list]:
+def negatives(bench: Bench, n: int, seed: int) -> tuple[dict, list, list]:
     """``n`` negatives (cut to the output lengths where those are shorter than every negative):
     counts ``n``, ``block``, ``related``, ``review``, ``version`` (flagged by the version layer),
-    and the false blocks (negative, match, track)."""
+    the false blocks and the strongest match of each negative sent to review (negative, match,
+    track)."""
     lo, hi = bench.seconds
     neg = defaultdict(int)
-    false_blocks = []
+    false_blocks, reviews = [], []
     negs = negative_queries(bench.tracks, n, np.random.default_rng(seed + 1))
     cuts = np.random.default_rng(seed + 2)
     for name, x, parts in negs:
@@ -219,9 +220,11 @@ def negatives(bench: Bench, n: int, seed: int) -> tuple[dict, list]:
             false_blocks += [(name, m, i) for m, i in unrelated]
         elif d.verdict is Verdict.block:
             neg["related"] += 1
-        neg["review"] += d.verdict is Verdict.review
+        if d.verdict is Verdict.review:
+            neg["review"] += 1
+            reviews.append((name, *d.matches[0]))
         neg["version"] += any(m.method == "version" for m, _ in d.matches)
-    return neg, false_blocks
+    return neg, false_blocks, reviews
 
 
 def print_recall(stats: dict, seconds: tuple[float, float], per_transform: int) -> None:
@@ -236,13 +239,14 @@ def print_recall(stats: dict, seconds: tuple[float, float], per_transform: int) 
     print(f"{'all copies':<24}{100 * total['block'] / total['n']:8.1f}%{'':>8}{total['wrong']:>13}   (n={total['n']})")
 
 
-def print_false_blocks(neg: dict, false_blocks: list, lic: dict, wrong_blocks: list) -> None:
+def print_false_blocks(neg: dict, false_blocks: list, reviews: list, lic: dict, wrong_blocks: list) -> None:
     print(f"\nFalse blocks on negatives: {neg['block']}/{neg['n']} = {100 * neg['block'] / neg['n']:.2f}% "
           f"(95% upper bound {100 * upper95(neg['block'], neg['n']):.2f}%), sent to review {neg['review']}, "
           f"blocked as a related track {neg['related']}, flagged as a re-performance {neg['version']}")
-    for name, m, i in false_blocks:
-        print(f"  {name} → {i.external_id} ({m.method}, score {m.score:.6f}, {m.duration:.1f} s, "
-              f"tempo {m.tempo_ratio:.2f})")
+    for kind, found in (("block", false_blocks), ("review", reviews)):
+        for name, m, i in found:
+            print(f"  {kind} {name} → {i.external_id} ({m.method}, score {m.score:.6f}, {m.duration:.1f} s, "
+                  f"tempo {m.tempo_ratio:.2f})")
     print(f"Licensed excerpts: blocked {lic['blocked']}/{lic['n']}, attributed {lic['attributed']}/{lic['n']} "
           f"= {100 * lic['attributed'] / lic['n']:.1f}%")
     if wrong_blocks:
@@ -271,9 +275,9 @@ def main(argv=None) -> None:
     found = copies(bench, args.per_transform)
     collages(bench, args.per_transform * 2, found.stats)
     lic = licensed_excerpts(bench, args.per_transform * 4, found.wrong_blocks)
-    neg, false_blocks = negatives(bench, args.negatives, args.seed)
+    neg, false_blocks, reviews = negatives(bench, args.negatives, args.seed)
     print_recall(found.stats, bench.seconds, args.per_transform)
-    print_false_blocks(neg, false_blocks, lic, found.wrong_blocks)
+    print_false_blocks(neg, false_blocks, reviews, lic, found.wrong_blocks)
     print_errors(found, bench.verdicts)
 
 
