@@ -39,6 +39,8 @@ from index.vectors import Candidates, IndexInfo, VectorIndex, generation_folder,
 if TYPE_CHECKING:
     from detector.version_model import VersionModel
 
+log = logging.getLogger(__name__)
+
 
 class Fanout(Protocol):
     """How a proxy asks its shards: ``every(method, *args)``: each shard's answer, in shard order;
@@ -147,6 +149,7 @@ class ShardServer:
     def __init__(self, source: ShardSource, number: int, count: int):
         self.source, self.number, self.count = source, number, count
         self.shards: dict[int, Shard] = {}
+        self.cut: set[int] = set()         # the generations whose shard it cut (none saved)
         self._load(0)           # a replica, a new one too after one died, starts with the published generation
 
     @functools.cached_property
@@ -160,13 +163,16 @@ class ShardServer:
     def _load(self, generation: int) -> dict:
         """Hold the shard of the published generation (at least ``generation``); its sizes."""
         if not self.shards or max(self.shards) < generation:
-            current, shard = self._saved() or self._cut()
+            saved = self._saved()
+            current, shard = saved or self._cut()
+            if saved is None:
+                self.cut.add(current)
             self.shards[current] = shard
             self.shards = {g: self.shards[g] for g in sorted(self.shards)[-2:]}
         newest = max(self.shards)
         shard = self.shards[newest]
         return {**shard.sizes(), "skimmed": shard.indexes["embedding"].skimmed, "generation": newest,
-                "pid": os.getpid()}
+                "pid": os.getpid(), "cut": newest in self.cut}
 
     def _saved(self) -> tuple[int, Shard] | None:
         """The published generation and this shard of it, as its publish wrote it
@@ -251,6 +257,7 @@ class RayShards:
         from index.pipeline import ray_address      # here: the replicas import this module, and the pipeline imports torch
 
         self.ray, self.serve, self.count = ray, serve, count
+        self._warned: set[int] = set()
         if not ray.is_initialized():
             _start_ray(ray, ray_address(address))
         logging.getLogger("ray.serve").setLevel(logging.WARNING)     # its notes on starting, here
@@ -263,8 +270,17 @@ class RayShards:
 
     def load(self, generation: int) -> list[dict]:
         """Each shard's sizes, asked of a replica that holds ``generation`` (or a newer one); the
-        others load it when first asked about it."""
-        return self._answers([(k, ("load", generation)) for k in range(self.count)])
+        others load it when first asked about it. Warns, once a generation, where the replicas
+        had to cut their shards: its publish saved none in their count."""
+        sizes = self._answers([(k, ("load", generation)) for k in range(self.count)])
+        newest = max(s["generation"] for s in sizes)
+        if any(s["cut"] for s in sizes) and newest not in self._warned:
+            self._warned.add(newest)
+            log.warning("generation %d of the catalog was published without its %d shards: each replica cut its own "
+                        "from the whole indexes, and holds the whole catalog's model and torch (about 1 GB) from now "
+                        "on; publish with CLEARANCE_SERVE_SHARDS=%d (any indexing job, takedown or `clearance index "
+                        "--rebuild`) to save them", newest, self.count, self.count)
+        return sizes
 
     def pinned(self, generation: int) -> Fanout:
         """What asks the shards of ``generation``: every question of a check goes to the shards of

@@ -42,7 +42,8 @@ def replicas(shards, shard: int) -> list:
             if a["name"].startswith(prefix)]
 
 
-def test_shards_on_ray_decide_as_one_process_and_a_check_fails_without_a_shard(engine, catalog_home, music, local_ray):
+def test_shards_on_ray_decide_as_one_process_and_a_check_fails_without_a_shard(engine, catalog_home, music, local_ray,
+                                                                               caplog):
     on_ray = Engine(Settings(home=catalog_home, serve_engine=IndexEngine.ray, serve_shards=2, serve_replicas=2))
     sr = engine.embedder.fe.sample_rate
     song = lambda track, a, b: decode(music[track].path, sr).excerpt(a, b).samples
@@ -59,6 +60,8 @@ def test_shards_on_ray_decide_as_one_process_and_a_check_fails_without_a_shard(e
     loading.join()
     time.sleep(1)
     assert first == want[:1] and [on_ray.assess(c) for c in outputs] == want
+    # published without shard files: the replicas cut theirs, and the operator is told how to save them
+    assert "published without its 2 shards" in caplog.text and "CLEARANCE_SERVE_SHARDS=2" in caplog.text
 
     shards = on_ray.ray_shards
     pids = {shards.handles[k].load.remote(0).result()["pid"] for k in range(2) for _ in range(24)}
@@ -80,7 +83,7 @@ def test_shards_on_ray_decide_as_one_process_and_a_check_fails_without_a_shard(e
 
 
 def test_a_check_keeps_the_shards_it_started_with_while_a_takedown_is_published(catalog_home, music, tmp_path,
-                                                                               local_ray):
+                                                                               local_ray, caplog):
     home = tmp_path / "home"
     shutil.copytree(catalog_home, home)
     saving = Settings(home=home, serve_shards=2)             # its publishes save the shards that replicas open
@@ -107,6 +110,7 @@ def test_a_check_keeps_the_shards_it_started_with_while_a_takedown_is_published(
     # replicas that open their saved shards search without the fingerprint model: torch is never loaded there
     pids = {on_ray.ray_shards.handles[k].load.remote(0).result()["pid"] for k in range(2)}
     assert len(pids) == 2 and not any("libtorch" in Path(f"/proc/{pid}/maps").read_text() for pid in pids)
+    assert "published without its" not in caplog.text
 
 
 def test_a_ray_address_that_does_not_answer_stops_the_service_with_the_reason(tmp_path):
