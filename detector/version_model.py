@@ -185,4 +185,3 @@ class VersionModel:
 def shipped() -> tuple[VersionModel, Calibration]:
     """The shipped version model and its calibration, loaded once per process."""
     return VersionModel.load(), Calibration.load(DEFAULT_WEIGHTS.with_name(CALIBRATION))
-

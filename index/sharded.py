@@ -55,10 +55,11 @@ class Fanout(Protocol):
 
 class Shard:
     """Shard ``number`` of ``count``: every layer's index of the catalog's tracks in it, cut from
-    the whole catalog's (``of``); its methods answer the proxies' questions."""
+    the whole catalog's (``of``) or opened as a publish saved it (``open``: ``saved``); its
+    methods answer the proxies' questions."""
 
-    def __init__(self, number: int, count: int, indexes: dict[str, object]):
-        self.number, self.count, self.indexes = number, count, indexes
+    def __init__(self, number: int, count: int, indexes: dict[str, object], saved: bool = False):
+        self.number, self.count, self.indexes, self.saved = number, count, indexes, saved
 
     @classmethod
     def of(cls, indexes: dict[str, object], number: int, count: int) -> "Shard":
@@ -89,7 +90,7 @@ class Shard:
         return cls(number, count, {"embedding": VectorIndex.open_part(folder, root, info, generation, nprobe),
                                    "chromaprint": chromaprint.ChromaIndex.open(folder, mapped=False),
                                    "landmark": landmarks.LandmarkIndex.open(folder, mapped=False),
-                                   "version": version.VersionIndex.open(folder, mapped=False)})
+                                   "version": version.VersionIndex.open(folder, mapped=False)}, saved=True)
 
     def sizes(self) -> dict[str, int]:
         return {name: len(index) if name != "embedding" else index.size for name, index in self.indexes.items()}
@@ -149,7 +150,6 @@ class ShardServer:
     def __init__(self, source: ShardSource, number: int, count: int):
         self.source, self.number, self.count = source, number, count
         self.shards: dict[int, Shard] = {}
-        self.cut: set[int] = set()         # the generations whose shard it cut (none saved)
         self._load(0)           # a replica, a new one too after one died, starts with the published generation
 
     @functools.cached_property
@@ -163,16 +163,13 @@ class ShardServer:
     def _load(self, generation: int) -> dict:
         """Hold the shard of the published generation (at least ``generation``); its sizes."""
         if not self.shards or max(self.shards) < generation:
-            saved = self._saved()
-            current, shard = saved or self._cut()
-            if saved is None:
-                self.cut.add(current)
+            current, shard = self._saved() or self._cut()
             self.shards[current] = shard
             self.shards = {g: self.shards[g] for g in sorted(self.shards)[-2:]}
         newest = max(self.shards)
         shard = self.shards[newest]
         return {**shard.sizes(), "skimmed": shard.indexes["embedding"].skimmed, "generation": newest,
-                "pid": os.getpid(), "cut": newest in self.cut}
+                "pid": os.getpid(), "cut": not shard.saved}
 
     def _saved(self) -> tuple[int, Shard] | None:
         """The published generation and this shard of it, as its publish wrote it
@@ -233,8 +230,8 @@ def write_shards(folder: Path, vectors: VectorIndex, count: int) -> None:
 
 class RayShards:
     """``count`` shards of the catalog ``source`` names on Ray Serve: each an application
-    (``apps``) of one deployment of ``replicas`` replicas (``ShardServer``), on the cluster at ``address`` (None: ``RAY_ADDRESS``,
-    else a local instance of this machine's cores). Serve routes each question to a live replica
+    (``apps``) of one deployment of ``replicas`` replicas (``ShardServer``), on the cluster at
+    ``address`` (None: ``RAY_ADDRESS``, else a local instance of this machine's cores). Serve routes each question to a live replica
     and starts a new replica when one dies (``HEALTH_S``); a question whose replica died while
     answering is asked again. While a shard has no replica running, a check fails
     (``Unavailable``: HTTP 503) rather than wait for it or be decided without it."""
@@ -254,7 +251,8 @@ class RayShards:
             from ray import serve
         except ImportError as exc:
             raise ClearanceError("serving shards on Ray needs Ray Serve installed: pip install 'clearance[ray]'") from exc
-        from index.pipeline import ray_address      # here: the replicas import this module, and the pipeline imports torch
+        # imported here: the replicas import this module, and the pipeline imports torch
+        from index.pipeline import ray_address
 
         self.ray, self.serve, self.count = ray, serve, count
         self._warned: set[int] = set()
